@@ -1,0 +1,30 @@
+"""mcnc: Manifold-Constrained Neural Compression for PyTorch.
+
+Weights are cut into chunks of d numbers and every chunk is ``beta * phi(alpha)``, where
+``phi`` is a frozen, seeded sine network that winds the cube ``[-L, L]^k`` around the unit
+sphere in R^d. Only alpha and beta are trained and stored.
+"""
+
+from mcnc.compress import MCNCModel, compress, fold_into_cube
+from mcnc.config import MCNCConfig
+from mcnc.fileformat import FormatError, load, read, reconstruct, save
+from mcnc.generator import Generator, GeneratorSpec
+from mcnc.summary import Summary, summarize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FormatError",
+    "Generator",
+    "GeneratorSpec",
+    "MCNCConfig",
+    "MCNCModel",
+    "Summary",
+    "compress",
+    "fold_into_cube",
+    "load",
+    "read",
+    "reconstruct",
+    "save",
+    "summarize",
+]

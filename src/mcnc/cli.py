@@ -1,0 +1,132 @@
+"""The ``mcnc`` command line: demo, coverage, inspect, reconstruct."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from mcnc.data.mnist import MNISTError
+from mcnc.fileformat import FormatError
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from mcnc.demo import DemoSettings, run_demo
+
+    run_demo(DemoSettings(epochs=args.epochs, lr=args.lr, k=args.k, d=args.d, seed=args.seed,
+                          limit=args.limit, out=args.out, progress=not args.no_progress))
+
+
+def _coverage(args: argparse.Namespace) -> None:
+    from mcnc.coverage import coverage, fit_generator, plot_curves
+    from mcnc.generator import GeneratorSpec
+
+    print(f"sliced Wasserstein distance to U(S^{args.d - 1}) in units of 1/sqrt(d) "
+          f"({args.samples} samples, {args.projections} directions); floor = two uniform samples")
+    print(f"{'generator':<14} {'SW':>8} {'floor':>8} {'SW/floor':>9}")
+    for activation in ("sine", "relu"):
+        spec = GeneratorSpec(k=args.k, d=args.d, L=args.L, width=args.width, depth=args.depth,
+                             activation=activation, seed=args.seed)
+        phis = [(activation, spec)]
+        if args.fit_steps and activation == "sine":
+            phis.append(("sine, fitted", fit_generator(spec, steps=args.fit_steps)))
+        for label, phi in phis:
+            c = coverage(phi, args.samples, args.projections, args.seed)
+            print(f"{label:<14} {c.sw:>8.4f} {c.floor:>8.4f} {c.excess:>9.2f}")
+    if args.figure:
+        plot_curves(args.figure, L=args.L, width=args.width, depth=args.depth, seed=args.seed)
+        print(f"wrote {args.figure} (k=1, d=3: the cube wound around the sphere, sine vs ReLU)")
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from mcnc.fileformat import read
+
+    tensors, meta = read(args.file)
+    size = Path(args.file).stat().st_size
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return
+    g = meta["generator"]
+    layout = meta["layout"]["targets"]
+    original = sum(math.prod(t["shape"]) for t in layout)
+    print(f"{args.file}: {size:,} bytes, mcnc format version {meta['format_version']}")
+    print(f"mode {meta['mode']}, m={meta['m']}, generator {g['activation']} k={g['k']} "
+          f"d={g['d']} L={g['L']} width={g['width']} depth={g['depth']} "
+          f"seed={g['seed']} ({g['prng']}{', fitted weights stored' if g['fitted'] else ''})")
+    print(f"compressed parameters: {len(layout)} tensors, {original:,} values")
+    for name, t in tensors.items():
+        print(f"  {name:<40} {str(t.dtype).removeprefix('torch.'):<9} {list(t.shape)}")
+    stored = sum(t.numel() for t in tensors.values())
+    print(f"stored values: {stored:,}")
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    import safetensors.torch
+
+    from mcnc.fileformat import atomic_write, reconstruct
+
+    base = safetensors.torch.load_file(args.base) if args.base else None
+    state = reconstruct(args.file, base)
+    state = {k: v.contiguous() for k, v in state.items()}
+    atomic_write(args.output, safetensors.torch.save(state))
+    print(f"wrote {args.output}: {len(state)} tensors, "
+          f"{sum(v.numel() for v in state.values()):,} values")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mcnc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="train an MCNC-compressed MNIST classifier (offline)")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.2, help="Adam lr of alpha and beta")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--d", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, default=None, help="use only N training images")
+    p.add_argument("--out", default="mcnc-demo", help="output directory")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("coverage", help="how evenly the generator covers the sphere")
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--d", type=int, default=1600)
+    p.add_argument("--L", type=float, default=20.0)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=4096)
+    p.add_argument("--projections", type=int, default=256)
+    p.add_argument("--fit-steps", type=int, default=0,
+                   help="also fit the sine generator with sliced Wasserstein for N steps")
+    p.add_argument("--figure", default="coverage.png", help="PNG of the k=1, d=3 curves "
+                   "('' to skip)")
+    p.set_defaults(func=_coverage)
+
+    p = sub.add_parser("inspect", help="print a .mcnc file's metadata and sizes")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+    p.set_defaults(func=_inspect)
+
+    p = sub.add_parser("reconstruct", help="write the dense state dict as safetensors")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--base", help="base weights (safetensors) for a fine-tuning delta file")
+    p.set_defaults(func=_reconstruct)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (FormatError, FileNotFoundError, MNISTError) as e:
+        print(f"mcnc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""``MCNCConfig``: what to compress and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from mcnc.generator import GeneratorSpec
+
+MODES = ("scratch", "delta", "lowrank")
+DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.Embedding,
+)
+
+
+@dataclass
+class MCNCConfig:
+    """Configuration of :func:`mcnc.compress`.
+
+    The selected parameters are flattened in ``model.named_parameters()`` order, concatenated,
+    zero-padded to a multiple of ``d`` and cut into chunks; chunk j is
+    ``sum_i beta[j, i] * phi(alpha[j, i])`` for ``i < m``. Trainable numbers per chunk:
+    ``m * (k + 1)``.
+    """
+
+    mode: str = "scratch"
+    """``"scratch"``: theta = generated (training from scratch).
+    ``"delta"``: theta = theta0 + generated, theta0 frozen (fine-tuning).
+    ``"lowrank"``: every matrix or conv kernel is ``B @ A`` of rank ``rank`` and the factors are
+    generated (the paper's "w/ LoRA")."""
+    k: int = 16
+    """Manifold dimension (alpha coordinates per chunk)."""
+    d: int = 1600
+    """Chunk size: weights per generator output."""
+    m: int = 1
+    """Generator outputs summed per chunk (the paper's m)."""
+    L: float = 20.0
+    """alpha lives in [-L, L]^k. Learning rates for alpha are relative to this raw scale."""
+    width: int = 64
+    """Hidden width of the generator."""
+    depth: int = 2
+    """Hidden (sine) layers of the generator."""
+    activation: str = "sine"
+    """Generator activation: ``"sine"`` or ``"relu"``."""
+    hidden_gain: float = 1.0
+    """Scale of the generator's hidden weights relative to SIREN's (higher: more twists)."""
+    seed: int = 0
+    """Seed for the generator's weights and the initial alphas (Philox4x32-10)."""
+    rank: int = 64
+    """Rank of the factors in ``"lowrank"`` mode (paper: 64 for ResNets, 32 for DeiT)."""
+    target_types: tuple[type[nn.Module], ...] = field(default=DEFAULT_TARGET_TYPES)
+    """Module types whose ``weight`` (and ``bias``) are compressed; others stay dense."""
+    target_regex: str | None = None
+    """If set, compress exactly the parameters whose full name matches this regex
+    (``re.search``) instead of selecting by ``target_types``."""
+    include_bias: bool = True
+    """Also compress the ``bias`` of target modules."""
+    train_dense: bool | None = None
+    """Whether parameters left dense (e.g. normalisation layers) are trained. ``None``: yes in
+    ``scratch``/``lowrank``, no in ``delta`` (they belong to the frozen base)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.m, int) or self.m < 1:
+            raise ValueError(f"m must be a positive integer, got {self.m!r}")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        self.generator_spec()  # validates k, d, L, width, depth, activation, seed
+
+    def generator_spec(self) -> GeneratorSpec:
+        return GeneratorSpec(k=self.k, d=self.d, L=self.L, width=self.width, depth=self.depth,
+                             activation=self.activation, hidden_gain=self.hidden_gain,
+                             seed=self.seed)
+
+    @property
+    def trains_dense(self) -> bool:
+        return self.mode != "delta" if self.train_dense is None else self.train_dense

@@ -1,0 +1,1 @@
+"""Datasets used by mcnc (MNIST, read from local IDX files)."""

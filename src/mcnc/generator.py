@@ -1,0 +1,187 @@
+"""The frozen generator ``phi: [-L, L]^k -> S^(d-1)`` that winds a cube around the sphere.
+
+``phi`` is a small multi-layer perceptron with sine activations (the default) whose weights
+are regenerated from an integer seed by :mod:`mcnc.rng`::
+
+    h_1 = sin(W_1 alpha + b_1)                 W_1 ~ U(+-1/k),                b_1 ~ U(+-pi)
+    h_t = sin(W_t h_(t-1) + b_t), t = 2..depth  W_t ~ U(+-gain * sqrt(6/width)), b_t ~ U(+-pi)
+    y   = W_out h_depth                         W_out ~ U(+-sqrt(6/width))
+    phi(alpha) = y / ||y||
+
+Design notes (the measurements behind them are in the README, "Generator design"):
+
+* alpha is used raw, in [-L, L]. With ``W_1 ~ U(+-1/k)`` the first layer is a SIREN first
+  layer whose frequency is L (Sitzmann et al. 2020 scale inputs in [-1, 1] by omega_0 = 30):
+  L sets how many times the cube is wound around the sphere, as in the paper.
+* Hidden layers use the SIREN initialisation (pre-activations of unit variance for ``gain=1``).
+* Random phases ``b ~ U(+-pi)`` keep ``phi(0)`` well defined (without them ``sin(0) = 0`` and
+  the output norm is zero) and break the odd symmetry ``phi(-alpha) = -phi(alpha)``.
+* The output layer has no bias; its scale does not matter because the output is normalised.
+
+Weights for layer t (0-based, the output layer last) come from stream ``2t`` of the seed and
+biases from stream ``2t + 1``, entries in row-major order of the ``(out, in)`` matrix.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcnc import rng
+
+ACTIVATIONS = ("sine", "relu")
+# Hard limits that keep a generator spec (possibly read from an untrusted file) allocatable.
+MAX_K = 4096
+MAX_D = 1 << 20
+MAX_WIDTH = 8192
+MAX_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    """Everything needed to rebuild ``phi`` bit for bit (stored in every .mcnc file)."""
+
+    k: int = 16
+    """Manifold dimension: the number of alpha coordinates per chunk."""
+    d: int = 1600
+    """Chunk size: the number of weights one generator output covers."""
+    L: float = 20.0
+    """Half-width of the cube: alpha lives in [-L, L]^k (the paper's L)."""
+    width: int = 64
+    """Hidden width of the generator MLP."""
+    depth: int = 2
+    """Number of hidden (activated) layers; the output layer is linear."""
+    activation: str = "sine"
+    """``"sine"`` (MCNC) or ``"relu"`` (for comparisons, as in the paper's Figure 2)."""
+    hidden_gain: float = 1.0
+    """Scale of the hidden-layer initialisation relative to SIREN's ``sqrt(6/width)``."""
+    seed: int = 0
+    """Seed of the Philox4x32-10 streams the weights are drawn from."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field to change if the spec is unusable."""
+        checks = [
+            (isinstance(self.k, int) and 1 <= self.k <= MAX_K, f"k must be in [1, {MAX_K}]"),
+            (isinstance(self.d, int) and 2 <= self.d <= MAX_D, f"d must be in [2, {MAX_D}]"),
+            (self.k < self.d, "k must be smaller than d (otherwise nothing is compressed)"),
+            (isinstance(self.L, int | float) and 0 < self.L < 1e6 and math.isfinite(self.L),
+             "L must be a positive finite number"),
+            (isinstance(self.width, int) and 1 <= self.width <= MAX_WIDTH,
+             f"width must be in [1, {MAX_WIDTH}]"),
+            (isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH,
+             f"depth must be in [1, {MAX_DEPTH}]"),
+            (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}"),
+            (isinstance(self.hidden_gain, int | float) and 0 < self.hidden_gain < 1e3,
+             "hidden_gain must be a positive number"),
+            (isinstance(self.seed, int) and 0 <= self.seed <= rng.MAX_SEED,
+             "seed must be an integer in [0, 2**64)"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise ValueError(f"invalid generator spec {self}: " + "; ".join(problems))
+
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """``(out, in)`` of each layer, the output layer last."""
+        dims = [self.k] + [self.width] * self.depth + [self.d]
+        return [(dims[t + 1], dims[t]) for t in range(len(dims) - 1)]
+
+    def flops_per_vector(self) -> int:
+        """Multiply-adds x 2 to generate one d-dimensional output (bias and sine not counted)."""
+        return 2 * sum(o * i for o, i in self.layer_shapes())
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GeneratorSpec:
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown generator spec fields {sorted(unknown)}")
+        return cls(**data)
+
+
+def seeded_weights(spec: GeneratorSpec) -> list[torch.Tensor]:
+    """Regenerate the generator's tensors from ``spec.seed``.
+
+    Returns:
+        ``[W_1, b_1, ..., W_depth, b_depth, W_out]`` as float32 CPU tensors, ``W_t`` of shape
+        ``(out, in)`` and ``b_t`` of shape ``(out,)``.
+    """
+    tensors = []
+    for t, (fan_out, fan_in) in enumerate(spec.layer_shapes()):
+        if t == 0:
+            bound = 1.0 / spec.k
+        elif t < spec.depth:
+            bound = spec.hidden_gain * math.sqrt(6.0 / fan_in)
+        else:
+            bound = math.sqrt(6.0 / fan_in)
+        tensors.append(rng.uniform(spec.seed, 2 * t, (fan_out, fan_in), bound))
+        if t < spec.depth:
+            tensors.append(rng.uniform(spec.seed, 2 * t + 1, (fan_out,), math.pi))
+    return tensors
+
+
+def generator_forward(
+    alpha: torch.Tensor, weights: list[torch.Tensor], activation: str = "sine"
+) -> torch.Tensor:
+    """Unnormalised generator output ``y`` (see module docstring).
+
+    Args:
+        alpha: (n, k) points of the cube.
+        weights: tensors as returned by :func:`seeded_weights`.
+
+    Returns:
+        (n, d) tensor.
+    """
+    act = torch.sin if activation == "sine" else F.relu
+    h = alpha
+    for t in range(0, len(weights) - 1, 2):
+        h = act(F.linear(h, weights[t], weights[t + 1]))
+    return F.linear(h, weights[-1])
+
+
+class Generator(nn.Module):
+    """``phi`` as a module. Its tensors are non-persistent buffers: they come from the seed,
+    or, for a generator fitted with :func:`mcnc.coverage.fit_generator`, from the file."""
+
+    def __init__(self, spec: GeneratorSpec, weights: list[torch.Tensor] | None = None):
+        super().__init__()
+        self.spec = spec
+        self.fitted = weights is not None
+        weights = seeded_weights(spec) if weights is None else weights
+        expected = [tuple(s) for s in seeded_weights_shapes(spec)]
+        if [tuple(w.shape) for w in weights] != expected:
+            raise ValueError(f"generator tensors have shapes {[tuple(w.shape) for w in weights]},"
+                             f" expected {expected} for {spec}")
+        for i, w in enumerate(weights):
+            self.register_buffer(f"w{i}", w.detach().clone().float(), persistent=False)
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        return list(self.buffers())
+
+    def raw(self, alpha: torch.Tensor) -> torch.Tensor:
+        """(n, k) -> (n, d) unnormalised output."""
+        return generator_forward(alpha, self.weights, self.spec.activation)
+
+    def forward(self, alpha: torch.Tensor) -> torch.Tensor:
+        """(n, k) points of the cube -> (n, d) unit vectors."""
+        return F.normalize(self.raw(alpha), dim=-1)
+
+
+def seeded_weights_shapes(spec: GeneratorSpec) -> list[torch.Size]:
+    """Shapes of the tensors :func:`seeded_weights` returns, without generating them."""
+    shapes = []
+    for t, shape in enumerate(spec.layer_shapes()):
+        shapes.append(torch.Size(shape))
+        if t < spec.depth:
+            shapes.append(torch.Size(shape[:1]))
+    return shapes

@@ -1,0 +1,86 @@
+"""Parameter and byte accounting of a compressed model, per layer and in total."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import safetensors.torch
+import torch
+
+from mcnc.compress import MCNCModel
+from mcnc.fileformat import to_bytes
+
+
+@dataclass
+class LayerRow:
+    """One module of the original model."""
+
+    name: str
+    original: int
+    """Parameters the module has uncompressed."""
+    trainable: float
+    """Parameters trained for it: its share of the alphas and betas (chunks can straddle
+    modules, hence fractional) plus its dense parameters that train."""
+
+    @property
+    def ratio(self) -> float:
+        return self.original / self.trainable if self.trainable else float("inf")
+
+
+@dataclass
+class Summary:
+    rows: list[LayerRow]
+    original_params: int
+    trainable_params: int
+    stored_values: int
+    """Numbers in the file: alphas, betas, dense leftovers including buffers."""
+    dense_bytes: int
+    """Size of the uncompressed state dict as a safetensors file."""
+    file_bytes: int
+    """Size of the .mcnc file (float32 alphas and betas)."""
+
+    @property
+    def param_ratio(self) -> float:
+        return self.original_params / self.trainable_params
+
+    @property
+    def byte_ratio(self) -> float:
+        return self.dense_bytes / self.file_bytes
+
+    def table(self) -> str:
+        """A printable table: one line per module, then the totals."""
+        w = max(len("total"), *(len(r.name) for r in self.rows))
+        lines = [f"{'module':<{w}}  {'original':>11}  {'trainable':>11}  {'ratio':>9}"]
+        lines += [f"{r.name:<{w}}  {r.original:>11,}  {r.trainable:>11,.1f}  {r.ratio:>8.1f}x"
+                  for r in self.rows]
+        lines.append(f"{'total':<{w}}  {self.original_params:>11,}  "
+                     f"{self.trainable_params:>11,}  {self.param_ratio:>8.1f}x")
+        lines.append(f"bytes on disk: dense {self.dense_bytes:,}  mcnc {self.file_bytes:,}  "
+                     f"({self.byte_ratio:.1f}x smaller)")
+        return "\n".join(lines)
+
+
+def summarize(model: MCNCModel) -> Summary:
+    """Count original vs trainable parameters per module and the bytes on disk."""
+    per_generated = (model.alpha.numel() + model.beta.numel()) / model.layout.total
+    by_module: dict[str, list[float]] = {}
+
+    def add(name: str, original: int, trainable: float) -> None:
+        module = name.rpartition(".")[0] or "(root)"
+        row = by_module.setdefault(module, [0, 0.0])
+        row[0] += original
+        row[1] += trainable
+
+    for t in model.layout.targets:
+        add(t.name, t.numel, t.size * per_generated)
+    for name, p in model.base.named_parameters():
+        add(name, p.numel(), p.numel() if p.requires_grad else 0)
+    rows = [LayerRow(name, int(o), tr) for name, (o, tr) in by_module.items()]
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    stored = (model.alpha.numel() + model.beta.numel()
+              + sum(v.numel() for v in model.dense_leftovers().values()))
+    dense = {k: v.contiguous() for k, v in model.dense_state_dict().items()}
+    return Summary(rows=rows, original_params=sum(r.original for r in rows),
+                   trainable_params=trainable, stored_values=stored,
+                   dense_bytes=len(safetensors.torch.save(dense)),
+                   file_bytes=len(to_bytes(model, torch.float32)))

@@ -1,0 +1,96 @@
+"""A plain supervised training loop for classifiers held in memory, with a progress bar."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mcnc.compress import MCNCModel
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    test_accuracy: float
+    seconds: float
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
+            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Mini-batches in a random order (``generator`` given) or in order (``None``)."""
+    order = (torch.randperm(len(x), generator=generator) if generator is not None
+             else torch.arange(len(x)))
+    for i in range(0, len(x), batch_size):
+        idx = order[i : i + batch_size]
+        yield x[idx], y[idx]
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy in eval mode (the model's training flag is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in
+                  batches(x, y, batch_size))
+    model.train(was_training)
+    return correct / len(x)
+
+
+def param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
+    """alpha and beta at ``lr``, every other trainable parameter at ``dense_lr``."""
+    manifold = [model.alpha, model.beta] if isinstance(model, MCNCModel) else []
+    ids = {id(p) for p in manifold}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [g for g in ({"params": manifold, "lr": lr}, {"params": dense, "lr": dense_lr})
+            if g["params"]]
+
+
+def train_classifier(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    test: tuple[torch.Tensor, torch.Tensor],
+    epochs: int,
+    lr: float,
+    dense_lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    progress: bool = True,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> list[EpochResult]:
+    """Adam with a cosine learning-rate decay to zero, cross-entropy loss.
+
+    Compressed models get their alphas folded back into the cube after every step.
+    """
+    optimizer = torch.optim.Adam(param_groups(model, lr, dense_lr))
+    steps = epochs * -(-len(train[0]) // batch_size)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    order = torch.Generator().manual_seed(seed)
+    history = []
+    for epoch in range(1, epochs + 1):
+        start, total, count = time.perf_counter(), 0.0, 0
+        model.train()
+        bar = tqdm(batches(*train, batch_size, order), total=-(-len(train[0]) // batch_size),
+                   desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
+        for xb, yb in bar:
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if isinstance(model, MCNCModel):
+                model.fold_alphas_()
+            total, count = total + loss.item() * len(xb), count + len(xb)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        result = EpochResult(epoch, total / count, accuracy(model, *test),
+                             time.perf_counter() - start)
+        history.append(result)
+        if on_epoch:
+            on_epoch(result)
+    return history

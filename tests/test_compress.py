@@ -1,0 +1,157 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from toymodels import Tied, example_input, make
+
+import mcnc
+from mcnc.compress import fold_into_cube
+from mcnc.layout import plan_layout
+
+
+def test_accounting_with_tail_chunk_conv_embedding_and_no_bias():
+    model = make("odd")
+    m = mcnc.compress(model, mcnc.MCNCConfig(k=3, d=64, m=2, width=8))
+    names = [t.name for t in m.layout.targets]
+    assert names == ["emb.weight", "conv.weight", "head.weight", "head.bias"]
+    assert m.layout.total == 77 + 105 + 15 + 3  # 200: 3 full chunks and a tail of 8
+    assert m.alpha.shape == (4, 2, 3) and m.beta.shape == (4, 2)
+    trainable = {n: p.numel() for n, p in m.named_parameters()}
+    assert trainable == {"alpha": 24, "beta": 8, "base.norm.weight": 5, "base.norm.bias": 5}
+    s = mcnc.summarize(m)
+    assert s.original_params == 210
+    assert s.trainable_params == 42
+    assert sum(r.trainable for r in s.rows) == pytest.approx(42)
+    assert {r.name: r.original for r in s.rows} == {"emb": 77, "conv": 105, "norm": 10,
+                                                    "head": 18}
+    assert s.param_ratio == pytest.approx(210 / 42)
+    assert "total" in s.table()
+
+
+def test_lowrank_factors_only_where_they_save():
+    model = nn.Sequential(nn.Linear(100, 80), nn.Linear(80, 2), nn.Conv2d(16, 32, 3))
+    layout = plan_layout(model, mcnc.MCNCConfig(mode="lowrank", rank=4, d=128))
+    ranks = {t.name: t.rank for t in layout.targets}
+    assert ranks == {"0.weight": 4, "0.bias": None, "1.weight": None, "1.bias": None,
+                     "2.weight": 4, "2.bias": None}
+    sizes = {t.name: t.size for t in layout.targets}
+    assert sizes["0.weight"] == 4 * (80 + 100) and sizes["2.weight"] == 4 * (32 + 144)
+    m = mcnc.compress(model, mcnc.MCNCConfig(mode="lowrank", rank=4, d=128, width=8))
+    assert torch.linalg.matrix_rank(m.base[0].weight.detach()) == 4
+    assert m.base[2].weight.shape == (32, 16, 3, 3)
+
+
+def test_initial_scale_matches_default_init():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(400, 300), nn.Linear(300, 300))
+    reference = model[0].weight.detach().std().item()
+    m = mcnc.compress(model, mcnc.MCNCConfig(d=500, width=32))
+    assert m.base[0].weight.std().item() == pytest.approx(reference, rel=0.15)
+    low = mcnc.compress(nn.Sequential(nn.Linear(400, 300)),
+                        mcnc.MCNCConfig(mode="lowrank", rank=16, d=500, width=32))
+    assert low.base[0].weight.std().item() == pytest.approx(reference, rel=0.3)
+
+
+def test_parameters_are_exactly_alpha_beta_and_dense_leftovers():
+    m = mcnc.compress(make("convnet"), mcnc.MCNCConfig(k=4, d=100, width=8))
+    assert [n for n, _ in m.named_parameters()] == ["alpha", "beta", "base.1.weight",
+                                                     "base.1.bias"]
+    assert "base.1.running_mean" in m.state_dict()
+    assert not any(k.startswith("generator") for k in m.state_dict())
+
+
+def _train(model, x, y, steps=40, lr=0.05):
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("mode", ["scratch", "lowrank", "delta"])
+def test_training_lowers_the_loss(mode):
+    x = example_input("convnet")
+    y = torch.tensor([0, 1, 2, 3])
+    m = mcnc.compress(make("convnet"), mcnc.MCNCConfig(mode=mode, k=8, d=200, rank=2,
+                                                       width=32))
+    before_theta0 = None if m.theta0 is None else m.theta0.clone()
+    losses = _train(m, x, y)
+    assert losses[-1] < 0.5 * losses[0]
+    if mode == "delta":
+        assert torch.equal(m.theta0, before_theta0)
+        assert [n for n, p in m.named_parameters() if p.requires_grad] == ["alpha", "beta"]
+
+
+def test_delta_starts_at_the_base_model():
+    base = make("convnet").eval()
+    x = example_input("convnet")
+    with torch.no_grad():
+        expected = base(x)
+    m = mcnc.compress(base, mcnc.MCNCConfig(mode="delta", k=4, d=100, width=8)).eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), expected)
+
+
+def test_tied_weights_stay_tied():
+    m = mcnc.compress(Tied(), mcnc.MCNCConfig(k=3, d=50, width=8))
+    [emb] = [t for t in m.layout.targets if t.name == "emb.weight"]
+    assert emb.aliases == ("out.weight",)
+    m(example_input("tied"))
+    assert m.base.emb.weight is m.base.out.weight
+    assert set(m.dense_state_dict()) == set(Tied().state_dict())
+
+
+def test_eval_cache_and_invalidation():
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8)).eval()
+    with torch.no_grad():
+        first = m.generated_weights()
+        assert m.generated_weights() is first
+        m.alpha.add_(0.5)
+        second = m.generated_weights()
+    assert second is not first
+    assert not torch.equal(second["emb.weight"], first["emb.weight"])
+    out = m(example_input("odd")).sum()  # grad enabled: fresh weights with a graph
+    out.backward()
+    assert m.alpha.grad is not None and m.alpha.grad.abs().sum() > 0
+
+
+def test_fold_into_cube():
+    L = 2.0
+    a = torch.tensor([-2.0, -1.3, 0.0, 1e-9, 1.999, 2.0, 2.5, 5.0, -6.5, 10.0])
+    folded = fold_into_cube(a, L)
+    assert torch.equal(folded[:6], a[:6])  # inside: bit-identical
+    torch.testing.assert_close(folded[6:], torch.tensor([1.5, -1.0, 1.5, 2.0]))
+    assert folded.abs().max() <= L
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, L=L, width=8)).eval()
+    with torch.no_grad():
+        m.alpha.mul_(7)
+        x = example_input("odd")
+        before = m(x)
+        m.fold_alphas_()
+        assert m.alpha.abs().max() <= L
+        assert torch.equal(m(x), before)
+
+
+def test_errors_say_what_to_change():
+    with pytest.raises(ValueError, match="matched no parameter"):
+        mcnc.compress(nn.Sequential(nn.LayerNorm(4)))
+    with pytest.raises(ValueError, match="k must be smaller than d"):
+        mcnc.MCNCConfig(k=16, d=16)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        mcnc.MCNCConfig(mode="lora")
+    with pytest.raises(ValueError, match="does not match"):
+        mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64),
+                      generator=mcnc.Generator(mcnc.GeneratorSpec(k=4, d=64)))
+
+
+def test_regex_selection_and_dtype_moves():
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=32, width=8, target_regex=r"^head\."))
+    assert [t.name for t in m.layout.targets] == ["head.weight", "head.bias"]
+    assert "base.emb.weight" in dict(m.named_parameters())
+    m = m.double()
+    assert m.base.head.weight.dtype == torch.float64
+    assert m(example_input("odd")).dtype == torch.float64

@@ -1,0 +1,202 @@
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from toymodels import Tied, example_input, make
+
+import mcnc
+from mcnc.coverage import fit_generator
+from mcnc.fileformat import FORMAT_VERSION, atomic_write
+
+CASES = {
+    "scratch-odd": ("odd", dict(k=3, d=64, width=8)),
+    "scratch-m2": ("convnet", dict(k=4, d=100, m=2, width=8)),
+    "lowrank": ("convnet", dict(mode="lowrank", rank=2, k=4, d=100, width=8)),
+    "delta": ("convnet", dict(mode="delta", k=4, d=100, width=8)),
+    "tied": ("tied", dict(k=3, d=40, width=8)),
+}
+
+
+def _trained(name, kwargs, steps=3):
+    """A compressed model moved away from its initialisation by a few SGD steps."""
+    m = mcnc.compress(make(name), mcnc.MCNCConfig(**kwargs))
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        m(example_input(name)).pow(2).mean().backward()
+        opt.step()
+    return m.eval()
+
+
+def _out(model, name):
+    with torch.no_grad():
+        return model.eval()(example_input(name))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_save_load_reconstruct_are_bit_identical(case, tmp_path):
+    name, kwargs = CASES[case]
+    m = _trained(name, kwargs)
+    expected = _out(m, name)
+    path = mcnc.save(m, tmp_path / "model.mcnc")
+    skeleton = make(name)
+    loaded = mcnc.load(path, skeleton)
+    assert torch.equal(_out(loaded, name), expected)
+    base = make(name).state_dict() if kwargs.get("mode") == "delta" else None
+    dense = make(name)
+    dense.load_state_dict(mcnc.reconstruct(path, base), strict=True)
+    assert torch.equal(_out(dense, name), expected)
+    again = mcnc.load(path, mcnc.compress(make(name), mcnc.MCNCConfig(**kwargs)))
+    assert torch.equal(_out(again, name), expected)
+
+
+def test_file_size_is_trainable_values_plus_a_header(tmp_path):
+    m = _trained("convnet", dict(k=4, d=100, width=8))
+    path = mcnc.save(m, tmp_path / "m.mcnc")
+    stored = sum(v.numel() for v in m.state_dict().values() if v.is_floating_point())
+    payload = 4 * stored + 8  # float32 values + BatchNorm's int64 batch counter
+    assert payload < path.stat().st_size < payload + 8192
+    half = mcnc.save(m, tmp_path / "h.mcnc", dtype=torch.float16)
+    saved = 2 * (m.alpha.numel() + m.beta.numel())
+    assert path.stat().st_size - half.stat().st_size == pytest.approx(saved, abs=64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_storage(dtype, tmp_path):
+    m = _trained("odd", CASES["scratch-odd"][1])
+    path = mcnc.save(m, tmp_path / "m.mcnc", dtype=dtype)
+    loaded = mcnc.load(path, make("odd"))
+    assert loaded.alpha.dtype == torch.float32
+    dense = make("odd")
+    dense.load_state_dict(mcnc.reconstruct(path))
+    assert torch.equal(_out(dense, "odd"), _out(loaded, "odd"))
+    torch.testing.assert_close(_out(loaded, "odd"), _out(m, "odd"), atol=0.1, rtol=0.1)
+
+
+def test_fitted_generator_is_stored(tmp_path):
+    kwargs = dict(k=3, d=64, width=8)
+    phi = fit_generator(mcnc.MCNCConfig(**kwargs).generator_spec(), steps=5, batch=64,
+                        progress=False)
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(**kwargs), generator=phi).eval()
+    path = mcnc.save(m, tmp_path / "m.mcnc")
+    tensors, meta = mcnc.read(path)
+    assert meta["generator"]["fitted"] and "generator.0" in tensors
+    assert torch.equal(_out(mcnc.load(path, make("odd")), "odd"), _out(m, "odd"))
+
+
+def test_metadata_describes_the_model(tmp_path):
+    path = mcnc.save(_trained("tied", CASES["tied"][1]), tmp_path / "m.mcnc")
+    _, meta = mcnc.read(path)
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["generator"]["prng"] == "philox4x32-10"
+    assert meta["generator"]["seed"] == 0 and meta["mode"] == "scratch"
+    assert meta["layout"]["state_keys"] == list(Tied().state_dict())
+    assert [t["name"] for t in meta["layout"]["targets"]] == ["emb.weight", "mix.weight",
+                                                              "mix.bias"]
+
+
+# -- bad files ------------------------------------------------------------------------------
+@pytest.fixture
+def good(tmp_path):
+    return mcnc.save(_trained("odd", CASES["scratch-odd"][1]), tmp_path / "good.mcnc")
+
+
+def _load_fails(path, match):
+    skeleton = make("odd")
+    before = {k: v.clone() for k, v in skeleton.state_dict().items()}
+    with pytest.raises(mcnc.FormatError, match=match):
+        mcnc.load(path, skeleton)
+    after = skeleton.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    with pytest.raises(mcnc.FormatError):
+        mcnc.reconstruct(path)
+
+
+@pytest.mark.parametrize("keep", [0, 5, 8, 100, -1])
+def test_truncated(good, keep):
+    data = good.read_bytes()
+    good.write_bytes(data[:keep] if keep >= 0 else data[:-3])
+    _load_fails(good, "too short|truncated|invalid|no readable")
+
+
+def test_flipped_bit_in_tensor_data(good):
+    data = bytearray(good.read_bytes())
+    data[-5] ^= 0x10
+    good.write_bytes(bytes(data))
+    _load_fails(good, "checksum")
+
+
+def test_flipped_bit_in_header(good):
+    data = bytearray(good.read_bytes())
+    at = data.index(b'"format_version')
+    data[at + 3] ^= 0x01
+    good.write_bytes(bytes(data))
+    _load_fails(good, "format|metadata")
+
+
+def _rewrite_metadata(path, edit):
+    tensors = safetensors.torch.load_file(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        meta = json.loads(json.loads(f.read(n))["__metadata__"]["mcnc"])
+    edit(meta)
+    path.write_bytes(safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)}))
+
+
+def test_newer_format_version(good):
+    _rewrite_metadata(good, lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    _load_fails(good, "upgrade mcnc")
+
+
+def test_malformed_metadata(good):
+    _rewrite_metadata(good, lambda m: m["generator"].update(k="sixteen"))
+    _load_fails(good, "malformed|k must")
+
+
+def test_not_an_mcnc_file(tmp_path):
+    path = tmp_path / "plain.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(3)}, path)
+    _load_fails(path, "no readable mcnc metadata")
+    path.write_bytes(b"\x00" * 3)
+    _load_fails(path, "too short")
+
+
+def test_mismatched_architecture(good):
+    skeleton = make("tied")
+    with pytest.raises(mcnc.FormatError, match="does not fit"):
+        mcnc.load(good, skeleton)
+    assert "emb.weight" in dict(skeleton.named_parameters())
+    wider = make("odd")
+    wider.head = torch.nn.Linear(5, 4)
+    with pytest.raises(mcnc.FormatError, match="shape"):
+        mcnc.load(good, wider)
+    other = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=32, width=8))
+    with pytest.raises(mcnc.FormatError, match="different layout"):
+        mcnc.load(good, other)
+
+
+def test_delta_needs_its_base(tmp_path):
+    path = mcnc.save(_trained("convnet", CASES["delta"][1]), tmp_path / "d.mcnc")
+    other_base = make("convnet")
+    with torch.no_grad():
+        other_base[0].weight.add_(1.0)
+    with pytest.raises(mcnc.FormatError, match="other base weights"):
+        mcnc.load(path, other_base)
+    with pytest.raises(ValueError, match="base_state_dict"):
+        mcnc.reconstruct(path)
+    mcnc.load(path, other_base, verify_base=False)
+
+
+def test_failed_save_keeps_the_previous_file(good, monkeypatch):
+    before = good.read_bytes()
+
+    def broken_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.fsync", broken_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(good, b"new content")
+    assert good.read_bytes() == before
+    assert [p.name for p in good.parent.iterdir()] == [good.name]

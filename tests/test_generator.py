@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from mcnc.coverage import coverage, fit_generator, plot_curves, sliced_wasserstein, uniform_sphere
+from mcnc.generator import Generator, GeneratorSpec
+
+
+def test_outputs_are_unit_vectors_even_at_zero():
+    phi = Generator(GeneratorSpec(k=4, d=50, width=16))
+    alpha = torch.cat([torch.zeros(1, 4), torch.rand(9, 4) * 40 - 20])
+    out = phi(alpha)
+    assert out.shape == (10, 50)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(10))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("k", 0, "k must be"), ("d", 8, "k must be smaller than d"), ("L", -1.0, "L must be"),
+    ("width", 0, "width must be"), ("depth", 0, "depth must be"),
+    ("activation", "tanh", "activation"), ("seed", -3, "seed"),
+])
+def test_spec_errors_name_the_field(field, value, message):
+    kwargs = {"k": 8, "d": 32, field: value}
+    with pytest.raises(ValueError, match=message):
+        GeneratorSpec(**kwargs)
+
+
+def test_spec_round_trip_and_flops():
+    spec = GeneratorSpec(k=5, d=100, width=32, depth=2)
+    assert GeneratorSpec.from_dict(spec.to_dict()) == spec
+    assert spec.flops_per_vector() == 2 * (5 * 32 + 32 * 32 + 32 * 100)
+    with pytest.raises(ValueError, match="unknown"):
+        GeneratorSpec.from_dict({**spec.to_dict(), "bogus": 1})
+
+
+def test_sliced_wasserstein_zero_for_identical_and_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    x = uniform_sphere(256, 10, g)
+    dirs = uniform_sphere(32, 10, g)
+    assert sliced_wasserstein(x, x, dirs).item() == 0.0
+    shifted = torch.nn.functional.normalize(x + 2 * torch.eye(10)[0], dim=1)
+    assert sliced_wasserstein(x, shifted, dirs).item() > 0.1
+
+
+def test_sine_covers_the_sphere_better_than_relu():
+    sine = coverage(GeneratorSpec(k=16, d=400, width=64), samples=1024, projections=64)
+    relu = coverage(GeneratorSpec(k=16, d=400, width=64, activation="relu"), samples=1024,
+                    projections=64)
+    assert sine.floor == relu.floor
+    assert sine.sw < relu.sw
+
+
+def test_fitting_lowers_the_distance():
+    spec = GeneratorSpec(k=2, d=8, L=3.0, width=32, depth=2)
+    before = coverage(spec, samples=1024, projections=64)
+    fitted = fit_generator(spec, steps=150, batch=512, projections=32, lr=3e-3, progress=False)
+    after = coverage(fitted, samples=1024, projections=64)
+    assert fitted.fitted
+    assert after.sw < 0.7 * before.sw
+
+
+def test_figure_is_written(tmp_path):
+    path = tmp_path / "fig.png"
+    plot_curves(str(path), points=200)
+    assert path.read_bytes()[:4] == b"\x89PNG"
