@@ -58,12 +58,15 @@ def _digest(tensors):
 
 
 def test_default_generator_weights_golden():
-    weights = seeded_weights(GeneratorSpec(k=16, d=1600, L=20.0, width=64, depth=2, seed=0))
+    spec = GeneratorSpec(k=16, d=1600, L=20.0, width=64, depth=2, hidden_gain=4.0, seed=0)
+    assert spec == GeneratorSpec()  # the defaults
+    weights = seeded_weights(spec)
     assert [tuple(w.shape) for w in weights] == [(64, 16), (64,), (64, 64), (64,), (1600, 64)]
     assert weights[0][0, :2].tolist() == [-0.012619193643331528, 0.047565024346113205]
     assert weights[1][:2].tolist() == [0.10479811578989029, 2.762453079223633]
+    assert weights[2][0, :2].tolist() == [-1.1636781692504883, 0.5215632915496826]
     assert weights[4][0, :2].tolist() == [0.27302879095077515, 0.03612591326236725]
-    assert _digest(weights) == "836d26b3ba9a6ee76c942d281149c8e752f72ace002210ae41a4bbdbf6c4cb7f"
+    assert _digest(weights) == "5b38949eada5ea1440c22ded910b14cf07d011e9091d07c743bc076f51efe49b"
 
 
 def test_odd_generator_golden():

@@ -47,7 +47,7 @@ class MCNCConfig:
     """Hidden (sine) layers of the generator."""
     activation: str = "sine"
     """Generator activation: ``"sine"`` or ``"relu"``."""
-    hidden_gain: float = 1.0
+    hidden_gain: float = 4.0
     """Scale of the generator's hidden weights relative to SIREN's (higher: more twists)."""
     seed: int = 0
     """Seed for the generator's weights and the initial alphas (Philox4x32-10)."""

@@ -26,6 +26,15 @@ class LayerRow:
     def ratio(self) -> float:
         return self.original / self.trainable if self.trainable else float("inf")
 
+    @property
+    def original_bytes(self) -> int:
+        return 4 * self.original
+
+    @property
+    def stored_bytes(self) -> float:
+        """Bytes it takes in a float32 .mcnc file (headers and buffers aside)."""
+        return 4 * self.trainable
+
 
 @dataclass
 class Summary:
@@ -50,13 +59,15 @@ class Summary:
     def table(self) -> str:
         """A printable table: one line per module, then the totals."""
         w = max(len("total"), *(len(r.name) for r in self.rows))
-        lines = [f"{'module':<{w}}  {'original':>11}  {'trainable':>11}  {'ratio':>9}"]
-        lines += [f"{r.name:<{w}}  {r.original:>11,}  {r.trainable:>11,.1f}  {r.ratio:>8.1f}x"
-                  for r in self.rows]
+        lines = [f"{'module':<{w}}  {'original':>11}  {'trainable':>11}  {'ratio':>8}  "
+                 f"{'dense bytes':>12}  {'mcnc bytes':>12}"]
+        lines += [f"{r.name:<{w}}  {r.original:>11,}  {r.trainable:>11,.1f}  {r.ratio:>7.1f}x  "
+                  f"{r.original_bytes:>12,}  {r.stored_bytes:>12,.0f}" for r in self.rows]
         lines.append(f"{'total':<{w}}  {self.original_params:>11,}  "
-                     f"{self.trainable_params:>11,}  {self.param_ratio:>8.1f}x")
-        lines.append(f"bytes on disk: dense {self.dense_bytes:,}  mcnc {self.file_bytes:,}  "
-                     f"({self.byte_ratio:.1f}x smaller)")
+                     f"{self.trainable_params:>11,}  {self.param_ratio:>7.1f}x  "
+                     f"{self.dense_bytes:>12,}  {self.file_bytes:>12,}")
+        lines.append(f"total bytes are whole files (headers and buffers included): "
+                     f"{self.byte_ratio:.1f}x smaller on disk")
         return "\n".join(lines)
 
 
@@ -75,7 +86,11 @@ def summarize(model: MCNCModel) -> Summary:
         add(t.name, t.numel, t.size * per_generated)
     for name, p in model.base.named_parameters():
         add(name, p.numel(), p.numel() if p.requires_grad else 0)
-    rows = [LayerRow(name, int(o), tr) for name, (o, tr) in by_module.items()]
+    order = {}
+    for key in model.layout.state_keys:
+        order.setdefault(key.rpartition(".")[0] or "(root)", len(order))
+    rows = [LayerRow(name, int(o), tr) for name, (o, tr) in
+            sorted(by_module.items(), key=lambda item: order.get(item[0], len(order)))]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     stored = (model.alpha.numel() + model.beta.numel()
               + sum(v.numel() for v in model.dense_leftovers().values()))
