@@ -28,7 +28,8 @@ def _coverage(args: argparse.Namespace) -> None:
     print(f"{'generator':<14} {'SW':>8} {'floor':>8} {'SW/floor':>9}")
     for activation in ("sine", "relu"):
         spec = GeneratorSpec(k=args.k, d=args.d, L=args.L, width=args.width, depth=args.depth,
-                             activation=activation, seed=args.seed)
+                             hidden_gain=args.hidden_gain, activation=activation,
+                             seed=args.seed)
         phis = [(activation, spec)]
         if args.fit_steps and activation == "sine":
             phis.append(("sine, fitted", fit_generator(spec, steps=args.fit_steps)))
@@ -36,7 +37,8 @@ def _coverage(args: argparse.Namespace) -> None:
             c = coverage(phi, args.samples, args.projections, args.seed)
             print(f"{label:<14} {c.sw:>8.4f} {c.floor:>8.4f} {c.excess:>9.2f}")
     if args.figure:
-        plot_curves(args.figure, L=args.L, width=args.width, depth=args.depth, seed=args.seed)
+        plot_curves(args.figure, L=args.L, width=args.width, depth=args.depth,
+                    hidden_gain=args.hidden_gain, seed=args.seed)
         print(f"wrote {args.figure} (k=1, d=3: the cube wound around the sphere, sine vs ReLU)")
 
 
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--L", type=float, default=20.0)
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--depth", type=int, default=2)
+    p.add_argument("--hidden-gain", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, default=4096)
     p.add_argument("--projections", type=int, default=256)

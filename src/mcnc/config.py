@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from torch import nn
 
@@ -18,14 +18,17 @@ DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
-@dataclass
-class MCNCConfig:
-    """Configuration of :func:`mcnc.compress`.
+@dataclass(frozen=True)
+class MCNCConfig(GeneratorSpec):
+    """Configuration of :func:`mcnc.compress`: the generator's fields (``k``, ``d``, ``L``,
+    ``width``, ``depth``, ``activation``, ``hidden_gain``, ``seed``; see
+    :class:`~mcnc.generator.GeneratorSpec`) plus what to compress and how.
 
     The selected parameters are flattened in ``model.named_parameters()`` order, concatenated,
     zero-padded to a multiple of ``d`` and cut into chunks; chunk j is
     ``sum_i beta[j, i] * phi(alpha[j, i])`` for ``i < m``. Trainable numbers per chunk:
-    ``m * (k + 1)``.
+    ``m * (k + 1)``. The seed also draws the initial alphas. Learning rates for alpha are
+    relative to its raw scale, [-L, L].
     """
 
     mode: str = "scratch"
@@ -33,24 +36,8 @@ class MCNCConfig:
     ``"delta"``: theta = theta0 + generated, theta0 frozen (fine-tuning).
     ``"lowrank"``: every matrix or conv kernel is ``B @ A`` of rank ``rank`` and the factors are
     generated (the paper's "w/ LoRA")."""
-    k: int = 16
-    """Manifold dimension (alpha coordinates per chunk)."""
-    d: int = 1600
-    """Chunk size: weights per generator output."""
     m: int = 1
     """Generator outputs summed per chunk (the paper's m)."""
-    L: float = 20.0
-    """alpha lives in [-L, L]^k. Learning rates for alpha are relative to this raw scale."""
-    width: int = 64
-    """Hidden width of the generator."""
-    depth: int = 2
-    """Hidden (sine) layers of the generator."""
-    activation: str = "sine"
-    """Generator activation: ``"sine"`` or ``"relu"``."""
-    hidden_gain: float = 4.0
-    """Scale of the generator's hidden weights relative to SIREN's (higher: more twists)."""
-    seed: int = 0
-    """Seed for the generator's weights and the initial alphas (Philox4x32-10)."""
     rank: int = 64
     """Rank of the factors in ``"lowrank"`` mode (paper: 64 for ResNets, 32 for DeiT)."""
     target_types: tuple[type[nn.Module], ...] = field(default=DEFAULT_TARGET_TYPES)
@@ -65,18 +52,17 @@ class MCNCConfig:
     ``scratch``/``lowrank``, no in ``delta`` (they belong to the frozen base)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not isinstance(self.m, int) or self.m < 1:
             raise ValueError(f"m must be a positive integer, got {self.m!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
-        self.generator_spec()  # validates k, d, L, width, depth, activation, seed
 
     def generator_spec(self) -> GeneratorSpec:
-        return GeneratorSpec(k=self.k, d=self.d, L=self.L, width=self.width, depth=self.depth,
-                             activation=self.activation, hidden_gain=self.hidden_gain,
-                             seed=self.seed)
+        """The :class:`GeneratorSpec` part of this config."""
+        return GeneratorSpec(**{f.name: getattr(self, f.name) for f in fields(GeneratorSpec)})
 
     @property
     def trains_dense(self) -> bool:

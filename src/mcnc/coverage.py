@@ -82,7 +82,7 @@ def coverage(phi: Generator | GeneratorSpec, samples: int = 4096, projections: i
 
 
 def fit_generator(spec: GeneratorSpec, steps: int = 300, batch: int = 1024,
-                  projections: int = 128, lr: float = 1e-4, seed: int = 0,
+                  projections: int = 128, lr: float = 1e-3, seed: int = 0,
                   progress: bool = True) -> Generator:
     """Train ``phi`` (from its seeded start) to push U(cube) to U(sphere), as in the paper.
 
@@ -104,8 +104,8 @@ def fit_generator(spec: GeneratorSpec, steps: int = 300, batch: int = 1024,
     return Generator(spec, [w.detach() for w in weights])
 
 
-def plot_curves(path: str, L: float = 20.0, width: int = 64, depth: int = 2, seed: int = 0,
-                points: int = 4000) -> None:
+def plot_curves(path: str, L: float = 20.0, width: int = 64, depth: int = 2,
+                hidden_gain: float = 4.0, seed: int = 0, points: int = 4000) -> None:
     """The paper's Figure 2: a k=1 generator winds [-L, L] around the sphere in R^3,
     seeded sine vs ReLU networks side by side, written to a PNG."""
     import matplotlib
@@ -118,8 +118,8 @@ def plot_curves(path: str, L: float = 20.0, width: int = 64, depth: int = 2, see
     u, v = torch.meshgrid(torch.linspace(0, math.pi, 30), torch.linspace(0, 2 * math.pi, 60),
                           indexing="ij")
     for i, activation in enumerate(("sine", "relu")):
-        spec = GeneratorSpec(k=1, d=3, L=L, width=width, depth=depth, activation=activation,
-                             seed=seed)
+        spec = GeneratorSpec(k=1, d=3, L=L, width=width, depth=depth, hidden_gain=hidden_gain,
+                             activation=activation, seed=seed)
         with torch.no_grad():
             curve = Generator(spec)(t)
         ax = fig.add_subplot(1, 2, i + 1, projection="3d")
@@ -129,6 +129,7 @@ def plot_curves(path: str, L: float = 20.0, width: int = 64, depth: int = 2, see
                 color="tab:blue" if activation == "sine" else "tab:red")
         score = coverage(spec, samples=2048).sw
         ax.set_title(f"{activation}: phi([-{L:g}, {L:g}]) on S^2\nSW = {score:.3f} / sqrt(d)")
+        ax.set_box_aspect((1, 1, 1))
         ax.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

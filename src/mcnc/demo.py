@@ -20,8 +20,9 @@ from mcnc.compress import compress
 from mcnc.config import MCNCConfig
 from mcnc.data.mnist import mnist_tensors
 from mcnc.fileformat import STORAGE_DTYPES, load, save
+from mcnc.machine import machine_info, machine_line
 from mcnc.summary import summarize
-from mcnc.training import EpochResult, accuracy, train_classifier
+from mcnc.training import EpochResult, predict, train_classifier
 
 
 @dataclass
@@ -68,6 +69,7 @@ def run_demo(settings: DemoSettings) -> dict:
         train = (train[0][: settings.limit], train[1][: settings.limit])
     config = MCNCConfig(k=settings.k, d=settings.d, seed=settings.seed)
     model = compress(models.small_cnn(), config)
+    print(f"machine: {machine_line()}")
     print(f"MNIST: {len(train[0]):,} training and {len(test[0]):,} test images; "
           f"model: small_cnn compressed with k={config.k}, d={config.d}, L={config.L:g}")
     start = time.perf_counter()
@@ -79,15 +81,19 @@ def run_demo(settings: DemoSettings) -> dict:
     )
     seconds = time.perf_counter() - start
     summary = summarize(model)
-    storage = {}
+    storage, reference = {}, None
     for dtype in STORAGE_DTYPES:
         name = str(dtype).removeprefix("torch.")
         path = save(model, out / ("demo.mcnc" if dtype == torch.float32 else f"demo-{name}.mcnc"),
                     dtype)
+        preds = predict(load(path, models.small_cnn()), test[0])
+        reference = preds if reference is None else reference
         storage[name] = {"path": str(path), "bytes": path.stat().st_size,
-                         "test_accuracy": accuracy(load(path, models.small_cnn()), *test)}
+                         "test_accuracy": (preds == test[1]).float().mean().item(),
+                         "predictions_differing_from_float32": int((preds != reference).sum())}
     result = {
         "settings": asdict(settings),
+        "machine": machine_info(),
         "original_params": summary.original_params,
         "trainable_params": summary.trainable_params,
         "param_ratio": summary.param_ratio,
@@ -115,6 +121,7 @@ def run_demo(settings: DemoSettings) -> dict:
     print("reloaded from file (alphas and betas stored as):")
     for name, s in storage.items():
         print(f"  {name:<9} {s['bytes']:>8,} bytes  test accuracy {100 * s['test_accuracy']:.2f}%"
-              f"  {s['path']}")
+              f"  ({s['predictions_differing_from_float32']} of {len(test[0]):,} predictions "
+              f"differ from float32)  {s['path']}")
     print(f"wrote {out / 'demo_accuracy.png'} and {out / 'demo.json'}")
     return result

@@ -33,14 +33,19 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in eval mode (the model's training flag is restored)."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted classes (N,) in eval mode (the model's training flag is restored)."""
     was_training = model.training
     model.eval()
-    correct = sum((model(xb).argmax(1) == yb).sum().item() for xb, yb in
-                  batches(x, y, batch_size))
+    preds = torch.cat([model(x[i : i + batch_size]).argmax(1)
+                       for i in range(0, len(x), batch_size)])
     model.train(was_training)
-    return correct / len(x)
+    return preds
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy in eval mode."""
+    return (predict(model, x) == y).float().mean().item()
 
 
 def param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
