@@ -16,7 +16,8 @@ def _demo(args: argparse.Namespace) -> None:
     from mcnc.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(epochs=args.epochs, lr=args.lr, k=args.k, d=args.d, seed=args.seed,
-                          limit=args.limit, out=args.out, progress=not args.no_progress))
+                          limit=args.limit, out=args.out, progress=not args.no_progress,
+                          dense_baseline=not args.no_dense_baseline))
 
 
 def _coverage(args: argparse.Namespace) -> None:
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use only N training images")
     p.add_argument("--out", default="mcnc-demo", help="output directory")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-dense-baseline", action="store_true",
+                   help="skip training the uncompressed network for comparison")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("coverage", help="how evenly the generator covers the sphere")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mcnc import models
-from mcnc.compress import compress
+from mcnc.compress import MCNCModel, compress
 from mcnc.config import MCNCConfig
 from mcnc.data.mnist import mnist_tensors
 from mcnc.fileformat import STORAGE_DTYPES, load, save
@@ -40,16 +40,21 @@ class DemoSettings:
     """Use only the first ``limit`` training images (for quick checks)."""
     out: str = "mcnc-demo"
     progress: bool = True
+    dense_baseline: bool = True
+    """Also train the uncompressed network (Adam, ``dense_lr``, same epochs) for comparison."""
 
 
-def plot_history(history: list[EpochResult], path: Path, title: str) -> None:
+def plot_history(curves: dict[str, list[EpochResult]], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot([r.epoch for r in history], [100 * r.test_accuracy for r in history], marker="o")
+    for label, history in curves.items():
+        ax.plot([r.epoch for r in history], [100 * r.test_accuracy for r in history],
+                marker="o", label=label)
+    ax.legend()
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
@@ -59,69 +64,90 @@ def plot_history(history: list[EpochResult], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def run_demo(settings: DemoSettings) -> dict:
-    """Train, report, save, reload; returns the numbers it printed."""
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(settings.seed)
-    train, test = mnist_tensors("train"), mnist_tensors("test")
-    if settings.limit:
-        train = (train[0][: settings.limit], train[1][: settings.limit])
-    config = MCNCConfig(k=settings.k, d=settings.d, seed=settings.seed)
-    model = compress(models.small_cnn(), config)
-    print(f"machine: {machine_line()}")
-    print(f"MNIST: {len(train[0]):,} training and {len(test[0]):,} test images; "
-          f"model: small_cnn compressed with k={config.k}, d={config.d}, L={config.L:g}")
-    start = time.perf_counter()
-    history = train_classifier(
-        model, train, test, settings.epochs, settings.lr, settings.dense_lr,
-        settings.batch_size, settings.seed, settings.progress,
-        on_epoch=lambda r: print(f"epoch {r.epoch}: train loss {r.train_loss:.4f}, "
-                                 f"test accuracy {100 * r.test_accuracy:.2f}% ({r.seconds:.0f} s)"),
-    )
-    seconds = time.perf_counter() - start
-    summary = summarize(model)
-    storage, reference = {}, None
+def _print_epoch(r: EpochResult) -> None:
+    print(f"epoch {r.epoch}: train loss {r.train_loss:.4f}, test accuracy "
+          f"{100 * r.test_accuracy:.2f}% ({r.seconds:.0f} s)")
+
+
+def storage_report(model: MCNCModel, out: Path, test: tuple[torch.Tensor, torch.Tensor]
+                   ) -> dict[str, dict]:
+    """Save with alphas and betas in each storage dtype, reload each file into a fresh
+    network and measure it: bytes, test accuracy, predictions that differ from float32."""
+    report, reference = {}, None
     for dtype in STORAGE_DTYPES:
         name = str(dtype).removeprefix("torch.")
         path = save(model, out / ("demo.mcnc" if dtype == torch.float32 else f"demo-{name}.mcnc"),
                     dtype)
         preds = predict(load(path, models.small_cnn()), test[0])
         reference = preds if reference is None else reference
-        storage[name] = {"path": str(path), "bytes": path.stat().st_size,
-                         "test_accuracy": (preds == test[1]).float().mean().item(),
-                         "predictions_differing_from_float32": int((preds != reference).sum())}
+        report[name] = {"path": str(path), "bytes": path.stat().st_size,
+                        "test_accuracy": (preds == test[1]).float().mean().item(),
+                        "predictions_differing_from_float32": int((preds != reference).sum())}
+    return report
+
+
+def print_report(result: dict, table: str) -> None:
+    print(f"\n{table}\n")
+    print(f"dense parameters      {result['original_params']:>10,}")
+    print(f"trainable parameters  {result['trainable_params']:>10,}   "
+          f"({result['param_ratio']:.1f}x fewer)")
+    print(f"bytes on disk         {result['dense_bytes']:>10,} -> {result['file_bytes']:,}   "
+          f"({result['byte_ratio']:.1f}x smaller)")
+    dense = result["dense_test_accuracy"]
+    print(f"test accuracy         {100 * result['test_accuracy']:>9.2f}%"
+          + (f"   (uncompressed network, same epochs: {100 * dense:.2f}%)" if dense else ""))
+    print(f"training time         {result['train_seconds']:>9.0f} s")
+    print("reloaded from file (alphas and betas stored as):")
+    for name, s in result["storage"].items():
+        print(f"  {name:<9} {s['bytes']:>8,} bytes  test accuracy {100 * s['test_accuracy']:.2f}%"
+              f"  ({s['predictions_differing_from_float32']} of {result['test_images']:,} "
+              f"predictions differ from float32)  {s['path']}")
+
+
+def run_demo(settings: DemoSettings) -> dict:
+    """Train, report, save, reload; returns the numbers it printed (also in demo.json)."""
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, test = mnist_tensors("train"), mnist_tensors("test")
+    if settings.limit:
+        train = (train[0][: settings.limit], train[1][: settings.limit])
+    torch.manual_seed(settings.seed)
+    config = MCNCConfig(k=settings.k, d=settings.d, seed=settings.seed)
+    model = compress(models.small_cnn(), config)
+    print(f"machine: {machine_line()}")
+    print(f"MNIST: {len(train[0]):,} training and {len(test[0]):,} test images; "
+          f"model: small_cnn compressed with k={config.k}, d={config.d}, L={config.L:g}")
+    run = (settings.epochs, settings.lr, settings.dense_lr, settings.batch_size, settings.seed,
+           settings.progress)
+    start = time.perf_counter()
+    history = train_classifier(model, train, test, *run, on_epoch=_print_epoch)
+    seconds = time.perf_counter() - start
+    summary = summarize(model)
+    curves = {f"MCNC ({summary.trainable_params:,} trainable)": history}
+    dense_accuracy = None
+    if settings.dense_baseline:
+        print("training the uncompressed network for comparison (Adam, lr "
+              f"{settings.dense_lr:g})")
+        torch.manual_seed(settings.seed)
+        dense_run = (settings.epochs, settings.dense_lr, *run[2:])
+        curves[f"dense ({summary.original_params:,})"] = dense = train_classifier(
+            models.small_cnn(), train, test, *dense_run)
+        dense_accuracy = dense[-1].test_accuracy
     result = {
-        "settings": asdict(settings),
-        "machine": machine_info(),
+        "settings": asdict(settings), "machine": machine_info(),
         "original_params": summary.original_params,
-        "trainable_params": summary.trainable_params,
-        "param_ratio": summary.param_ratio,
-        "dense_bytes": summary.dense_bytes,
-        "file_bytes": summary.file_bytes,
-        "byte_ratio": summary.byte_ratio,
-        "test_accuracy": history[-1].test_accuracy,
-        "storage": storage,
-        "train_seconds": seconds,
+        "trainable_params": summary.trainable_params, "param_ratio": summary.param_ratio,
+        "dense_bytes": summary.dense_bytes, "file_bytes": summary.file_bytes,
+        "byte_ratio": summary.byte_ratio, "test_accuracy": history[-1].test_accuracy,
+        "dense_test_accuracy": dense_accuracy, "train_seconds": seconds,
+        "test_images": len(test[0]),
+        "storage": storage_report(model, out, test),
         "history": [asdict(r) for r in history],
     }
-    plot_history(history, out / "demo_accuracy.png",
-                 f"MCNC small_cnn on MNIST: {summary.trainable_params:,} trainable of "
-                 f"{summary.original_params:,} ({summary.param_ratio:.0f}x)")
+    plot_history(curves, out / "demo_accuracy.png",
+                 f"small_cnn on MNIST: MCNC with {summary.param_ratio:.0f}x fewer trainable "
+                 "parameters vs dense")
     (out / "demo.json").write_text(json.dumps(result, indent=2))
-    print()
-    print(summary.table())
-    print(f"\ndense parameters      {summary.original_params:>10,}")
-    print(f"trainable parameters  {summary.trainable_params:>10,}   "
-          f"({summary.param_ratio:.1f}x fewer)")
-    print(f"bytes on disk         {summary.dense_bytes:>10,} -> {summary.file_bytes:,}   "
-          f"({summary.byte_ratio:.1f}x smaller)")
-    print(f"test accuracy         {100 * result['test_accuracy']:>9.2f}%")
-    print(f"training time         {seconds:>9.0f} s")
-    print("reloaded from file (alphas and betas stored as):")
-    for name, s in storage.items():
-        print(f"  {name:<9} {s['bytes']:>8,} bytes  test accuracy {100 * s['test_accuracy']:.2f}%"
-              f"  ({s['predictions_differing_from_float32']} of {len(test[0]):,} predictions "
-              f"differ from float32)  {s['path']}")
+    print_report(result, summary.table())
     print(f"wrote {out / 'demo_accuracy.png'} and {out / 'demo.json'}")
     return result
