@@ -49,12 +49,14 @@ def plot_history(curves: dict[str, list[EpochResult]], path: Path, title: str) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for label, history in curves.items():
         ax.plot([r.epoch for r in history], [100 * r.test_accuracy for r in history],
                 marker="o", label=label)
     ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title, fontsize=9)
@@ -145,8 +147,7 @@ def run_demo(settings: DemoSettings) -> dict:
         "history": [asdict(r) for r in history],
     }
     plot_history(curves, out / "demo_accuracy.png",
-                 f"small_cnn on MNIST: MCNC with {summary.param_ratio:.0f}x fewer trainable "
-                 "parameters vs dense")
+                 f"MNIST, small_cnn: MCNC ({summary.param_ratio:.0f}x fewer trainable) vs dense")
     (out / "demo.json").write_text(json.dumps(result, indent=2))
     print_report(result, summary.table())
     print(f"wrote {out / 'demo_accuracy.png'} and {out / 'demo.json'}")
