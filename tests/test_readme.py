@@ -1,0 +1,21 @@
+"""The README's Python example runs as written."""
+
+import re
+from pathlib import Path
+
+import torch
+
+README = Path(__file__).parents[1] / "README.md"
+
+
+def test_readme_example_runs(tmp_path, monkeypatch, capsys):
+    code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert "203,530" in capsys.readouterr().out
+    assert (tmp_path / "mlp.mcnc").stat().st_size < 12_000
+    restored, skeleton2 = namespace["restored"], namespace["skeleton2"]
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), skeleton2.eval()(x))
