@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,6 +86,14 @@ def test_training_lowers_the_loss(mode):
     if mode == "delta":
         assert torch.equal(m.theta0, before_theta0)
         assert [n for n, p in m.named_parameters() if p.requires_grad] == ["alpha", "beta"]
+
+
+def test_deepcopy_after_a_training_step():
+    m = mcnc.compress(make("convnet"), mcnc.MCNCConfig(k=4, d=100, width=8))
+    _train(m, example_input("convnet"), torch.tensor([0, 1, 2, 3]), steps=1)
+    clone = copy.deepcopy(m).eval()
+    with torch.no_grad():
+        assert torch.equal(clone(example_input("convnet")), m.eval()(example_input("convnet")))
 
 
 def test_delta_starts_at_the_base_model():

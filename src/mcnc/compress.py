@@ -151,8 +151,14 @@ class MCNCModel(nn.Module):
             setattr(owner, attr, weights[name])
 
     def forward(self, *args, **kwargs):
-        self._install(self.generated_weights())
-        return self.base(*args, **kwargs)
+        weights = self.generated_weights()
+        self._install(weights)
+        output = self.base(*args, **kwargs)
+        if any(w.requires_grad for w in weights.values()):
+            # The graph keeps what backward needs; the modules keep detached views, so they do
+            # not hold the graph alive and the model can still be deep-copied.
+            self._install({name: w.detach() for name, w in weights.items()})
+        return output
 
     def _apply(self, fn, recurse=True):
         super()._apply(fn, recurse)
