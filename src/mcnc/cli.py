@@ -47,22 +47,25 @@ def _inspect(args: argparse.Namespace) -> None:
     from mcnc.fileformat import read
 
     tensors, meta = read(args.file)
-    size = Path(args.file).stat().st_size
     if args.json:
         print(json.dumps(meta, indent=2))
         return
-    g = meta["generator"]
-    layout = meta["layout"]["targets"]
-    original = sum(math.prod(t["shape"]) for t in layout)
-    print(f"{args.file}: {size:,} bytes, mcnc format version {meta['format_version']}")
-    print(f"mode {meta['mode']}, m={meta['m']}, generator {g['activation']} k={g['k']} "
-          f"d={g['d']} L={g['L']} width={g['width']} depth={g['depth']} "
-          f"seed={g['seed']} ({g['prng']}{', fitted weights stored' if g['fitted'] else ''})")
-    print(f"compressed parameters: {len(layout)} tensors, {original:,} values")
-    for name, t in tensors.items():
+    g, targets = meta["generator"], meta["layout"]["targets"]
+    original = sum(math.prod(t["shape"]) for t in targets)
+    manifold = tensors["mcnc.alpha"].numel() + tensors["mcnc.beta"].numel()
+    print(f"{args.file}: {Path(args.file).stat().st_size:,} bytes, mcnc format version "
+          f"{meta['format_version']}")
+    print(f"mode {meta['mode']}, m={meta['m']}; generator {g['activation']} k={g['k']} "
+          f"d={g['d']} L={g['L']:g} width={g['width']} depth={g['depth']} "
+          f"gain={g['hidden_gain']:g}, seed {g['seed']} ({g['prng']}"
+          f"{', fitted weights stored' if g['fitted'] else ''})")
+    print(f"{len(targets)} compressed tensors, {original:,} values, generated from {manifold:,} "
+          f"alphas and betas ({original / manifold:.1f}x)")
+    order = {f"dense.{k}": i for i, k in enumerate(meta["layout"]["state_keys"])}
+    for name in sorted(tensors, key=lambda n: (not n.startswith("mcnc."), order.get(n, 0), n)):
+        t = tensors[name]
         print(f"  {name:<40} {str(t.dtype).removeprefix('torch.'):<9} {list(t.shape)}")
-    stored = sum(t.numel() for t in tensors.values())
-    print(f"stored values: {stored:,}")
+    print(f"stored values: {sum(t.numel() for t in tensors.values()):,}")
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
