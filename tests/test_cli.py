@@ -19,7 +19,7 @@ def test_inspect(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 0
     out = capsys.readouterr().out
     assert "mode scratch" in out and "k=3 d=64" in out and "mcnc.alpha" in out
-    assert "generated from 32 alphas and betas" in out
+    assert "200 values, generated from 16 alphas and betas" in out
     assert main(["inspect", "--json", str(path)]) == 0
     assert json.loads(capsys.readouterr().out)["generator"]["d"] == 64
 
