@@ -77,11 +77,6 @@ class Layout:
         """Length of the flat generated vector before padding."""
         return sum(t.size for t in self.targets)
 
-    @property
-    def original_numel(self) -> int:
-        """Parameters the compressed tensors have in the uncompressed model."""
-        return sum(t.numel for t in self.targets)
-
     def n_chunks(self, d: int) -> int:
         return -(-self.total // d)
 
