@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import safetensors.torch
@@ -7,7 +8,7 @@ from toymodels import Tied, example_input, make
 
 import mcnc
 from mcnc.coverage import fit_generator
-from mcnc.fileformat import FORMAT_VERSION, atomic_write
+from mcnc.fileformat import FORMAT_VERSION, atomic_write, metadata_digest
 
 CASES = {
     "scratch-odd": ("odd", dict(k=3, d=64, width=8)),
@@ -103,10 +104,13 @@ def good(tmp_path):
 
 
 def _load_fails(path, match):
+    """Loading fails with a FormatError whose message (path removed) matches, and the
+    skeleton it was loaded into is unchanged."""
     skeleton = make("odd")
     before = {k: v.clone() for k, v in skeleton.state_dict().items()}
-    with pytest.raises(mcnc.FormatError, match=match):
+    with pytest.raises(mcnc.FormatError) as error:
         mcnc.load(path, skeleton)
+    assert re.search(match, str(error.value).replace(str(path), "FILE")), str(error.value)
     after = skeleton.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
@@ -118,7 +122,7 @@ def _load_fails(path, match):
 def test_truncated(good, keep):
     data = good.read_bytes()
     good.write_bytes(data[:keep] if keep >= 0 else data[:-3])
-    _load_fails(good, "too short|truncated|invalid|no readable")
+    _load_fails(good, "too short|truncated|invalid|no readable|checksum")
 
 
 def test_flipped_bit_in_tensor_data(good):
@@ -136,13 +140,21 @@ def test_flipped_bit_in_header(good):
     _load_fails(good, "format|metadata")
 
 
-def _rewrite_metadata(path, edit):
+def _rewrite_metadata(path, edit, update_checksum=True):
+    """Edit the JSON metadata of a saved file, as a buggy or hostile writer might."""
     tensors = safetensors.torch.load_file(path)
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
         meta = json.loads(json.loads(f.read(n))["__metadata__"]["mcnc"])
     edit(meta)
+    if update_checksum:
+        meta["metadata_sha256"] = metadata_digest(meta)
     path.write_bytes(safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)}))
+
+
+def test_tampered_metadata_is_detected(good):
+    _rewrite_metadata(good, lambda m: m["generator"].update(seed=27), update_checksum=False)
+    _load_fails(good, "metadata checksum mismatch")
 
 
 def test_newer_format_version(good):
@@ -152,7 +164,7 @@ def test_newer_format_version(good):
 
 def test_malformed_metadata(good):
     _rewrite_metadata(good, lambda m: m["generator"].update(k="sixteen"))
-    _load_fails(good, "malformed|k must")
+    _load_fails(good, "k must")
 
 
 def test_not_an_mcnc_file(tmp_path):

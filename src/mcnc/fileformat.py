@@ -6,8 +6,8 @@ Tensors:
     ``generator.<i>`` only for a fitted generator (a seeded one is rebuilt from its seed).
 
 Metadata: the safetensors ``__metadata__`` entry ``"mcnc"`` holds a JSON object with the format
-version, the generator spec, the mode, the layout, and a SHA-256 of the tensor payload, so a
-flipped bit anywhere in the file is detected. Files are written atomically (temporary file,
+version, the generator spec, the mode, the layout, a SHA-256 of the tensor payload and a
+SHA-256 of the metadata's canonical JSON, so a flipped bit anywhere in the file is detected. Files are written atomically (temporary file,
 fsync, rename), and a load checks everything before it changes anything.
 """
 
@@ -47,6 +47,12 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def metadata_digest(meta: dict) -> str:
+    """SHA-256 of the metadata's canonical JSON (sorted keys), ``metadata_sha256`` left out."""
+    rest = {k: v for k, v in meta.items() if k != "metadata_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode()).hexdigest()
 
 
 def base_digest(theta0: torch.Tensor) -> str:
@@ -98,6 +104,7 @@ def to_bytes(model: MCNCModel, dtype: torch.dtype = torch.float32) -> bytes:
         "base_sha256": base_digest(model.theta0) if model.theta0 is not None else None,
         "payload_sha256": tensor_digest(tensors),
     }
+    meta["metadata_sha256"] = metadata_digest(meta)
     return safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)})
 
 
@@ -162,6 +169,8 @@ def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...]) -> None:
 def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     spec, fitted = _spec_from_meta(meta)
     layout = Layout.from_dict(meta["layout"])
+    if meta["alpha_bounds"] != "reflect":
+        raise FormatError(f"unknown alpha bound handling {meta['alpha_bounds']!r}")
     if meta["mode"] not in MODES or not isinstance(meta["m"], int) or meta["m"] < 1:
         raise FormatError(f"bad mode {meta['mode']!r} or m {meta['m']!r}")
     offset = 0
@@ -199,6 +208,8 @@ def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = safetensors.torch.load(data)
     except Exception as e:  # safetensors raises its own error types for every malformation
         raise FormatError(f"{path}: the safetensors structure is invalid ({e})") from e
+    if metadata_digest(meta) != meta.get("metadata_sha256"):
+        raise FormatError(f"{path}: metadata checksum mismatch, the header is corrupted")
     if tensor_digest(tensors) != meta.get("payload_sha256"):
         raise FormatError(f"{path}: checksum mismatch, the tensor data is corrupted")
     try:

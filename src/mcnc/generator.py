@@ -43,6 +43,16 @@ MAX_WIDTH = 8192
 MAX_DEPTH = 16
 
 
+def _int_in(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _number_in(value: object, low: float, high: float) -> bool:
+    """A finite real strictly between ``low`` and ``high``."""
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and low < value < high)
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
     """Everything needed to rebuild ``phi`` bit for bit (stored in every .mcnc file)."""
@@ -69,21 +79,18 @@ class GeneratorSpec:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field to change if the spec is unusable."""
+        k_ok, d_ok = _int_in(self.k, 1, MAX_K), _int_in(self.d, 2, MAX_D)
         checks = [
-            (isinstance(self.k, int) and 1 <= self.k <= MAX_K, f"k must be in [1, {MAX_K}]"),
-            (isinstance(self.d, int) and 2 <= self.d <= MAX_D, f"d must be in [2, {MAX_D}]"),
-            (self.k < self.d, "k must be smaller than d (otherwise nothing is compressed)"),
-            (isinstance(self.L, int | float) and 0 < self.L < 1e6 and math.isfinite(self.L),
-             "L must be a positive finite number"),
-            (isinstance(self.width, int) and 1 <= self.width <= MAX_WIDTH,
-             f"width must be in [1, {MAX_WIDTH}]"),
-            (isinstance(self.depth, int) and 1 <= self.depth <= MAX_DEPTH,
-             f"depth must be in [1, {MAX_DEPTH}]"),
+            (k_ok, f"k must be an integer in [1, {MAX_K}]"),
+            (d_ok, f"d must be an integer in [2, {MAX_D}]"),
+            (not (k_ok and d_ok) or self.k < self.d,
+             "k must be smaller than d (otherwise nothing is compressed)"),
+            (_number_in(self.L, 0, 1e6), "L must be a positive finite number below 1e6"),
+            (_int_in(self.width, 1, MAX_WIDTH), f"width must be an integer in [1, {MAX_WIDTH}]"),
+            (_int_in(self.depth, 1, MAX_DEPTH), f"depth must be an integer in [1, {MAX_DEPTH}]"),
             (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}"),
-            (isinstance(self.hidden_gain, int | float) and 0 < self.hidden_gain < 1e3,
-             "hidden_gain must be a positive number"),
-            (isinstance(self.seed, int) and 0 <= self.seed <= rng.MAX_SEED,
-             "seed must be an integer in [0, 2**64)"),
+            (_number_in(self.hidden_gain, 0, 1e3), "hidden_gain must be a positive number"),
+            (_int_in(self.seed, 0, rng.MAX_SEED), "seed must be an integer in [0, 2**64)"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
