@@ -7,8 +7,9 @@ Tensors:
 
 Metadata: the safetensors ``__metadata__`` entry ``"mcnc"`` holds a JSON object with the format
 version, the generator spec, the mode, the layout, a SHA-256 of the tensor payload and a
-SHA-256 of the metadata's canonical JSON, so a flipped bit anywhere in the file is detected. Files are written atomically (temporary file,
-fsync, rename), and a load checks everything before it changes anything.
+SHA-256 of the metadata's canonical JSON, so a flipped bit anywhere in the file is detected.
+Files are written atomically (temporary file, fsync, rename), and a load checks everything
+before it changes anything.
 """
 
 from __future__ import annotations
