@@ -48,3 +48,12 @@ def test_version_1_file_loads_into_a_skeleton():
     dense.load_state_dict(mcnc.reconstruct(FIXTURE), strict=True)
     with torch.no_grad():
         assert torch.equal(model(example_input("odd")), dense(example_input("odd")))
+
+
+def test_committed_demo_file_loads():
+    """results/demo/demo.mcnc, written by `mcnc demo`, stays readable by the current code."""
+    from mcnc.models import small_cnn
+
+    path = Path(__file__).parents[1] / "results" / "demo" / "demo.mcnc"
+    model = mcnc.load(path, small_cnn())
+    assert mcnc.summarize(model).param_ratio > 100
