@@ -25,7 +25,7 @@ from torch import nn
 
 from mcnc import rng
 from mcnc.compress import MCNCModel, fold_into_cube, generate_flat, wrap
-from mcnc.config import MODES, MCNCConfig
+from mcnc.config import MCNCConfig
 from mcnc.generator import Generator, GeneratorSpec, seeded_weights_shapes
 from mcnc.layout import Layout, layout_mismatches, materialize
 
@@ -168,24 +168,28 @@ def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...]) -> None:
 
 
 def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-    spec, fitted = _spec_from_meta(meta)
+    config = _config_from(meta)  # validates the generator spec, mode, m and rank
+    _, fitted = _spec_from_meta(meta)
     layout = Layout.from_dict(meta["layout"])
     if meta["alpha_bounds"] != "reflect":
         raise FormatError(f"unknown alpha bound handling {meta['alpha_bounds']!r}")
-    if meta["mode"] not in MODES or not isinstance(meta["m"], int) or meta["m"] < 1:
-        raise FormatError(f"bad mode {meta['mode']!r} or m {meta['m']!r}")
+    if not isinstance(meta["train_dense"], bool):
+        raise FormatError("train_dense must be true or false")
     offset = 0
     for t in layout.targets:
         if t.offset != offset or t.size <= 0 or (t.rank is not None and t.rank < 1):
             raise FormatError(f"layout entry {t.name!r} is inconsistent (offset {t.offset}, "
                               f"expected {offset})")
         offset += t.size
-    n = layout.n_chunks(spec.d)
-    _expect_shape(tensors, "mcnc.alpha", (n, meta["m"], spec.k))
-    _expect_shape(tensors, "mcnc.beta", (n, meta["m"]))
+    unknown = (layout.target_names() | set(meta["dense"])) - set(layout.state_keys)
+    if unknown:
+        raise FormatError(f"the layout names tensors that are not state keys: {sorted(unknown)}")
+    n = layout.n_chunks(config.d)
+    _expect_shape(tensors, "mcnc.alpha", (n, config.m, config.k))
+    _expect_shape(tensors, "mcnc.beta", (n, config.m))
     expected = {"mcnc.alpha", "mcnc.beta"} | {f"dense.{k}" for k in meta["dense"]}
     if fitted:
-        for i, shape in enumerate(seeded_weights_shapes(spec)):
+        for i, shape in enumerate(seeded_weights_shapes(config)):
             _expect_shape(tensors, f"generator.{i}", tuple(shape))
             expected.add(f"generator.{i}")
     if set(tensors) != expected:
@@ -233,10 +237,7 @@ def _generator_from(meta: dict, tensors: dict[str, torch.Tensor]) -> Generator:
 
 def _config_from(meta: dict) -> MCNCConfig:
     spec, _ = _spec_from_meta(meta)
-    return MCNCConfig(mode=meta["mode"], k=spec.k, d=spec.d, m=meta["m"], L=spec.L,
-                      width=spec.width, depth=spec.depth, activation=spec.activation,
-                      hidden_gain=spec.hidden_gain, seed=spec.seed,
-                      rank=meta["rank"],
+    return MCNCConfig(**spec.to_dict(), mode=meta["mode"], m=meta["m"], rank=meta["rank"],
                       train_dense=meta["train_dense"])
 
 
