@@ -158,6 +158,14 @@ def test_errors_say_what_to_change():
                       generator=mcnc.Generator(mcnc.GeneratorSpec(k=4, d=64)))
 
 
+def test_refuses_half_precision_and_double_compression():
+    with pytest.raises(ValueError, match=r"expects float32 parameters.*model.float\(\)"):
+        mcnc.compress(make("odd").half(), mcnc.MCNCConfig(k=3, d=64))
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8))
+    with pytest.raises(ValueError, match="already compressed"):
+        mcnc.compress(m, mcnc.MCNCConfig(k=3, d=64, width=8))
+
+
 def test_regex_selection_and_dtype_moves():
     m = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=32, width=8, target_regex=r"^head\."))
     assert [t.name for t in m.layout.targets] == ["head.weight", "head.bias"]

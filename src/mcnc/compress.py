@@ -208,6 +208,8 @@ def compress(model: nn.Module, config: MCNCConfig | None = None,
             :func:`mcnc.coverage.fit_generator`); its spec must match ``config``.
     """
     config = config or MCNCConfig()
+    if isinstance(model, MCNCModel):
+        raise ValueError("this model is already compressed; compress the original model")
     spec = config.generator_spec()
     if generator is None:
         generator = Generator(spec)
@@ -219,6 +221,12 @@ def compress(model: nn.Module, config: MCNCConfig | None = None,
 
 def wrap(model: nn.Module, layout: Layout, config: MCNCConfig, generator: Generator
          ) -> MCNCModel:
-    """Build the :class:`MCNCModel` on the device ``model`` is on."""
+    """Build the :class:`MCNCModel` on the device ``model`` is on (float32 parameters only)."""
+    params = dict(model.named_parameters())
+    for t in layout.targets:
+        if params[t.name].dtype != torch.float32:
+            raise ValueError(f"MCNC expects float32 parameters, {t.name!r} is "
+                             f"{params[t.name].dtype}: call model.float() first (and cast the "
+                             "compressed model afterwards if needed)")
     device = next(iter(model.parameters())).device
     return MCNCModel(model, layout, config, generator).to(device)
