@@ -23,7 +23,9 @@ def _demo(args: argparse.Namespace) -> None:
 def _coverage(args: argparse.Namespace) -> None:
     from mcnc.coverage import coverage, fit_generator, plot_curves
     from mcnc.generator import GeneratorSpec
+    from mcnc.machine import machine_line
 
+    print(f"machine: {machine_line()}")
     print(f"sliced Wasserstein distance to U(S^{args.d - 1}) in units of 1/sqrt(d) "
           f"({args.samples} samples, {args.projections} directions); floor = two uniform samples")
     print(f"{'generator':<14} {'SW':>8} {'floor':>8} {'SW/floor':>9}")

@@ -22,11 +22,10 @@ class EpochResult:
     seconds: float
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
-            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Mini-batches in a random order (``generator`` given) or in order (``None``)."""
-    order = (torch.randperm(len(x), generator=generator) if generator is not None
-             else torch.arange(len(x)))
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+            ) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Mini-batches of ``(x, y)`` in an order drawn from ``generator``."""
+    order = torch.randperm(len(x), generator=generator)
     for i in range(0, len(x), batch_size):
         idx = order[i : i + batch_size]
         yield x[idx], y[idx]
