@@ -72,14 +72,18 @@ class Summary:
         return "\n".join(lines)
 
 
+def _module_of(name: str) -> str:
+    """``"features.0.weight"`` -> ``"features.0"``; top-level parameters -> ``"(root)"``."""
+    return name.rpartition(".")[0] or "(root)"
+
+
 def summarize(model: MCNCModel) -> Summary:
     """Count original vs trainable parameters per module and the bytes on disk."""
     per_generated = (model.alpha.numel() + model.beta.numel()) / model.layout.total
     by_module: dict[str, list[float]] = {}
 
     def add(name: str, original: int, trainable: float) -> None:
-        module = name.rpartition(".")[0] or "(root)"
-        row = by_module.setdefault(module, [0, 0.0])
+        row = by_module.setdefault(_module_of(name), [0, 0.0])
         row[0] += original
         row[1] += trainable
 
@@ -89,7 +93,7 @@ def summarize(model: MCNCModel) -> Summary:
         add(name, p.numel(), p.numel() if p.requires_grad else 0)
     order = {}
     for key in model.layout.state_keys:
-        order.setdefault(key.rpartition(".")[0] or "(root)", len(order))
+        order.setdefault(_module_of(key), len(order))
     rows = [LayerRow(name, int(o), tr) for name, (o, tr) in
             sorted(by_module.items(), key=lambda item: order.get(item[0], len(order)))]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
