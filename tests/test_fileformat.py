@@ -185,7 +185,7 @@ def test_mismatched_architecture(good):
     with pytest.raises(mcnc.FormatError, match="shape"):
         mcnc.load(good, wider)
     other = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=32, width=8))
-    with pytest.raises(mcnc.FormatError, match="different layout"):
+    with pytest.raises(mcnc.FormatError, match="different method, layout"):
         mcnc.load(good, other)
 
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mcnc.data.mnist import MNISTError
-from mcnc.fileformat import FormatError
+from mcnc.errors import FormatError
 
 
 def _demo(args: argparse.Namespace) -> None:

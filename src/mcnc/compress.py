@@ -17,8 +17,20 @@ from torch import nn
 
 from mcnc import rng
 from mcnc.config import MCNCConfig
-from mcnc.generator import Generator
-from mcnc.layout import Layout, materialize, owner_of, plan_layout
+from mcnc.errors import FormatError
+from mcnc.generator import Generator, GeneratorSpec, seeded_weights_shapes
+from mcnc.layout import Layout, plan_layout
+from mcnc.reparam import Reparameterized, check_float32, flat_values
+
+
+def _spec_from_meta(meta: dict) -> tuple[GeneratorSpec, bool]:
+    """The generator spec of a file's metadata and whether fitted weights are stored."""
+    g = dict(meta["generator"])
+    if g.pop("prng") != rng.PRNG_NAME:
+        raise FormatError(f"unknown pseudo-random generator {meta['generator']['prng']!r}")
+    fitted = g.pop("fitted")
+    return GeneratorSpec.from_dict(g), bool(fitted)
+
 
 ALPHA_INIT_STREAM = 0xA1FA
 """Philox stream of the initial alphas (the generator's layers use streams 0, 1, 2, ...)."""
@@ -87,105 +99,83 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
     return (per_chunk / config.m).sqrt().unsqueeze(1).expand(n, config.m).clone()
 
 
-class MCNCModel(nn.Module):
+class MCNCModel(Reparameterized):
     """A model whose selected weights are generated from ``alpha`` (n, m, k) and ``beta`` (n, m).
 
     ``parameters()`` yields exactly ``alpha``, ``beta`` and the dense leftovers that train
-    (normalisation layers in scratch/lowrank mode). Whenever no gradient can reach alpha or
-    beta (``torch.no_grad()``, ``torch.inference_mode()``, or frozen alpha and beta, as in any
-    evaluation loop) the generated weights are computed once and reused until alpha, beta, the
-    device or the dtype change.
+    (normalisation layers in scratch/lowrank mode). See :class:`~mcnc.reparam.Reparameterized`
+    for the caching of generated weights.
     """
+
+    method = "mcnc"
 
     def __init__(self, base: nn.Module, layout: Layout, config: MCNCConfig,
                  generator: Generator):
-        super().__init__()
         params = dict(base.named_parameters())
+        theta0 = flat_values(layout, params) if config.mode == "delta" else None
+        super().__init__(base, layout, config, theta0)
         n_chunks = layout.n_chunks(config.d)
-        self.config, self.layout, self.base, self.generator = config, layout, base, generator
+        self.generator = generator
         self.alpha = nn.Parameter(initial_alpha(config, n_chunks))
         self.beta = nn.Parameter(initial_beta(layout, params, config))
-        theta0 = None
-        if config.mode == "delta":
-            theta0 = torch.cat([params[t.name].detach().reshape(-1).float()
-                                for t in layout.targets])
-        self.register_buffer("theta0", theta0, persistent=False)
-        self._slots = []
-        for t in layout.targets:
-            for name in t.names:
-                owner, attr = owner_of(base, name)
-                owner._parameters.pop(attr, None)
-                self._slots.append((owner, attr, t.name))
-        if not config.trains_dense:
-            base.requires_grad_(False)
-        self._cache: tuple[tuple, dict[str, torch.Tensor]] | None = None
-        with torch.no_grad():
-            self._install(self.generated_weights())
+        self._refresh()
 
-    # -- generation -------------------------------------------------------------------------
-    def _compute_weights(self) -> dict[str, torch.Tensor]:
-        flat = generate_flat(self.generator, self.alpha, self.beta)
-        if self.theta0 is not None:
-            flat = flat[: self.layout.total] + self.theta0
-        return materialize(self.layout, flat)
+    def method_tensors(self) -> dict[str, torch.Tensor]:
+        return {"alpha": self.alpha, "beta": self.beta}
 
-    def _cache_key(self) -> tuple:
-        tensors = (self.alpha, self.beta, *([self.theta0] if self.theta0 is not None else []))
-        return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+    def generated_flat(self) -> torch.Tensor:
+        return generate_flat(self.generator, self.alpha, self.beta)
 
-    def generated_weights(self) -> dict[str, torch.Tensor]:
-        """The compressed parameters as tensors, by canonical name (cached when no grad)."""
-        needs_grad = torch.is_grad_enabled() and (self.alpha.requires_grad
-                                                  or self.beta.requires_grad)
-        if needs_grad:
-            self._cache = None
-            return self._compute_weights()
-        key = self._cache_key()
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self._compute_weights())
-        return self._cache[1]
+    def after_step(self) -> None:
+        self.fold_alphas_()
 
-    def _install(self, weights: dict[str, torch.Tensor]) -> None:
-        for owner, attr, name in self._slots:
-            setattr(owner, attr, weights[name])
-
-    def forward(self, *args, **kwargs):
-        weights = self.generated_weights()
-        self._install(weights)
-        output = self.base(*args, **kwargs)
-        if any(w.requires_grad for w in weights.values()):
-            # The graph keeps what backward needs; the modules keep detached views, so they do
-            # not hold the graph alive and the model can still be deep-copied.
-            self._install({name: w.detach() for name, w in weights.items()})
-        return output
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        with torch.no_grad():
-            self._install(self.generated_weights())
-        return self
-
-    # -- utilities --------------------------------------------------------------------------
     @torch.no_grad()
     def fold_alphas_(self) -> MCNCModel:
         """Reflect the stored alphas into [-L, L] in place; the model's output is unchanged."""
         self.alpha.copy_(fold_into_cube(self.alpha, self.config.L))
         return self
 
-    @torch.no_grad()
-    def dense_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict of the original, uncompressed architecture (copies, on CPU)."""
-        weights = self.generated_weights()
-        by_name = {n: weights[t.name] for t in self.layout.targets for n in t.names}
-        leftovers = self.base.state_dict()
-        return {key: (by_name[key] if key in by_name else leftovers[key]).detach().cpu().clone()
-                for key in self.layout.state_keys}
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            alpha = fold_into_cube(self.alpha, self.config.L)
+        tensors = {"mcnc.alpha": alpha, "mcnc.beta": self.beta}
+        if self.generator.fitted:
+            tensors |= {f"generator.{i}": w for i, w in enumerate(self.generator.weights)}
+        return tensors
 
-    def dense_leftovers(self) -> dict[str, torch.Tensor]:
-        """State entries stored as they are: buffers, and parameters that are not frozen."""
-        frozen = {n for n, p in self.base.named_parameters() if not p.requires_grad}
-        return {k: v for k, v in self.base.state_dict().items() if k not in frozen}
+    def file_metadata(self) -> dict:
+        c = self.config
+        return {"generator": {**self.generator.spec.to_dict(), "prng": rng.PRNG_NAME,
+                              "fitted": self.generator.fitted},
+                "mode": c.mode, "m": c.m, "rank": c.rank, "alpha_bounds": "reflect"}
+
+    @classmethod
+    def config_from_file(cls, meta: dict) -> MCNCConfig:
+        spec, _ = _spec_from_meta(meta)
+        if meta["alpha_bounds"] != "reflect":
+            raise FormatError(f"unknown alpha bound handling {meta['alpha_bounds']!r}")
+        return MCNCConfig(**spec.to_dict(), mode=meta["mode"], m=meta["m"], rank=meta["rank"],
+                          train_dense=meta["train_dense"])
+
+    @classmethod
+    def expected_tensors(cls, config: MCNCConfig, layout: Layout, meta: dict
+                         ) -> dict[str, tuple[int, ...]]:
+        n = layout.n_chunks(config.d)
+        shapes = {"mcnc.alpha": (n, config.m, config.k), "mcnc.beta": (n, config.m)}
+        if _spec_from_meta(meta)[1]:
+            shapes |= {f"generator.{i}": tuple(shape)
+                       for i, shape in enumerate(seeded_weights_shapes(config))}
+        return shapes
+
+    @classmethod
+    def from_file(cls, skeleton: nn.Module, layout: Layout, config: MCNCConfig,
+                  tensors: dict[str, torch.Tensor]) -> MCNCModel:
+        spec = config.generator_spec()
+        weights = None
+        if "generator.0" in tensors:
+            weights = [tensors[f"generator.{i}"].float()
+                       for i in range(len(seeded_weights_shapes(spec)))]
+        return wrap(skeleton, layout, config, Generator(spec, weights))
 
     def extra_repr(self) -> str:
         c = self.config
@@ -222,11 +212,5 @@ def compress(model: nn.Module, config: MCNCConfig | None = None,
 def wrap(model: nn.Module, layout: Layout, config: MCNCConfig, generator: Generator
          ) -> MCNCModel:
     """Build the :class:`MCNCModel` on the device ``model`` is on (float32 parameters only)."""
-    params = dict(model.named_parameters())
-    for t in layout.targets:
-        if params[t.name].dtype != torch.float32:
-            raise ValueError(f"MCNC expects float32 parameters, {t.name!r} is "
-                             f"{params[t.name].dtype}: call model.float() first (and cast the "
-                             "compressed model afterwards if needed)")
-    device = next(iter(model.parameters())).device
+    device = check_float32(model, layout)
     return MCNCModel(model, layout, config, generator).to(device)

@@ -1,14 +1,15 @@
-"""``MCNCConfig``: what to compress and how."""
+"""Configurations: which parameters a method reparameterises (:class:`Selection`) and MCNC's own
+settings (:class:`MCNCConfig`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 from torch import nn
 
 from mcnc.generator import GeneratorSpec
 
-MODES = ("scratch", "delta", "lowrank")
 DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -19,27 +20,20 @@ DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
 
 
 @dataclass(frozen=True)
-class MCNCConfig(GeneratorSpec):
-    """Configuration of :func:`mcnc.compress`: the generator's fields (``k``, ``d``, ``L``,
-    ``width``, ``depth``, ``activation``, ``hidden_gain``, ``seed``; see
-    :class:`~mcnc.generator.GeneratorSpec`) plus what to compress and how.
+class Selection:
+    """What a compression method takes over, shared by MCNC and the baselines.
 
-    The selected parameters are flattened in ``model.named_parameters()`` order, concatenated,
-    zero-padded to a multiple of ``d`` and cut into chunks; chunk j is
-    ``sum_i beta[j, i] * phi(alpha[j, i])`` for ``i < m``. Trainable numbers per chunk:
-    ``m * (k + 1)``. The seed also draws the initial alphas. Learning rates for alpha are
-    relative to its raw scale, [-L, L].
+    Selected parameters are removed from their modules and computed from the method's few
+    trainable numbers; everything else (e.g. normalisation layers) stays dense.
     """
+
+    MODES: ClassVar[tuple[str, ...]] = ("scratch", "delta")
 
     mode: str = "scratch"
     """``"scratch"``: theta = generated (training from scratch).
     ``"delta"``: theta = theta0 + generated, theta0 frozen (fine-tuning).
-    ``"lowrank"``: every matrix or conv kernel is ``B @ A`` of rank ``rank`` and the factors are
-    generated (the paper's "w/ LoRA")."""
-    m: int = 1
-    """Generator outputs summed per chunk (the paper's m)."""
-    rank: int = 64
-    """Rank of the factors in ``"lowrank"`` mode (paper: 64 for ResNets, 32 for DeiT)."""
+    ``"lowrank"`` (where the method supports it): every matrix or conv kernel is ``B @ A`` of
+    rank ``rank`` and the factors are generated (the paper's "w/ LoRA")."""
     target_types: tuple[type[nn.Module], ...] = field(default=DEFAULT_TARGET_TYPES)
     """Module types whose ``weight`` (and ``bias``) are compressed; others stay dense."""
     target_regex: str | None = None
@@ -52,9 +46,42 @@ class MCNCConfig(GeneratorSpec):
     ``scratch``/``lowrank``, no in ``delta`` (they belong to the frozen base)."""
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {self.mode!r}")
+
+    @property
+    def trains_dense(self) -> bool:
+        return self.mode != "delta" if self.train_dense is None else self.train_dense
+
+    @property
+    def factor_rank(self) -> int | None:
+        """Rank of the low-rank factors, or ``None`` when parameters are generated directly."""
+        return None
+
+
+@dataclass(frozen=True)
+class MCNCConfig(GeneratorSpec, Selection):
+    """Configuration of :func:`mcnc.compress`: the generator's fields (``k``, ``d``, ``L``,
+    ``width``, ``depth``, ``activation``, ``hidden_gain``, ``seed``; see
+    :class:`~mcnc.generator.GeneratorSpec`), what to compress (:class:`Selection`) and how.
+
+    The selected parameters are flattened in ``model.named_parameters()`` order, concatenated,
+    zero-padded to a multiple of ``d`` and cut into chunks; chunk j is
+    ``sum_i beta[j, i] * phi(alpha[j, i])`` for ``i < m``. Trainable numbers per chunk:
+    ``m * (k + 1)``. The seed also draws the initial alphas. Learning rates for alpha are
+    relative to its raw scale, [-L, L].
+    """
+
+    MODES: ClassVar[tuple[str, ...]] = ("scratch", "delta", "lowrank")
+
+    m: int = 1
+    """Generator outputs summed per chunk (the paper's m)."""
+    rank: int = 64
+    """Rank of the factors in ``"lowrank"`` mode (paper: 64 for ResNets, 32 for DeiT)."""
+
+    def __post_init__(self) -> None:
+        GeneratorSpec.__post_init__(self)
+        Selection.__post_init__(self)
         if not isinstance(self.m, int) or self.m < 1:
             raise ValueError(f"m must be a positive integer, got {self.m!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
@@ -65,5 +92,5 @@ class MCNCConfig(GeneratorSpec):
         return GeneratorSpec(**{f.name: getattr(self, f.name) for f in fields(GeneratorSpec)})
 
     @property
-    def trains_dense(self) -> bool:
-        return self.mode != "delta" if self.train_dense is None else self.train_dense
+    def factor_rank(self) -> int | None:
+        return self.rank if self.mode == "lowrank" else None

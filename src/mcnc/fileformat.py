@@ -1,13 +1,16 @@
-"""The ``.mcnc`` file: one safetensors file, no pickle.
+"""The ``.mcnc`` file: one safetensors file, no pickle, for every compression method.
 
 Tensors:
-    ``mcnc.alpha`` (n, m, k) and ``mcnc.beta`` (n, m), float32, float16 or bfloat16;
+    ``<method>.<name>`` the method's trainable tensors (MCNC: ``mcnc.alpha`` (n, m, k) and
+    ``mcnc.beta`` (n, m); PRANC: ``pranc.coefficients``; ...), float32, float16 or bfloat16;
+    integer tensors a method needs (pruning: the kept positions);
     ``dense.<state key>`` for every state entry stored as it is (buffers, trained dense params);
-    ``generator.<i>`` only for a fitted generator (a seeded one is rebuilt from its seed).
+    ``generator.<i>`` only for a fitted MCNC generator (a seeded one is rebuilt from its seed).
 
 Metadata: the safetensors ``__metadata__`` entry ``"mcnc"`` holds a JSON object with the format
-version, the generator spec, the mode, the layout, a SHA-256 of the tensor payload and a
-SHA-256 of the metadata's canonical JSON, so a flipped bit anywhere in the file is detected.
+version, the method and its settings (for MCNC the generator spec and mode), the layout, a
+SHA-256 of the tensor payload and a SHA-256 of the metadata's canonical JSON, so a flipped bit
+anywhere in the file is detected. Files written before ``method`` existed are MCNC files.
 Files are written atomically (temporary file, fsync, rename), and a load checks everything
 before it changes anything.
 """
@@ -23,20 +26,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from mcnc import rng
-from mcnc.compress import MCNCModel, fold_into_cube, generate_flat, wrap
-from mcnc.config import MCNCConfig
-from mcnc.generator import Generator, GeneratorSpec, seeded_weights_shapes
-from mcnc.layout import Layout, layout_mismatches, materialize
+from mcnc.errors import FormatError
+from mcnc.layout import Layout, layout_mismatches
+from mcnc.reparam import METHODS, Reparameterized, flat_values
 
 FORMAT_NAME = "mcnc"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 64 << 20
 STORAGE_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
-class FormatError(ValueError):
-    """The file is not a valid .mcnc file, or does not fit the model it is loaded into."""
+__all__ = ["FormatError", "load", "read", "reconstruct", "save", "to_bytes"]
 
 
 # -- writing --------------------------------------------------------------------------------
@@ -76,30 +74,25 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
-def to_bytes(model: MCNCModel, dtype: torch.dtype = torch.float32) -> bytes:
+def to_bytes(model: Reparameterized, dtype: torch.dtype = torch.float32) -> bytes:
     """The .mcnc file content for ``model`` (see :func:`save`)."""
-    if not isinstance(model, MCNCModel):
-        raise TypeError(f"expected an MCNCModel (from mcnc.compress), got {type(model)}")
+    if not isinstance(model, Reparameterized):
+        raise TypeError(f"expected a compressed model (from mcnc.compress or a baseline), got "
+                        f"{type(model)}")
     if dtype not in STORAGE_DTYPES:
         raise ValueError(f"dtype must be one of {list(STORAGE_DTYPES)}, got {dtype}")
+    prefix = f"{model.method}."
     with torch.no_grad():
-        tensors = {"mcnc.alpha": fold_into_cube(model.alpha, model.config.L).to(dtype),
-                   "mcnc.beta": model.beta.to(dtype)}
+        tensors = {k: v.to(dtype) if k.startswith(prefix) and v.is_floating_point() else v
+                   for k, v in model.stored_tensors().items()}
     tensors |= {f"dense.{k}": v for k, v in model.dense_leftovers().items()}
-    if model.generator.fitted:
-        tensors |= {f"generator.{i}": w for i, w in enumerate(model.generator.weights)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    c = model.config
     meta = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
-        "generator": {**model.generator.spec.to_dict(), "prng": rng.PRNG_NAME,
-                      "fitted": model.generator.fitted},
-        "mode": c.mode,
-        "m": c.m,
-        "rank": c.rank,
-        "train_dense": c.trains_dense,
-        "alpha_bounds": "reflect",
+        "method": model.method,
+        **model.file_metadata(),
+        "train_dense": model.config.trains_dense,
         "layout": model.layout.to_dict(),
         "dense": sorted(k.removeprefix("dense.") for k in tensors if k.startswith("dense.")),
         "base_sha256": base_digest(model.theta0) if model.theta0 is not None else None,
@@ -109,12 +102,14 @@ def to_bytes(model: MCNCModel, dtype: torch.dtype = torch.float32) -> bytes:
     return safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)})
 
 
-def save(model: MCNCModel, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Path:
+def save(model: Reparameterized, path: str | os.PathLike, dtype: torch.dtype = torch.float32
+         ) -> Path:
     """Write ``model`` to ``path`` atomically.
 
     Args:
-        model: a model returned by :func:`mcnc.compress` or :func:`mcnc.load`.
-        dtype: storage type of alpha and beta: float32 (exact), float16 or bfloat16.
+        model: a model returned by :func:`mcnc.compress`, a baseline or :func:`mcnc.load`.
+        dtype: storage type of the method's trained numbers (MCNC: alpha and beta): float32
+            (exact), float16 or bfloat16.
     """
     return atomic_write(path, to_bytes(model, dtype))
 
@@ -149,30 +144,34 @@ def _check_version(meta: dict) -> None:
                           f"version {FORMAT_VERSION}); {hint}")
 
 
-def _spec_from_meta(meta: dict) -> tuple[GeneratorSpec, bool]:
-    g = dict(meta["generator"])
-    if g.pop("prng") != rng.PRNG_NAME:
-        raise FormatError(f"unknown pseudo-random generator {meta['generator']['prng']!r}")
-    fitted = g.pop("fitted")
-    return GeneratorSpec.from_dict(g), bool(fitted)
+def method_class(meta: dict) -> type[Reparameterized]:
+    """The class of the method that wrote a file (files without ``method`` are MCNC)."""
+    name = meta.get("method", "mcnc")
+    if name not in METHODS:
+        raise FormatError(f"unknown compression method {name!r} (this mcnc knows "
+                          f"{sorted(METHODS)}); upgrade mcnc to read this file")
+    return METHODS[name]
 
 
-def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...]) -> None:
+def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...], floating: bool = True
+                  ) -> None:
+    """Tensors whose name ends in ``_index`` hold integers; all others finite floats."""
     if name not in tensors:
         raise FormatError(f"tensor {name!r} is missing")
     t = tensors[name]
     if tuple(t.shape) != shape:
         raise FormatError(f"tensor {name!r} has shape {tuple(t.shape)}, expected {shape}")
-    if not t.is_floating_point() or not torch.isfinite(t).all():
+    if not floating:
+        if t.dtype not in (torch.int32, torch.int64):
+            raise FormatError(f"tensor {name!r} must hold int32 or int64 values, not {t.dtype}")
+    elif not t.is_floating_point() or not torch.isfinite(t).all():
         raise FormatError(f"tensor {name!r} must hold finite floating-point values")
 
 
 def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
-    config = _config_from(meta)  # validates the generator spec, mode, m and rank
-    _, fitted = _spec_from_meta(meta)
+    cls = method_class(meta)
+    config = cls.config_from_file(meta)
     layout = Layout.from_dict(meta["layout"])
-    if meta["alpha_bounds"] != "reflect":
-        raise FormatError(f"unknown alpha bound handling {meta['alpha_bounds']!r}")
     if not isinstance(meta["train_dense"], bool):
         raise FormatError("train_dense must be true or false")
     offset = 0
@@ -184,16 +183,12 @@ def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     unknown = (layout.target_names() | set(meta["dense"])) - set(layout.state_keys)
     if unknown:
         raise FormatError(f"the layout names tensors that are not state keys: {sorted(unknown)}")
-    n = layout.n_chunks(config.d)
-    _expect_shape(tensors, "mcnc.alpha", (n, config.m, config.k))
-    _expect_shape(tensors, "mcnc.beta", (n, config.m))
-    expected = {"mcnc.alpha", "mcnc.beta"} | {f"dense.{k}" for k in meta["dense"]}
-    if fitted:
-        for i, shape in enumerate(seeded_weights_shapes(config)):
-            _expect_shape(tensors, f"generator.{i}", tuple(shape))
-            expected.add(f"generator.{i}")
+    shapes = cls.expected_tensors(config, layout, meta)
+    expected = set(shapes) | {f"dense.{k}" for k in meta["dense"]}
     if set(tensors) != expected:
-        raise FormatError(f"unexpected tensors {sorted(set(tensors) ^ expected)[:5]}")
+        raise FormatError(f"unexpected or missing tensors {sorted(set(tensors) ^ expected)[:5]}")
+    for name, shape in shapes.items():
+        _expect_shape(tensors, name, shape, floating=not name.endswith("_index"))
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -226,21 +221,6 @@ def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
-def _generator_from(meta: dict, tensors: dict[str, torch.Tensor]) -> Generator:
-    spec, fitted = _spec_from_meta(meta)
-    weights = None
-    if fitted:
-        weights = [tensors[f"generator.{i}"].float()
-                   for i in range(len(seeded_weights_shapes(spec)))]
-    return Generator(spec, weights)
-
-
-def _config_from(meta: dict) -> MCNCConfig:
-    spec, _ = _spec_from_meta(meta)
-    return MCNCConfig(**spec.to_dict(), mode=meta["mode"], m=meta["m"], rank=meta["rank"],
-                      train_dense=meta["train_dense"])
-
-
 def _check_dense(tensors: dict, meta: dict, state: dict[str, torch.Tensor]) -> None:
     for key in meta["dense"]:
         if key not in state:
@@ -250,13 +230,14 @@ def _check_dense(tensors: dict, meta: dict, state: dict[str, torch.Tensor]) -> N
                               f"has {tuple(tensors[f'dense.{key}'].shape)}")
 
 
-def load(path: str | os.PathLike, model: nn.Module, verify_base: bool = True) -> MCNCModel:
-    """Load a .mcnc file into ``model`` and return the compressed model.
+def load(path: str | os.PathLike, model: nn.Module, verify_base: bool = True
+         ) -> Reparameterized:
+    """Load a .mcnc file (of any method) into ``model`` and return the compressed model.
 
     Args:
         model: either a skeleton of the original architecture (any weights; in ``delta`` mode
-            the pretrained base weights), which is compressed in place, or an
-            :class:`MCNCModel` with the same layout, whose values are replaced.
+            the pretrained base weights), which is compressed in place, or a compressed model
+            of the same method and layout, whose values are replaced.
         verify_base: in ``delta`` mode, check that the skeleton's weights are the base the
             file was trained on.
 
@@ -264,38 +245,80 @@ def load(path: str | os.PathLike, model: nn.Module, verify_base: bool = True) ->
         FormatError: the file is invalid or does not match ``model``; ``model`` is unchanged.
     """
     tensors, meta = read(path)
+    return _load_checked(path, tensors, meta, model, verify_base)
+
+
+def _load_checked(path, tensors: dict[str, torch.Tensor], meta: dict, model: nn.Module,
+                  verify_base: bool, ordered: bool = True) -> Reparameterized:
+    cls = method_class(meta)
     layout = Layout.from_dict(meta["layout"])
-    config = _config_from(meta)
-    if isinstance(model, MCNCModel):
-        ours = (model.layout, model.generator.spec, model.config.mode, model.config.m)
-        theirs = (layout, _spec_from_meta(meta)[0], config.mode, config.m)
-        if ours != theirs:
-            raise FormatError(f"{path} was written for a different layout or generator than "
-                              "this MCNCModel; pass an uncompressed skeleton instead")
+    config = cls.config_from_file(meta)
+    if isinstance(model, Reparameterized):
+        ours = model.file_metadata()
+        if (type(model) is not cls or model.layout != layout
+                or ours != {k: meta.get(k) for k in ours}):
+            raise FormatError(f"{path} was written for a different method, layout or settings "
+                              f"than this {type(model).__name__}; pass an uncompressed skeleton "
+                              "instead")
         _check_dense(tensors, meta, model.base.state_dict())
         compressed = model
     else:
-        problems = layout_mismatches(layout, model)
+        problems = layout_mismatches(layout, model, ordered)
         if problems:
             raise FormatError(f"{path} does not fit this {type(model).__name__}: "
                               + "; ".join(problems[:5]))
         targets = layout.target_names()
         _check_dense(tensors, meta, {k: v for k, v in model.state_dict().items()
                                      if k not in targets})
-        if meta["mode"] == "delta" and verify_base:
-            params = dict(model.named_parameters())
-            theta0 = torch.cat([params[t.name].detach().reshape(-1) for t in layout.targets])
+        if config.mode == "delta" and verify_base:
+            theta0 = flat_values(layout, dict(model.named_parameters()))
             if base_digest(theta0) != meta["base_sha256"]:
                 raise FormatError(f"{path} is a fine-tuning delta for other base weights than "
                                   "the model's; load the matching base (or verify_base=False)")
-        compressed = wrap(model, layout, config, _generator_from(meta, tensors))
+        compressed = cls.from_file(model, layout, config, tensors)
     with torch.no_grad():
-        compressed.alpha.copy_(tensors["mcnc.alpha"])
-        compressed.beta.copy_(tensors["mcnc.beta"])
+        compressed.load_values(tensors)
         state = compressed.base.state_dict()
         for key in meta["dense"]:
             state[key].copy_(tensors[f"dense.{key}"])
+    compressed._refresh()
     return compressed
+
+
+def _skeleton(layout: Layout, tensors: dict[str, torch.Tensor], meta: dict,
+              base_state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
+    """A bare module tree with the file's parameter names: targets as parameters (holding the
+    base weights in ``delta`` mode), every other state entry as a buffer."""
+    root = nn.Module()
+    targets = {t.name: t for t in layout.targets}
+    for key in layout.state_keys:
+        module = root
+        *path, attr = key.split(".")
+        for part in path:
+            if not hasattr(module, part):
+                module.add_module(part, nn.Module())
+            module = getattr(module, part)
+        if key in targets:
+            value = torch.zeros(targets[key].shape)
+            if meta.get("base_sha256") is not None:
+                if base_state_dict is None:
+                    raise ValueError("this file stores a fine-tuning delta: pass the base "
+                                     "model's state_dict as base_state_dict")
+                value = base_state_dict[key].float()
+            module.register_parameter(attr, nn.Parameter(value))
+        elif key not in layout.target_names():
+            dense = tensors.get(f"dense.{key}")
+            if dense is None and base_state_dict is not None:
+                dense = base_state_dict.get(key)
+            if dense is None:
+                raise FormatError(f"the file has no value for {key!r}; pass base_state_dict")
+            module.register_buffer(attr, dense.clone())
+    for t in layout.targets:  # tied weights: the other names point at the same parameter
+        for alias in t.aliases:
+            owner_path, _, attr = alias.rpartition(".")
+            owner = root.get_submodule(owner_path) if owner_path else root
+            owner.register_parameter(attr, root.get_parameter(t.name))
+    return root
 
 
 @torch.no_grad()
@@ -308,27 +331,6 @@ def reconstruct(path: str | os.PathLike, base_state_dict: dict[str, torch.Tensor
     """
     tensors, meta = read(path)
     layout = Layout.from_dict(meta["layout"])
-    generator = _generator_from(meta, tensors)
-    flat = generate_flat(generator, tensors["mcnc.alpha"].float(), tensors["mcnc.beta"].float())
-    if meta["mode"] == "delta":
-        if base_state_dict is None:
-            raise ValueError(f"{path} stores a fine-tuning delta: pass the base model's "
-                             "state_dict as base_state_dict")
-        theta0 = torch.cat([base_state_dict[t.name].reshape(-1).float() for t in layout.targets])
-        if base_digest(theta0) != meta["base_sha256"]:
-            raise FormatError(f"{path} was trained on other base weights than the ones given")
-        flat = flat[: layout.total] + theta0
-    weights = materialize(layout, flat)
-    by_name = {n: weights[t.name] for t in layout.targets for n in t.names}
-    dense = {k: tensors[f"dense.{k}"] for k in meta["dense"]}
-    state = {}
-    for key in layout.state_keys:
-        if key in by_name:
-            state[key] = by_name[key].clone()
-        elif key in dense:
-            state[key] = dense[key]
-        elif base_state_dict is not None and key in base_state_dict:
-            state[key] = base_state_dict[key]
-        else:
-            raise FormatError(f"{path} has no value for {key!r}")
-    return state
+    skeleton = _skeleton(layout, tensors, meta, base_state_dict)
+    compressed = _load_checked(path, tensors, meta, skeleton, verify_base=True, ordered=False)
+    return compressed.dense_state_dict()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mcnc.config import MCNCConfig
+from mcnc.config import Selection
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _parameter_aliases(model: nn.Module) -> dict[int, list[str]]:
     return aliases
 
 
-def _selected_names(model: nn.Module, config: MCNCConfig) -> set[str]:
+def _selected_names(model: nn.Module, config: Selection) -> set[str]:
     if config.target_regex is not None:
         pattern = re.compile(config.target_regex)
         return {n for n, _ in model.named_parameters(remove_duplicate=False) if pattern.search(n)}
@@ -123,8 +123,9 @@ def _uses_low_rank(shape: tuple[int, ...], rank: int) -> bool:
     return rank * (rows + cols) < rows * cols
 
 
-def plan_layout(model: nn.Module, config: MCNCConfig) -> Layout:
-    """Select the parameters ``config`` asks for and lay them out in a flat vector.
+def plan_layout(model: nn.Module, config: Selection) -> Layout:
+    """Select the parameters ``config`` asks for and lay them out in a flat vector (as low-rank
+    factors where ``config.factor_rank`` is set and factoring saves numbers).
 
     Raises:
         ValueError: if the selection matches no parameter.
@@ -137,8 +138,9 @@ def plan_layout(model: nn.Module, config: MCNCConfig) -> Layout:
         if not selected.intersection(names):
             continue
         shape = tuple(param.shape)
-        rank = config.rank if config.mode == "lowrank" and _uses_low_rank(shape, config.rank) \
-            else None
+        rank = config.factor_rank
+        if rank is not None and not _uses_low_rank(shape, rank):
+            rank = None
         target = Target(name=name, shape=shape, offset=offset, rank=rank,
                         aliases=tuple(n for n in names if n != name))
         targets.append(target)
@@ -151,8 +153,9 @@ def plan_layout(model: nn.Module, config: MCNCConfig) -> Layout:
     return Layout(targets=tuple(targets), state_keys=tuple(model.state_dict().keys()))
 
 
-def layout_mismatches(layout: Layout, model: nn.Module) -> list[str]:
-    """Differences between a stored layout and a model (empty when they agree)."""
+def layout_mismatches(layout: Layout, model: nn.Module, ordered: bool = True) -> list[str]:
+    """Differences between a stored layout and a model (empty when they agree); with
+    ``ordered=False`` the state keys only need to be the same set."""
     params = dict(model.named_parameters(remove_duplicate=False))
     problems = []
     for target in layout.targets:
@@ -163,7 +166,7 @@ def layout_mismatches(layout: Layout, model: nn.Module) -> list[str]:
                 problems.append(f"parameter {name!r} has shape {tuple(params[name].shape)}, "
                                 f"the file has {target.shape}")
     keys = tuple(model.state_dict().keys())
-    if keys != layout.state_keys:
+    if (keys != layout.state_keys) if ordered else (set(keys) != set(layout.state_keys)):
         extra, missing = set(keys) - set(layout.state_keys), set(layout.state_keys) - set(keys)
         problems.append(f"state_dict keys differ (model has {len(keys)}, file has "
                         f"{len(layout.state_keys)}; only in model: {sorted(extra)[:5]}, only in "
