@@ -5,6 +5,7 @@ Weights are cut into chunks of d numbers and every chunk is ``beta * phi(alpha)`
 sphere in R^d. Only alpha and beta are trained and stored.
 """
 
+from mcnc import baselines
 from mcnc.compress import MCNCModel, compress, fold_into_cube
 from mcnc.config import MCNCConfig
 from mcnc.fileformat import FormatError, load, read, reconstruct, save
@@ -20,6 +21,7 @@ __all__ = [
     "MCNCConfig",
     "MCNCModel",
     "Summary",
+    "baselines",
     "compress",
     "fold_into_cube",
     "load",

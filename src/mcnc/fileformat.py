@@ -95,7 +95,7 @@ def to_bytes(model: Reparameterized, dtype: torch.dtype = torch.float32) -> byte
         "train_dense": model.config.trains_dense,
         "layout": model.layout.to_dict(),
         "dense": sorted(k.removeprefix("dense.") for k in tensors if k.startswith("dense.")),
-        "base_sha256": base_digest(model.theta0) if model.theta0 is not None else None,
+        "base_sha256": base_digest(model.theta0) if model.config.mode == "delta" else None,
         "payload_sha256": tensor_digest(tensors),
     }
     meta["metadata_sha256"] = metadata_digest(meta)
@@ -189,6 +189,7 @@ def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         raise FormatError(f"unexpected or missing tensors {sorted(set(tensors) ^ expected)[:5]}")
     for name, shape in shapes.items():
         _expect_shape(tensors, name, shape, floating=not name.endswith("_index"))
+    cls.check_tensors(config, layout, tensors)
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -300,7 +301,7 @@ def _skeleton(layout: Layout, tensors: dict[str, torch.Tensor], meta: dict,
             module = getattr(module, part)
         if key in targets:
             value = torch.zeros(targets[key].shape)
-            if meta.get("base_sha256") is not None:
+            if meta["mode"] == "delta":
                 if base_state_dict is None:
                     raise ValueError("this file stores a fine-tuning delta: pass the base "
                                      "model's state_dict as base_state_dict")

@@ -48,7 +48,8 @@ class Reparameterized(nn.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        METHODS[cls.method] = cls
+        if "method" in cls.__dict__:  # intermediate base classes define no method
+            METHODS[cls.method] = cls
 
     def __init__(self, base: nn.Module, layout: Layout, config: Selection,
                  theta0: torch.Tensor | None = None):
@@ -93,6 +94,11 @@ class Reparameterized(nn.Module):
                          ) -> dict[str, tuple[int, ...]]:
         """Name -> shape of every method tensor a valid file holds."""
         raise NotImplementedError
+
+    @classmethod
+    def check_tensors(cls, config: Selection, layout: Layout,
+                      tensors: dict[str, torch.Tensor]) -> None:
+        """Method-specific checks of a file's tensors beyond shapes (raise FormatError)."""
 
     @classmethod
     def from_file(cls, skeleton: nn.Module, layout: Layout, config: Selection,

@@ -1,0 +1,133 @@
+"""Frozen random linear bases, regenerated from a seed: the shared core of PRANC and NOLA.
+
+A basis maps ``n`` coefficients to ``size`` numbers,
+
+    v = P c,   P[i, j] = scale[i] * u[j, i] / sqrt(n),   u ~ U(-sqrt(3), sqrt(3)) (unit variance)
+
+where ``u`` is word ``j * size + i`` of Philox stream ``stream`` under ``seed`` (so column j of
+``P`` is a contiguous window of the stream and any block of columns can be made on its own).
+With unit-variance coefficients every entry of ``v`` has standard deviation ``scale[i]``.
+
+``P`` is kept in memory when it fits ``max_bytes``; otherwise it is regenerated block by block
+in both the forward and the backward pass, so memory stays bounded whatever its size (a dense
+PRANC basis for ResNet-20 with 10k coefficients would take about 11 GB).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from mcnc import rng
+from mcnc.layout import Layout, Target
+
+UNIT_BOUND = math.sqrt(3.0)
+DEFAULT_MAX_BYTES = 2 << 30
+BLOCK_BYTES = 64 << 20
+
+
+class RandomBasis:
+    """The matrix ``P`` (``size x n``) of one seeded random basis; see the module docstring."""
+
+    def __init__(self, seed: int, stream: int, size: int, n: int, scale: torch.Tensor,
+                 max_bytes: int = DEFAULT_MAX_BYTES):
+        if n < 1 or size < 1:
+            raise ValueError(f"a basis needs at least one coefficient and one row, got "
+                             f"n={n}, size={size}")
+        self.seed, self.stream, self.size, self.n = seed, stream, size, n
+        self.scale = scale.float().reshape(size) / math.sqrt(n)
+        self.block = max(1, BLOCK_BYTES // (4 * size))
+        self.cached = 4 * size * n <= max_bytes
+        self._columns: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * self.size * self.n
+
+    def columns(self, start: int, stop: int) -> torch.Tensor:
+        """``u`` for columns ``start..stop-1`` as a ``(stop - start, size)`` float32 tensor."""
+        if self.cached:
+            if self._columns is None:
+                self._columns = self._generate(0, self.n)
+            return self._columns[start:stop]
+        return self._generate(start, stop)
+
+    def _generate(self, start: int, stop: int) -> torch.Tensor:
+        out = torch.empty(stop - start, self.size)
+        return rng.uniform_into(out, self.seed, self.stream, UNIT_BOUND, start=start * self.size)
+
+    def blocks(self):
+        """``(start, stop)`` column ranges of at most ``BLOCK_BYTES`` each (all when cached)."""
+        step = self.n if self.cached else self.block
+        return ((j, min(j + step, self.n)) for j in range(0, self.n, step))
+
+    def apply(self, c: torch.Tensor) -> torch.Tensor:
+        """``P c`` for coefficients ``c`` of shape (n,); differentiable in ``c``."""
+        if self.scale.device != c.device:
+            self.to(c.device)
+        return _BasisProduct.apply(c, self)
+
+    def to(self, device: torch.device) -> RandomBasis:
+        self.scale = self.scale.to(device)
+        if self._columns is not None:
+            self._columns = self._columns.to(device)
+        return self
+
+
+class _BasisProduct(torch.autograd.Function):
+    """``v = P c`` and ``dc = P^T dv``, with ``P`` made (or read from memory) block by block."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, basis: RandomBasis) -> torch.Tensor:
+        ctx.basis = basis
+        out = torch.zeros(basis.size, dtype=torch.float32, device=c.device)
+        for start, stop in basis.blocks():
+            out.addmv_(basis.columns(start, stop).to(c.device).T, c[start:stop].float())
+        return out.mul_(basis.scale).to(c.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        basis = ctx.basis
+        scaled = grad.float() * basis.scale
+        pieces = [basis.columns(start, stop).to(grad.device) @ scaled
+                  for start, stop in basis.blocks()]
+        return torch.cat(pieces).to(grad.dtype), None
+
+
+def init_bound(layout: Layout, target: Target) -> float:
+    """PyTorch's default bound ``1/sqrt(fan_in)`` for a target, from its shape alone.
+
+    Weights (2-d or more) use ``prod(shape[1:])``; a 1-d parameter uses the fan-in of the
+    weight beside it in the same module (``<module>.weight``), or its own length if none.
+    """
+    if len(target.shape) >= 2:
+        return 1 / math.sqrt(math.prod(target.shape[1:]))
+    module = target.name.rpartition(".")[0]
+    for t in layout.targets:
+        if t.name == (f"{module}.weight" if module else "weight") and len(t.shape) >= 2:
+            return 1 / math.sqrt(math.prod(t.shape[1:]))
+    return 1 / math.sqrt(target.numel)
+
+
+def element_std(layout: Layout) -> torch.Tensor:
+    """Standard deviation of every entry of the layout's flat vector at initialisation, (total,).
+
+    A directly stored target gets the std of ``U(-b, b)``, ``b / sqrt(3)``. A rank-r product
+    ``B @ A`` of factors whose entries have variance ``s`` has entries of variance ``r * s**2``,
+    so factor entries get variance ``s = sqrt(var / r)``.
+    """
+    pieces = []
+    for t in layout.targets:
+        var = init_bound(layout, t) ** 2 / 3
+        if t.rank is not None:
+            var = math.sqrt(var / t.rank)
+        pieces.append(torch.full((t.size,), math.sqrt(var)))
+    return torch.cat(pieces)
+
+
+def seeded_init(layout: Layout, seed: int, stream: int) -> torch.Tensor:
+    """A default-style initialisation of the flat vector, regenerated from ``seed``: entry i is
+    ``U(-sqrt(3) std_i, sqrt(3) std_i)`` (see :func:`element_std`), word i of ``stream``."""
+    unit = rng.uniform(seed, stream, (layout.total,), UNIT_BOUND)
+    return unit * element_std(layout)
