@@ -1,14 +1,15 @@
-"""The ``mcnc`` command line: demo, coverage, inspect, reconstruct."""
+"""The ``mcnc`` command line: demo, train, compare, coverage, inspect, reconstruct."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
-from mcnc.data.mnist import MNISTError
+from mcnc.data.errors import DataError
 from mcnc.errors import FormatError
 
 
@@ -45,12 +46,50 @@ def _coverage(args: argparse.Namespace) -> None:
         print(f"wrote {args.figure} (k=1, d=3: the cube wound around the sphere, sine vs ReLU)")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from mcnc.methods import MethodSettings
+    from mcnc.train import TrainSettings, train
+
+    method = MethodSettings(k=args.k, d=args.d, L=args.L, m=args.m, rank=args.rank,
+                            activation=args.activation,
+                            max_basis_bytes=int(args.max_basis_gb * 2**30))
+    result = train(TrainSettings(
+        model=args.model, dataset=args.dataset, method=args.method, budget=args.budget,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dense_lr=args.dense_lr,
+        seed=args.seed, method_settings=method, data_root=args.data_root,
+        train_subset=args.train_subset, test_subset=args.test_subset, augment=args.augment,
+        out=args.out, resume=args.resume, progress=not args.no_progress,
+        workers=args.workers))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result))
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from mcnc.compare import compare
+
+    out = args.out or f"mcnc-compare-{args.preset}"
+    command = " ".join(["mcnc compare", *sys.argv[2:]]) if sys.argv[1:2] == ["compare"] \
+        else f"mcnc compare --preset {args.preset} --out {out}"
+    table = compare(args.preset, out, args.data_root, not args.no_progress, command)
+    print(table.read_text())
+    print(f"wrote {table}, {table.with_name('plot.png')} and {table.with_name('runs.jsonl')}")
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from mcnc.fileformat import read
 
     tensors, meta = read(args.file)
     if args.json:
         print(json.dumps(meta, indent=2))
+        return
+    if meta.get("method", "mcnc") != "mcnc":
+        settings = {k: v for k, v in meta.items() if k not in (
+            "layout", "dense", "payload_sha256", "metadata_sha256", "base_sha256")}
+        print(f"{args.file}: {Path(args.file).stat().st_size:,} bytes, {meta['method']} "
+              f"file, format version {meta['format_version']}; {json.dumps(settings)}")
+        for name, t in tensors.items():
+            print(f"  {name:<40} {str(t.dtype).removeprefix('torch.'):<9} {list(t.shape)}")
+        print(f"stored values: {sum(t.numel() for t in tensors.values()):,}")
         return
     g, targets = meta["generator"], meta["layout"]["targets"]
     original = sum(math.prod(t["shape"]) for t in targets)
@@ -100,6 +139,54 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip training the uncompressed network for comparison")
     p.set_defaults(func=_demo)
 
+    from mcnc.compare import PRESETS
+    from mcnc.methods import METHOD_NAMES
+    from mcnc.models import MODEL_NAMES
+
+    p = sub.add_parser("train", help="train one model with one method and budget (also under "
+                       "torchrun --nproc_per_node N -m mcnc train ...)")
+    p.add_argument("--model", default="mlp", choices=MODEL_NAMES)
+    p.add_argument("--dataset", default="mnist",
+                   help="mnist, fashion-mnist, cifar10, cifar100, imagefolder, imagenet100")
+    p.add_argument("--data-root", help="directory with the data set's files")
+    p.add_argument("--method", default="mcnc", choices=METHOD_NAMES)
+    p.add_argument("--budget", type=int, help="trained numbers the method stores for the "
+                   "compressed weights (not needed for dense, or mcnc with --d)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    p.add_argument("--lr", type=float, help="Adam lr of the method's own numbers "
+                   "(default: the method's tuned default)")
+    p.add_argument("--dense-lr", type=float, default=1e-3,
+                   help="Adam lr of dense parameters (normalisation layers, dense method)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--d", type=int, help="MCNC chunk size (default: from --budget)")
+    p.add_argument("--L", type=float, default=20.0)
+    p.add_argument("--m", type=int, default=1)
+    p.add_argument("--rank", type=int, default=64, help="rank of mcnc-lowrank and NOLA")
+    p.add_argument("--activation", default="sine", choices=("sine", "relu"))
+    p.add_argument("--max-basis-gb", type=float, default=2.0, help="PRANC/NOLA bases larger "
+                   "than this are regenerated block by block instead of kept in memory")
+    p.add_argument("--train-subset", type=int, help="train on N samples (seeded subset)")
+    p.add_argument("--test-subset", type=int, help="evaluate on N samples (seeded subset)")
+    p.add_argument("--augment", action="store_true", help="the paper's training augmentation")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--out", help="directory for checkpoint.safetensors, the model file and "
+                   "results.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("compare", help="a grid of methods x budgets x seeds: markdown table "
+                       "and plot")
+    p.add_argument("--preset", required=True, choices=list(PRESETS),
+                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    p.add_argument("--out", help="output directory (default mcnc-compare-<preset>); runs "
+                   "already in its runs.jsonl are not repeated")
+    p.add_argument("--data-root", help="data directory for presets on CIFAR or ImageNet-100")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_compare)
+
     p = sub.add_parser("coverage", help="how evenly the generator covers the sphere")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--d", type=int, default=1600)
@@ -133,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FormatError, FileNotFoundError, MNISTError) as e:
+    except (FormatError, FileNotFoundError, DataError, ValueError) as e:
         print(f"mcnc {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

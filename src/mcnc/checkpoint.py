@@ -1,0 +1,59 @@
+"""Training checkpoints without pickle: model and optimiser tensors in safetensors, everything
+else (epoch, schedule, history, settings) as JSON in the same file. Written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from mcnc.errors import FormatError
+from mcnc.fileformat import atomic_write
+
+CHECKPOINT_FORMAT = "mcnc-checkpoint"
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler, info: dict) -> Path:
+    """Write the model's ``state_dict()``, the optimiser state and ``info`` (JSON-able)."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    meta = {"format": CHECKPOINT_FORMAT, "info": info, "param_groups": opt["param_groups"],
+            "scheduler": scheduler.state_dict() if scheduler is not None else None}
+    data = safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)})
+    return atomic_write(path, data)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
+    """``(tensors, meta)`` of a checkpoint; raises :class:`FormatError` if it is not one."""
+    try:
+        tensors = safetensors.torch.load_file(str(path))
+        with safetensors.safe_open(str(path), "pt") as f:
+            meta = json.loads(f.metadata()["mcnc"])
+    except Exception as e:  # safetensors raises several types for malformed files
+        raise FormatError(f"{path} is not a readable mcnc checkpoint ({e}); delete it to "
+                          "start over") from e
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(f"{path} is not an mcnc training checkpoint")
+    return tensors, meta
+
+
+def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Load a checkpoint read by :func:`read_checkpoint` into live objects."""
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()
+                           if k.startswith("model.")})
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    if scheduler is not None and meta["scheduler"] is not None:
+        scheduler.load_state_dict(meta["scheduler"])

@@ -1,0 +1,120 @@
+"""Every method behind one call, with one budget accounting: ``build_method(name, model, ...)``.
+
+The budget is the number of trained numbers a method stores for the selected weights
+(MCNC: alphas and betas; PRANC and NOLA: coefficients; LoRA: factor entries; pruning: kept
+values). Parameters left dense (normalisation layers, as in the paper) are trained and stored
+by every method alike and reported on top of the budget.
+
+=============  =============================================================================
+dense          the uncompressed model (no budget)
+mcnc           MCNC scratch mode; d is chosen so that n_chunks * m * (k + 1) ~= budget
+mcnc-lowrank   MCNC on rank-``rank`` factors (the paper's "w/ LoRA")
+pranc          theta0 + P c with ``budget`` coefficients
+nola           rank-``rank`` factors from random bases, ``budget`` coefficients in total
+lora           low-rank factors trained directly, the largest rank within the budget
+pruning        global magnitude pruning to ``budget`` non-zeros, after dense training
+=============  =============================================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from mcnc.baselines import (
+    LoRAConfig,
+    NOLAConfig,
+    PRANCConfig,
+    PruningConfig,
+    lora,
+    nola,
+    pranc,
+    prune,
+)
+from mcnc.baselines.basis import DEFAULT_MAX_BYTES
+from mcnc.compress import compress
+from mcnc.config import MCNCConfig
+from mcnc.generator import MAX_D
+from mcnc.layout import plan_layout
+
+METHOD_NAMES = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "lora", "pruning")
+
+DEFAULT_LR = {"dense": 1e-3, "mcnc": 0.2, "mcnc-lowrank": 0.2, "pranc": 1e-2, "nola": 1e-2,
+              "lora": 1e-3, "pruning": 1e-3}
+"""Adam learning rate of each method's own numbers (dense leftovers use ``dense_lr``), from
+``mcnc compare --preset lr`` (see results/)."""
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """Knobs of :func:`build_method`; ``None`` means the method's default."""
+
+    budget: int | None = None
+    k: int = 16
+    d: int | None = None
+    """MCNC chunk size; derived from the budget when None."""
+    L: float = 20.0
+    m: int = 1
+    rank: int = 64
+    """Rank of the factors of mcnc-lowrank and NOLA (the paper uses 64)."""
+    activation: str = "sine"
+    seed: int = 0
+    max_basis_bytes: int = DEFAULT_MAX_BYTES
+
+
+def _mcnc_config(model: nn.Module, s: MethodSettings, mode: str) -> MCNCConfig:
+    config = MCNCConfig(k=s.k, d=s.d or 64, L=s.L, m=s.m, rank=s.rank, mode=mode,
+                        activation=s.activation, seed=s.seed)
+    if s.d is not None:
+        return config
+    total = plan_layout(model, config).total
+    chunks = max(1, _need_budget(s) // (s.m * (s.k + 1)))
+    d = -(-total // chunks)
+    if d > MAX_D:
+        raise ValueError(f"a budget of {s.budget} needs chunks of d={d} > {MAX_D}; raise the "
+                         "budget or k, or use m > 1")
+    return MCNCConfig(**{**config.__dict__, "d": max(d, s.k + 1)})
+
+
+def _need_budget(s: MethodSettings) -> int:
+    if s.budget is None or s.budget < 1:
+        raise ValueError("this method needs a positive --budget (trained numbers to store)")
+    return s.budget
+
+
+def lora_rank_for(model: nn.Module, budget: int) -> int:
+    """The largest LoRA rank whose trained numbers fit ``budget``."""
+    rank = 0
+    while True:
+        size = plan_layout(model, LoRAConfig(rank=rank + 1)).total
+        if size > budget or rank >= 4096:
+            break
+        rank += 1
+    if rank == 0:
+        raise ValueError(f"even rank-1 LoRA needs more than {budget} numbers on this model")
+    return rank
+
+
+def build_method(name: str, model: nn.Module, settings: MethodSettings) -> nn.Module:
+    """Reparameterise ``model`` (in place) with method ``name``; ``dense`` returns it as is.
+
+    ``pruning`` prunes the model as it is now: train it dense first (``mcnc train`` does).
+    """
+    s = settings
+    if name == "dense":
+        return model
+    if name in ("mcnc", "mcnc-lowrank"):
+        return compress(model, _mcnc_config(model, s, "lowrank" if name == "mcnc-lowrank"
+                                            else "scratch"))
+    if name == "pranc":
+        return pranc(model, PRANCConfig(coefficients=_need_budget(s), seed=s.seed),
+                     s.max_basis_bytes)
+    if name == "nola":
+        return nola(model, NOLAConfig(coefficients=_need_budget(s), rank=s.rank, seed=s.seed),
+                    s.max_basis_bytes)
+    if name == "lora":
+        return lora(model, LoRAConfig(rank=lora_rank_for(model, _need_budget(s)), seed=s.seed))
+    if name == "pruning":
+        return prune(model, PruningConfig(nonzeros=_need_budget(s)))
+    raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")

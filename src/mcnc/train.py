@@ -1,0 +1,304 @@
+"""``mcnc train``: one model, one data set, one method, one budget; data-parallel under torchrun.
+
+Every epoch the training set is shuffled by a generator seeded from (seed, epoch) and cut into
+global batches of ``batch_size``; under ``torchrun`` process r takes every world-size-th sample
+of each global batch, so N processes with batch B/N each see exactly what one process with
+batch B sees, and DDP averages their gradients. A checkpoint is written after every epoch
+(``--resume`` continues from it), then the model file and one JSON line of results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from mcnc.baselines import PrunedModel, PruningConfig
+from mcnc.checkpoint import read_checkpoint, restore, save_checkpoint
+from mcnc.data.dataset import ImageDataset, collate_batch, subset
+from mcnc.data.registry import load_dataset
+from mcnc.fileformat import atomic_write, save, to_bytes
+from mcnc.layout import plan_layout
+from mcnc.machine import machine_line
+from mcnc.methods import DEFAULT_LR, METHOD_NAMES, MethodSettings, build_method
+from mcnc.models import build_model
+from mcnc.reparam import Reparameterized
+
+
+@dataclass
+class TrainSettings:
+    """Everything one ``mcnc train`` run depends on (written into its results)."""
+
+    model: str = "mlp"
+    dataset: str = "mnist"
+    method: str = "mcnc"
+    budget: int | None = None
+    epochs: int = 3
+    batch_size: int = 128
+    """Global batch size (split over processes under torchrun)."""
+    lr: float | None = None
+    """Learning rate of the method's own numbers; None: the method's default."""
+    dense_lr: float = 1e-3
+    """Learning rate of dense parameters (normalisation layers; everything for ``dense``)."""
+    seed: int = 0
+    method_settings: MethodSettings = field(default_factory=MethodSettings)
+    data_root: str | None = None
+    train_subset: int | None = None
+    """Train on this many samples (a seeded subset) instead of the whole training set."""
+    test_subset: int | None = None
+    augment: bool = False
+    prune_after: float = 0.5
+    """``pruning``: share of the epochs trained dense before pruning (the rest retrains)."""
+    out: str | None = None
+    resume: bool = False
+    progress: bool = True
+    workers: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Context:
+    """Where this process sits in a (possibly) distributed run."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Context:
+    """Join the process group torchrun set up (gloo on CPU, nccl on GPU); single process else."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if world == 1:
+        return Context(device=device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    if cuda:
+        torch.cuda.set_device(device)
+    return Context(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
+
+
+def _datasets(s: TrainSettings) -> tuple[ImageDataset, ImageDataset]:
+    train = load_dataset(s.dataset, "train", s.data_root, augment=s.augment,
+                         generator=torch.Generator())
+    test = load_dataset(s.dataset, "test", s.data_root)
+    if s.train_subset:
+        train = subset(train, s.train_subset, seed=s.seed)
+    if s.test_subset:
+        test = subset(test, s.test_subset, seed=s.seed)
+    return train, test
+
+
+def _epoch_batches(n: int, s: TrainSettings, epoch: int, ctx: Context) -> list[list[int]]:
+    """This process's share of every global batch of the epoch."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 100_003 + epoch))
+    return [order[i : i + s.batch_size][ctx.rank :: ctx.world].tolist()
+            for i in range(0, n, s.batch_size)]
+
+
+def _param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
+    own = list(model.method_tensors().values()) if isinstance(model, Reparameterized) else []
+    ids = {id(p) for p in own}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
+    return [g for g in ({"params": own, "lr": lr}, {"params": dense, "lr": dense_lr})
+            if g["params"]]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, test: ImageDataset, ctx: Context, batch_size: int = 500) -> float:
+    """Top-1 accuracy on the test set, shared out over the processes."""
+    model.eval()
+    correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    index = list(range(ctx.rank, len(test), ctx.world))
+    for i in range(0, len(index), batch_size):
+        x, y = test.__getitems__(index[i : i + batch_size])
+        pred = model(x.to(ctx.device)).argmax(1)
+        correct += torch.tensor([(pred == y.to(ctx.device)).sum().item(), len(y)],
+                                dtype=torch.float64, device=ctx.device)
+    if ctx.world > 1:
+        dist.all_reduce(correct)
+    model.train()
+    return (correct[0] / correct[1]).item()
+
+
+class Run:
+    """The state of one training run: model, optimiser, schedule, epoch, history."""
+
+    def __init__(self, s: TrainSettings, ctx: Context):
+        if s.method not in METHOD_NAMES:
+            raise ValueError(f"unknown method {s.method!r}; choose one of "
+                             f"{', '.join(METHOD_NAMES)}")
+        self.s, self.ctx = s, ctx
+        self.train_set, self.test_set = _datasets(s)
+        info = self.train_set.info
+        torch.manual_seed(s.seed)
+        self.base = build_model(s.model, info.in_channels,
+                                info.image_size or self.train_set.raw(torch.arange(1)).shape[-1],
+                                len(self.train_set.classes))
+        self.epoch, self.history, self.phase = 0, [], "train"
+        self.dense_epochs = 0
+        if s.method == "pruning":
+            self.dense_epochs = max(1, round(s.epochs * s.prune_after))
+            self.phase = "dense"
+            self.model = self.base
+        else:
+            self.model = build_method(s.method, self.base, self._method_settings())
+        self.model.to(ctx.device)
+        self._new_optimizer()
+
+    def _method_settings(self) -> MethodSettings:
+        return MethodSettings(**{**asdict(self.s.method_settings), "budget": self.s.budget,
+                                 "seed": self.s.seed})
+
+    @property
+    def lr(self) -> float:
+        return self.s.lr if self.s.lr is not None else DEFAULT_LR[self.s.method]
+
+    def _phase_epochs(self) -> tuple[int, int]:
+        """(first epoch, number of epochs) of the current phase."""
+        if self.phase == "dense":
+            return 0, self.dense_epochs
+        return self.dense_epochs, self.s.epochs - self.dense_epochs
+
+    def _new_optimizer(self) -> None:
+        lr = self.s.dense_lr if self.phase == "dense" else self.lr
+        self.optimizer = torch.optim.Adam(_param_groups(self.model, lr, self.s.dense_lr))
+        steps_per_epoch = -(-len(self.train_set) // self.s.batch_size)
+        steps = max(1, self._phase_epochs()[1] * steps_per_epoch)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, steps)
+        self.ddp = self.model
+        if self.ctx.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
+
+    def _prune(self) -> None:
+        self.model = build_method("pruning", self.base, self._method_settings())
+        self.phase = "train"
+        self._new_optimizer()
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _checkpoint_info(self) -> dict:
+        return {"epoch": self.epoch, "phase": self.phase, "history": self.history,
+                "settings": self.s.to_dict()}
+
+    def resume_from(self, path: Path) -> None:
+        tensors, meta = read_checkpoint(path)
+        info = meta["info"]
+        if info["settings"] | {"resume": True, "progress": True} != \
+                self.s.to_dict() | {"resume": True, "progress": True}:
+            raise ValueError(f"{path} was written by a run with other settings; use another "
+                             "--out directory or drop --resume")
+        if info["phase"] != self.phase:  # pruning, after the prune
+            config = PruningConfig(nonzeros=self.s.budget)
+            kept = tensors["model.kept_index"]
+            self.model = PrunedModel(self.base, plan_layout(self.base, config), config, kept)
+            self.model.to(self.ctx.device)
+            self.phase = info["phase"]
+            self._new_optimizer()
+        restore(tensors, meta, self.model, self.optimizer, self.scheduler)
+        self.epoch, self.history = info["epoch"], info["history"]
+
+    # -- training -------------------------------------------------------------------------------
+    def train_epoch(self) -> float:
+        self.model.train()
+        batches = _epoch_batches(len(self.train_set), self.s, self.epoch, self.ctx)
+        self.train_set.generator.manual_seed(self.s.seed * 100_003 + self.epoch * 1009
+                                             + self.ctx.rank)
+        loader = torch.utils.data.DataLoader(self.train_set, batch_sampler=batches,
+                                             collate_fn=collate_batch,
+                                             num_workers=self.s.workers)
+        total, count = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.s.epochs}", leave=False,
+                   disable=not (self.s.progress and self.ctx.main))
+        for x, y in bar:
+            x, y = x.to(self.ctx.device), y.to(self.ctx.device)
+            loss = F.cross_entropy(self.ddp(x), y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            if isinstance(self.model, Reparameterized):
+                self.model.after_step()
+            total, count = total + loss.item() * len(y), count + len(y)
+            bar.set_postfix(loss=f"{total / count:.4f}")
+        return total / max(count, 1)
+
+    def run(self) -> dict:
+        out = Path(self.s.out) if self.s.out else None
+        checkpoint = out / "checkpoint.safetensors" if out else None
+        if self.s.resume and checkpoint is not None and checkpoint.exists():
+            self.resume_from(checkpoint)
+        start = time.perf_counter()
+        while self.epoch < self.s.epochs:
+            if self.phase == "dense" and self.epoch == self.dense_epochs:
+                self._prune()
+            t0 = time.perf_counter()
+            loss = self.train_epoch()
+            self.epoch += 1
+            acc = evaluate(self.model, self.test_set, self.ctx)
+            self.history.append({"epoch": self.epoch, "train_loss": loss,
+                                 "test_accuracy": acc, "seconds": time.perf_counter() - t0})
+            if self.ctx.main and checkpoint is not None:
+                save_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler,
+                                self._checkpoint_info())
+        if self.phase == "dense" and self.s.method == "pruning":
+            self._prune()  # fewer epochs than the dense phase: prune without retraining
+        return self._results(out, time.perf_counter() - start)
+
+    def _results(self, out: Path | None, seconds: float) -> dict:
+        model = self.model
+        leftovers = (sum(v.numel() for v in model.dense_leftovers().values())
+                     if isinstance(model, Reparameterized) else 0)
+        if isinstance(model, Reparameterized):
+            own = sum(t.numel() for t in model.method_tensors().values())
+            data = to_bytes(model)
+            if out is not None and self.ctx.main:
+                save(model, out / "model.mcnc")
+        else:
+            own = sum(p.numel() for p in model.parameters())
+            data = safetensors.torch.save({k: v.contiguous() for k, v in
+                                           model.state_dict().items()})
+            if out is not None and self.ctx.main:
+                atomic_write(out / "model.safetensors", data)
+        last = self.history[-1] if self.history else {}
+        return {
+            "model": self.s.model, "dataset": self.s.dataset, "method": self.s.method,
+            "budget": self.s.budget, "seed": self.s.seed, "epochs": self.s.epochs,
+            "method_numbers": own, "dense_leftovers": leftovers,
+            "stored_numbers": own + leftovers, "file_bytes": len(data),
+            "index_bytes": 4 * own if self.s.method == "pruning" else 0,
+            "test_accuracy": last.get("test_accuracy", math.nan),
+            "train_loss": last.get("train_loss", math.nan),
+            "train_seconds": seconds, "world_size": self.ctx.world,
+            "lr": self.lr, "train_samples": len(self.train_set),
+            "test_samples": len(self.test_set), "machine": machine_line(),
+        }
+
+
+def train(settings: TrainSettings) -> dict:
+    """Run one training job; returns (and, with ``out``, writes) its results."""
+    ctx = init_distributed()
+    if settings.out and ctx.main:
+        Path(settings.out).mkdir(parents=True, exist_ok=True)
+    result = Run(settings, ctx).run()
+    if settings.out and ctx.main:
+        with open(Path(settings.out) / "results.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result
