@@ -165,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", type=int, default=1)
     p.add_argument("--rank", type=int, default=64, help="rank of mcnc-lowrank and NOLA")
     p.add_argument("--activation", default="sine", choices=("sine", "relu"))
-    p.add_argument("--max-basis-gb", type=float, default=2.0, help="PRANC/NOLA bases larger "
+    p.add_argument("--max-basis-gb", type=float, default=4.0, help="PRANC/NOLA bases larger "
                    "than this are regenerated block by block instead of kept in memory")
     p.add_argument("--train-subset", type=int, help="train on N samples (seeded subset)")
     p.add_argument("--test-subset", type=int, help="evaluate on N samples (seeded subset)")

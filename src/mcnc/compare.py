@@ -55,18 +55,21 @@ _ABLATION_BASE = TrainSettings(model="mlp", dataset="mnist", method="mcnc", budg
                                epochs=3, progress=False)
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("quick", "MNIST and Fashion-MNIST; MLP (60k images, 3 epochs), LeNet-5 (20k "
-           "images, 2 epochs), ResNet-20 (4k images, 2 epochs); 3 budgets; 2 seeds",
+    Preset("quick", "MNIST and Fashion-MNIST; MLP and LeNet-5 (20k training images, 2 "
+           "epochs), ResNet-20 (3k images, 2 epochs, 2k test images); budgets of 300, 1000 "
+           "and 3000 trained numbers; 2 seeds",
            tuple(_grid(("mnist", "fashion-mnist"),
-                       (("mlp", {"epochs": 3}),
+                       (("mlp", {"epochs": 2, "train_subset": 20_000}),
                         ("lenet5", {"epochs": 2, "train_subset": 20_000}),
-                        ("resnet20", {"epochs": 2, "train_subset": 4_000})),
-                       QUICK_METHODS, (1_000, 3_000, 10_000), progress=False))),
-    Preset("lr", "learning rate of each method's own numbers: MLP on MNIST, budget 3000, "
-           "2 epochs, 1 seed",
-           tuple(replace(s, lr=lr) for s in _grid(("mnist",), (("mlp", {"epochs": 2}),),
-                                                   QUICK_METHODS[1:], (3_000,), progress=False)
-                 for lr in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.2, 0.5)),
+                        ("resnet20", {"epochs": 2, "train_subset": 3_000,
+                                      "test_subset": 2_000})),
+                       QUICK_METHODS, (300, 1_000, 3_000), progress=False))),
+    Preset("lr", "learning rate of each method's own numbers: MLP on MNIST (20k training "
+           "images, 2 epochs as in quick), budget 1000, 1 seed",
+           tuple(replace(s, lr=lr) for s in _grid(("mnist",), (("mlp", {"epochs": 2,
+                                                                      "train_subset": 20_000}),),
+                                                   QUICK_METHODS[1:], (1_000,), progress=False)
+                 for lr in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)),
            seeds=(0,), label="lr"),
     Preset("paper", "the paper's Table 1 setting on CIFAR-10 (ResNet-20, 400 epochs, "
            "augmentation, k=16 d=1600 L=20; NOLA and mcnc-lowrank rank 64): for a GPU; "

@@ -40,10 +40,11 @@ from mcnc.layout import plan_layout
 
 METHOD_NAMES = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "lora", "pruning")
 
-DEFAULT_LR = {"dense": 1e-3, "mcnc": 0.2, "mcnc-lowrank": 0.2, "pranc": 1e-2, "nola": 1e-2,
-              "lora": 1e-3, "pruning": 1e-3}
-"""Adam learning rate of each method's own numbers (dense leftovers use ``dense_lr``), from
-``mcnc compare --preset lr`` (see results/)."""
+DEFAULT_LR = {"dense": 1e-3, "mcnc": 1.0, "mcnc-lowrank": 1.0, "pranc": 0.3, "nola": 0.3,
+              "lora": 1e-3, "pruning": 0.1}
+"""Adam learning rate of each method's own numbers (dense leftovers use ``dense_lr``): the best
+of ``mcnc compare --preset lr`` (results/lr/table.md) for the compressing methods; PyTorch's
+usual 1e-3 for dense and LoRA, which that sweep does not cover."""
 
 
 @dataclass(frozen=True)

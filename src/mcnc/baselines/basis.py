@@ -23,7 +23,7 @@ from mcnc import rng
 from mcnc.layout import Layout, Target
 
 UNIT_BOUND = math.sqrt(3.0)
-DEFAULT_MAX_BYTES = 2 << 30
+DEFAULT_MAX_BYTES = 4 << 30
 BLOCK_BYTES = 64 << 20
 
 
