@@ -238,6 +238,10 @@ class Run:
                 self.model.after_step()
             total, count = total + loss.item() * len(y), count + len(y)
             bar.set_postfix(loss=f"{total / count:.4f}")
+        if self.ctx.world > 1:  # the mean over every process's samples
+            sums = torch.tensor([total, count], dtype=torch.float64, device=self.ctx.device)
+            dist.all_reduce(sums)
+            total, count = sums.tolist()
         return total / max(count, 1)
 
     def run(self) -> dict:
