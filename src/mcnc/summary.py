@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import safetensors.torch
 import torch
 
-from mcnc.compress import MCNCModel
 from mcnc.fileformat import to_bytes
+from mcnc.reparam import Reparameterized
 
 
 @dataclass
@@ -19,8 +19,9 @@ class LayerRow:
     original: int
     """Parameters the module has uncompressed."""
     trainable: float
-    """Parameters trained for it: its share of the alphas and betas (chunks can straddle
-    modules, hence fractional) plus its dense parameters that train."""
+    """Parameters trained for it: its share of the method's numbers (MCNC's alphas and betas,
+    PRANC's coefficients, ...; spread over the compressed weights in proportion to their size,
+    hence fractional) plus its dense parameters that train."""
 
     @property
     def ratio(self) -> float:
@@ -42,11 +43,11 @@ class Summary:
     original_params: int
     trainable_params: int
     stored_values: int
-    """Numbers in the file: alphas, betas, dense leftovers including buffers."""
+    """Numbers in the file: the method's numbers (and indices), dense leftovers, buffers."""
     dense_bytes: int
     """Size of the uncompressed state dict as a safetensors file."""
     file_bytes: int
-    """Size of the .mcnc file (float32 alphas and betas)."""
+    """Size of the .mcnc file (the method's numbers in float32)."""
 
     @property
     def param_ratio(self) -> float:
@@ -77,9 +78,10 @@ def _module_of(name: str) -> str:
     return name.rpartition(".")[0] or "(root)"
 
 
-def summarize(model: MCNCModel) -> Summary:
-    """Count original vs trainable parameters per module and the bytes on disk."""
-    per_generated = (model.alpha.numel() + model.beta.numel()) / model.layout.total
+def summarize(model: Reparameterized) -> Summary:
+    """Count original vs trainable parameters per module and the bytes on disk (any method)."""
+    own = sum(t.numel() for t in model.method_tensors().values())
+    per_generated = own / model.layout.total
     by_module: dict[str, list[float]] = {}
 
     def add(name: str, original: int, trainable: float) -> None:
@@ -97,7 +99,7 @@ def summarize(model: MCNCModel) -> Summary:
     rows = [LayerRow(name, int(o), tr) for name, (o, tr) in
             sorted(by_module.items(), key=lambda item: order.get(item[0], len(order)))]
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    stored = (model.alpha.numel() + model.beta.numel()
+    stored = (sum(t.numel() for t in model.stored_tensors().values())
               + sum(v.numel() for v in model.dense_leftovers().values()))
     dense = {k: v.contiguous() for k, v in model.dense_state_dict().items()}
     return Summary(rows=rows, original_params=sum(r.original for r in rows),
