@@ -65,7 +65,7 @@ class MethodSettings:
 
 
 def _mcnc_config(model: nn.Module, s: MethodSettings, mode: str) -> MCNCConfig:
-    config = MCNCConfig(k=s.k, d=s.d or 64, L=s.L, m=s.m, rank=s.rank, mode=mode,
+    config = MCNCConfig(k=s.k, d=s.d or s.k + 1, L=s.L, m=s.m, rank=s.rank, mode=mode,
                         activation=s.activation, seed=s.seed)
     if s.d is not None:
         return config
