@@ -19,3 +19,16 @@ def test_readme_example_runs(tmp_path, monkeypatch, capsys):
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(restored.eval()(x), skeleton2.eval()(x))
+
+
+def test_readme_baselines_example_runs(tmp_path, monkeypatch):
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[1]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model, restored = namespace["model"], namespace["restored"]
+    assert model.trainable_count() == 3000
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(x), model.eval()(x))
+    assert set(namespace["dense_state"]) == set(model.layout.state_keys)
