@@ -19,6 +19,13 @@ DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
 )
 
 
+def check_positive_ints(**values: object) -> None:
+    """Raise a ValueError naming the first value that is not a positive integer."""
+    for name, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Selection:
     """What a compression method takes over, shared by MCNC and the baselines.
@@ -82,10 +89,7 @@ class MCNCConfig(GeneratorSpec, Selection):
     def __post_init__(self) -> None:
         GeneratorSpec.__post_init__(self)
         Selection.__post_init__(self)
-        if not isinstance(self.m, int) or self.m < 1:
-            raise ValueError(f"m must be a positive integer, got {self.m!r}")
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        check_positive_ints(m=self.m, rank=self.rank)
 
     def generator_spec(self) -> GeneratorSpec:
         """The :class:`GeneratorSpec` part of this config."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mcnc.baselines.basis import seeded_init
-from mcnc.config import Selection
+from mcnc.config import Selection, check_positive_ints
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
@@ -30,8 +30,7 @@ class LoRAConfig(Selection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        check_positive_ints(rank=self.rank)
 
     @property
     def factor_rank(self) -> int:

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mcnc.config import Selection
+from mcnc.config import Selection, check_positive_ints
 from mcnc.errors import FormatError
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
@@ -31,8 +31,7 @@ class PruningConfig(Selection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.nonzeros, int) or self.nonzeros < 1:
-            raise ValueError(f"nonzeros must be a positive integer, got {self.nonzeros!r}")
+        check_positive_ints(nonzeros=self.nonzeros)
 
 
 def largest(values: torch.Tensor, count: int) -> torch.Tensor:

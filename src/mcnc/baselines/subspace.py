@@ -27,7 +27,7 @@ from mcnc.baselines.basis import (
     element_std,
     seeded_init,
 )
-from mcnc.config import Selection
+from mcnc.config import Selection, check_positive_ints
 from mcnc.errors import FormatError
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
@@ -51,8 +51,7 @@ class PRANCConfig(Selection):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.coefficients, int) or self.coefficients < 1:
-            raise ValueError(f"coefficients must be a positive integer, got {self.coefficients}")
+        check_positive_ints(coefficients=self.coefficients)
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,7 @@ class NOLAConfig(PRANCConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        check_positive_ints(rank=self.rank)
 
     @property
     def factor_rank(self) -> int:
