@@ -58,3 +58,22 @@ def test_demo_end_to_end_on_a_slice(tmp_path):
     assert result["storage"]["float32"]["test_accuracy"] == result["test_accuracy"]
     for name in ("demo.mcnc", "demo-float16.mcnc", "demo_accuracy.png", "demo.json"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_train_command_prints_one_json_line_and_inspects_any_method(tmp_path, capsys):
+    assert main(["train", "--method", "nola", "--budget", "400", "--rank", "4", "--epochs", "1",
+                 "--train-subset", "256", "--test-subset", "128", "--no-progress",
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["method"] == "nola" and result["method_numbers"] == 400
+    assert main(["inspect", str(tmp_path / "model.mcnc")]) == 0
+    out = capsys.readouterr().out
+    assert "nola file" in out and "nola.coefficients" in out and "[400]" in out
+
+
+def test_train_errors_are_messages_not_tracebacks(tmp_path, capsys):
+    assert main(["train", "--method", "pranc", "--epochs", "1", "--train-subset", "64"]) == 2
+    assert "--budget" in capsys.readouterr().err
+    assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path),
+                 "--method", "dense"]) == 2
+    assert "data_batch_1.bin" in capsys.readouterr().err
