@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import mcnc
 from mcnc.methods import METHOD_NAMES, MethodSettings, build_method
@@ -91,3 +92,19 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert abs(dual["test_accuracy"] - single["test_accuracy"]) <= 2 / 512
     loaded = mcnc.load(tmp_path / "model.mcnc", build_model("mlp", 1, 28, 10))
     assert loaded.alpha.shape[0] * 17 <= 1000
+
+
+def test_batch_norm_recalibration_uses_the_exact_average_of_the_batches():
+    from torch import nn
+
+    from mcnc.train import recalibrate_batch_norm
+
+    model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3)).eval()
+    model[1].running_mean.fill_(100.0)
+    batches = [(torch.randn(4, 1, 5, 5) + i, None) for i in range(3)]
+    assert recalibrate_batch_norm(model, batches, torch.device("cpu"))
+    with torch.no_grad():
+        expected = torch.stack([model[0](x).mean(dim=(0, 2, 3)) for x, _ in batches]).mean(0)
+    assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
+    assert model[1].momentum == 0.1 and not model.training
+    assert not recalibrate_batch_norm(nn.Linear(2, 2), batches, torch.device("cpu"))

@@ -59,7 +59,7 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed, method_settings=method, data_root=args.data_root,
         train_subset=args.train_subset, test_subset=args.test_subset, augment=args.augment,
         out=args.out, resume=args.resume, progress=not args.no_progress,
-        workers=args.workers))
+        workers=args.workers, bn_batches=args.bn_batches))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
 
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="evaluate on N samples (seeded subset)")
     p.add_argument("--augment", action="store_true", help="the paper's training augmentation")
     p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--bn-batches", type=int, default=20, help="recompute batch-norm "
+                   "statistics from N training batches before each evaluation (0: off)")
     p.add_argument("--out", help="directory for checkpoint.safetensors, the model file and "
                    "results.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")

@@ -57,6 +57,10 @@ class TrainSettings:
     """Train on this many samples (a seeded subset) instead of the whole training set."""
     test_subset: int | None = None
     augment: bool = False
+    bn_batches: int = 20
+    """Before every evaluation, batch-norm statistics are recomputed from this many training
+    batches (0: keep the running averages). Compressed weights can move so fast that running
+    averages lag far behind them (see :func:`recalibrate_batch_norm`)."""
     prune_after: float = 0.5
     """``pruning``: share of the epochs trained dense before pruning (the rest retrains)."""
     out: str | None = None
@@ -137,6 +141,33 @@ def evaluate(model: nn.Module, test: ImageDataset, ctx: Context, batch_size: int
         dist.all_reduce(correct)
     model.train()
     return (correct[0] / correct[1]).item()
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model: nn.Module, batches, device: torch.device) -> bool:
+    """Replace every batch-norm layer's running mean and variance by their exact average over
+    ``batches`` (the weights as they are now). Returns whether the model has batch norm.
+
+    Running averages (momentum 0.1) describe the weights of the last few dozen steps. When the
+    weights are generated, one optimiser step can move them a long way, and a short run ends
+    with statistics of weights that no longer exist: in the quick preset ResNet-20 with MCNC
+    trained to a loss like PRANC's yet scored 19% instead of 72% in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    for x, _ in batches:
+        model(x.to(device))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return True
 
 
 class Run:
@@ -256,6 +287,11 @@ class Run:
             t0 = time.perf_counter()
             loss = self.train_epoch()
             self.epoch += 1
+            if self.s.bn_batches:
+                batches = _epoch_batches(len(self.train_set), self.s, self.epoch, self.ctx)
+                recalibrate_batch_norm(self.model, (self.train_set.__getitems__(b) for b in
+                                                    batches[: self.s.bn_batches]),
+                                       self.ctx.device)
             acc = evaluate(self.model, self.test_set, self.ctx)
             self.history.append({"epoch": self.epoch, "train_loss": loss,
                                  "test_accuracy": acc, "seconds": time.perf_counter() - t0})
