@@ -67,6 +67,22 @@ class Selection:
 
 
 @dataclass(frozen=True)
+class FactoredSelection(Selection):
+    """A selection whose matrices are stored as rank-``rank`` factors ``B @ A``."""
+
+    rank: int = 8
+    """Rank r of the factors."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_ints(rank=self.rank)
+
+    @property
+    def factor_rank(self) -> int:
+        return self.rank
+
+
+@dataclass(frozen=True)
 class MCNCConfig(GeneratorSpec, Selection):
     """Configuration of :func:`mcnc.compress`: the generator's fields (``k``, ``d``, ``L``,
     ``width``, ``depth``, ``activation``, ``hidden_gain``, ``seed``; see

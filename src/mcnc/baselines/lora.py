@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mcnc.baselines.basis import seeded_init
-from mcnc.config import Selection, check_positive_ints
+from mcnc.config import FactoredSelection
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
@@ -20,21 +20,13 @@ FACTOR_INIT_STREAM = 0x10AA0000
 
 
 @dataclass(frozen=True)
-class LoRAConfig(Selection):
+class LoRAConfig(FactoredSelection):
     """LoRA with factors of rank ``rank``."""
 
     rank: int = 4
     """Rank r of ``B @ A``."""
     seed: int = 0
     """Seed of the initial factors."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive_ints(rank=self.rank)
-
-    @property
-    def factor_rank(self) -> int:
-        return self.rank
 
 
 def initial_factors(layout: Layout, config: LoRAConfig) -> torch.Tensor:

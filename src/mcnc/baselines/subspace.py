@@ -27,7 +27,7 @@ from mcnc.baselines.basis import (
     element_std,
     seeded_init,
 )
-from mcnc.config import Selection, check_positive_ints
+from mcnc.config import FactoredSelection, Selection, check_positive_ints
 from mcnc.errors import FormatError
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
@@ -55,20 +55,9 @@ class PRANCConfig(Selection):
 
 
 @dataclass(frozen=True)
-class NOLAConfig(PRANCConfig):
+class NOLAConfig(PRANCConfig, FactoredSelection):
     """NOLA: rank-``rank`` factors, each a combination of seeded random bases; ``coefficients``
-    is the total over all factors."""
-
-    rank: int = 8
-    """Rank of the factors (the paper uses 64 for ResNets)."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_positive_ints(rank=self.rank)
-
-    @property
-    def factor_rank(self) -> int:
-        return self.rank
+    is the total over all factors (the paper uses rank 64 for ResNets)."""
 
 
 def split_coefficients(sizes: list[int], total: int) -> list[int]:
