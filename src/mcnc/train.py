@@ -33,6 +33,7 @@ from mcnc.machine import machine_line
 from mcnc.methods import DEFAULT_LR, METHOD_NAMES, MethodSettings, build_method
 from mcnc.models import build_model
 from mcnc.reparam import Reparameterized
+from mcnc.training import param_groups
 
 
 @dataclass
@@ -116,14 +117,6 @@ def _epoch_batches(n: int, s: TrainSettings, epoch: int, ctx: Context) -> list[l
     order = torch.randperm(n, generator=torch.Generator().manual_seed(s.seed * 100_003 + epoch))
     return [order[i : i + s.batch_size][ctx.rank :: ctx.world].tolist()
             for i in range(0, n, s.batch_size)]
-
-
-def _param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
-    own = list(model.method_tensors().values()) if isinstance(model, Reparameterized) else []
-    ids = {id(p) for p in own}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    return [g for g in ({"params": own, "lr": lr}, {"params": dense, "lr": dense_lr})
-            if g["params"]]
 
 
 @torch.no_grad()
@@ -211,7 +204,7 @@ class Run:
 
     def _new_optimizer(self) -> None:
         lr = self.s.dense_lr if self.phase == "dense" else self.lr
-        self.optimizer = torch.optim.Adam(_param_groups(self.model, lr, self.s.dense_lr))
+        self.optimizer = torch.optim.Adam(param_groups(self.model, lr, self.s.dense_lr))
         steps_per_epoch = -(-len(self.train_set) // self.s.batch_size)
         steps = max(1, self._phase_epochs()[1] * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, steps)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mcnc.compress import MCNCModel
+from mcnc.reparam import Reparameterized
 
 
 @dataclass
@@ -48,11 +48,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
-    """alpha and beta at ``lr``, every other trainable parameter at ``dense_lr``."""
-    manifold = [model.alpha, model.beta] if isinstance(model, MCNCModel) else []
-    ids = {id(p) for p in manifold}
+    """A compressed model's own numbers (MCNC: alpha and beta) at ``lr``, every other trainable
+    parameter at ``dense_lr``."""
+    own = list(model.method_tensors().values()) if isinstance(model, Reparameterized) else []
+    ids = {id(p) for p in own}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    return [g for g in ({"params": manifold, "lr": lr}, {"params": dense, "lr": dense_lr})
+    return [g for g in ({"params": own, "lr": lr}, {"params": dense, "lr": dense_lr})
             if g["params"]]
 
 
@@ -88,8 +89,8 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             schedule.step()
-            if isinstance(model, MCNCModel):
-                model.fold_alphas_()
+            if isinstance(model, Reparameterized):
+                model.after_step()
             total, count = total + loss.item() * len(xb), count + len(xb)
             bar.set_postfix(loss=f"{total / count:.4f}")
         result = EpochResult(epoch, total / count, accuracy(model, *test),
