@@ -23,12 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mcnc.baselines import PrunedModel, PruningConfig
+from mcnc.baselines import PruningConfig, prune
 from mcnc.checkpoint import read_checkpoint, restore, save_checkpoint
 from mcnc.data.dataset import ImageDataset, collate_batch, subset
 from mcnc.data.registry import load_dataset
 from mcnc.fileformat import atomic_write, save, to_bytes
-from mcnc.layout import plan_layout
 from mcnc.machine import machine_line
 from mcnc.methods import DEFAULT_LR, METHOD_NAMES, MethodSettings, build_method
 from mcnc.models import build_model
@@ -196,17 +195,17 @@ class Run:
     def lr(self) -> float:
         return self.s.lr if self.s.lr is not None else DEFAULT_LR[self.s.method]
 
-    def _phase_epochs(self) -> tuple[int, int]:
-        """(first epoch, number of epochs) of the current phase."""
+    def _phase_length(self) -> int:
+        """Epochs of the current phase (pruning: dense, then retraining; others: one phase)."""
         if self.phase == "dense":
-            return 0, self.dense_epochs
-        return self.dense_epochs, self.s.epochs - self.dense_epochs
+            return self.dense_epochs
+        return self.s.epochs - self.dense_epochs
 
     def _new_optimizer(self) -> None:
         lr = self.s.dense_lr if self.phase == "dense" else self.lr
         self.optimizer = torch.optim.Adam(param_groups(self.model, lr, self.s.dense_lr))
         steps_per_epoch = -(-len(self.train_set) // self.s.batch_size)
-        steps = max(1, self._phase_epochs()[1] * steps_per_epoch)
+        steps = max(1, self._phase_length() * steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, steps)
         self.ddp = self.model
         if self.ctx.world > 1:
@@ -230,10 +229,8 @@ class Run:
             raise ValueError(f"{path} was written by a run with other settings; use another "
                              "--out directory or drop --resume")
         if info["phase"] != self.phase:  # pruning, after the prune
-            config = PruningConfig(nonzeros=self.s.budget)
-            kept = tensors["model.kept_index"]
-            self.model = PrunedModel(self.base, plan_layout(self.base, config), config, kept)
-            self.model.to(self.ctx.device)
+            self.model = prune(self.base, PruningConfig(nonzeros=self.s.budget),
+                               kept=tensors["model.kept_index"])
             self.phase = info["phase"]
             self._new_optimizer()
         restore(tensors, meta, self.model, self.optimizer, self.scheduler)

@@ -87,18 +87,19 @@ class PrunedModel(Reparameterized):
 
     @classmethod
     def from_file(cls, skeleton, layout, config, tensors) -> PrunedModel:
-        device = check_float32(skeleton, layout)
-        return cls(skeleton, layout, config, tensors["pruning.kept_index"]).to(device)
+        return prune(skeleton, config, tensors["pruning.kept_index"], layout)
 
     def extra_repr(self) -> str:
         return f"nonzeros={self.config.nonzeros} of {self.layout.total}"
 
 
-def prune(model: nn.Module, config: PruningConfig | None = None) -> PrunedModel:
-    """Prune ``model`` (in place) to its ``config.nonzeros`` largest selected weights."""
+def prune(model: nn.Module, config: PruningConfig | None = None,
+          kept: torch.Tensor | None = None, layout: Layout | None = None) -> PrunedModel:
+    """Prune ``model`` (in place) to its ``config.nonzeros`` largest selected weights, or to
+    the positions ``kept`` (from a checkpoint or a file, with its ``layout``) if given."""
     config = config or PruningConfig()
     if isinstance(model, Reparameterized):
         raise ValueError("this model is already compressed; start from the original model")
-    layout = plan_layout(model, config)
+    layout = layout or plan_layout(model, config)
     device = check_float32(model, layout)
-    return PrunedModel(model, layout, config).to(device)
+    return PrunedModel(model, layout, config, kept).to(device)
