@@ -6,6 +6,13 @@ sphere in R^d. Only alpha and beta are trained and stored.
 """
 
 from mcnc import baselines
+from mcnc.adapters import (
+    AdapterModel,
+    LoRAAdapterConfig,
+    MCNCAdapterConfig,
+    NOLAAdapterConfig,
+    get_adapter_model,
+)
 from mcnc.compress import MCNCModel, compress, fold_into_cube
 from mcnc.config import MCNCConfig
 from mcnc.fileformat import FormatError, load, read, reconstruct, save
@@ -15,15 +22,20 @@ from mcnc.summary import Summary, summarize
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdapterModel",
     "FormatError",
     "Generator",
     "GeneratorSpec",
+    "LoRAAdapterConfig",
+    "MCNCAdapterConfig",
     "MCNCConfig",
     "MCNCModel",
+    "NOLAAdapterConfig",
     "Summary",
     "baselines",
     "compress",
     "fold_into_cube",
+    "get_adapter_model",
     "load",
     "read",
     "reconstruct",

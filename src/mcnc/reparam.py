@@ -30,6 +30,12 @@ def flat_values(layout: Layout, params: dict[str, torch.Tensor]) -> torch.Tensor
     return torch.cat([params[t.name].detach().reshape(-1).float() for t in layout.targets])
 
 
+def tensor_versions(tensors) -> tuple:
+    """A key that changes whenever one of ``tensors`` is modified in place, replaced, moved
+    or cast: the cache key of computed weights."""
+    return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+
+
 METHODS: dict[str, type[Reparameterized]] = {}
 """Every method class by its file name; filled as the classes are defined."""
 
@@ -132,8 +138,7 @@ class Reparameterized(nn.Module):
         return out
 
     def _cache_key(self) -> tuple:
-        tensors = [*self.method_tensors().values(), *self.buffers(recurse=False)]
-        return tuple((t._version, t.data_ptr(), t.dtype, t.device) for t in tensors)
+        return tensor_versions([*self.method_tensors().values(), *self.buffers(recurse=False)])
 
     def generated_weights(self) -> dict[str, torch.Tensor]:
         """The compressed parameters as tensors, by canonical name (cached when no grad)."""

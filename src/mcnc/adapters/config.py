@@ -1,0 +1,150 @@
+"""Adapter configurations: which linear layers get an adapter and how its factors are made.
+
+Every adapter adds a rank-r update to the selected linear layers of a frozen base model,
+
+    y = base(x) + scaling * B (A x),     A: (r, in),  B: (out, r)
+
+and differs only in where ``A`` and ``B`` come from:
+
+* :class:`LoRAAdapterConfig`: trained directly (Hu et al. 2022);
+* :class:`NOLAAdapterConfig`: each factor a trained combination of seeded random matrices
+  (Koohpayegani et al. 2024);
+* :class:`MCNCAdapterConfig`: all factors laid end to end, cut into chunks of ``d`` numbers,
+  each chunk ``beta * phi(alpha)`` with ``phi`` a frozen seeded sine network (Thrash et al. 2025).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+from mcnc.config import check_positive_ints
+from mcnc.generator import GeneratorSpec
+
+ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Settings every adapter method shares (the fields peft users know from ``LoraConfig``)."""
+
+    method: ClassVar[str]
+
+    target_modules: str | tuple[str, ...] = ALL_LINEAR
+    """Which linear layers get an adapter. ``"all-linear"``: every linear layer except the
+    output head; a tuple of names: layers whose name is one of them or ends with ``"." + name``
+    (``("q_proj", "v_proj")``); any other string: a regex the full layer name must match
+    (``re.fullmatch``)."""
+    rank: int = 16
+    """Rank r of the update ``B @ A`` of every targeted layer."""
+    scaling: float = 1.0
+    """Factor on the update (peft's ``lora_alpha / r``)."""
+    dropout: float = 0.0
+    """Dropout probability on the adapter's input during training."""
+    seed: int = 0
+    """Seed of everything random in the adapter (initial values, frozen bases, generator)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if isinstance(self.target_modules, str):
+            try:
+                re.compile(self.target_modules)
+            except re.error as e:
+                raise ValueError(f"target_modules {self.target_modules!r} is not a valid "
+                                 f"regex ({e}); pass a list of names or 'all-linear'") from None
+        elif not (self.target_modules and all(isinstance(n, str) for n in self.target_modules)):
+            raise ValueError("target_modules must be 'all-linear', a regex string or a non-empty"
+                             f" list of layer names, got {self.target_modules!r}")
+        check_positive_ints(rank=self.rank)
+        if not (isinstance(self.scaling, int | float) and math.isfinite(self.scaling)):
+            raise ValueError(f"scaling must be a finite number, got {self.scaling!r}")
+        if not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)
+                and 0 <= self.seed < 2**64):
+            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields plus the method name."""
+        data = asdict(self)
+        if isinstance(self.target_modules, tuple):
+            data["target_modules"] = list(self.target_modules)
+        return {"method": self.method, **data}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class LoRAAdapterConfig(AdapterConfig):
+    """LoRA: ``A`` and ``B`` are trained; ``A`` starts like ``nn.Linear``'s default
+    initialisation, ``B`` at zero. Trainable numbers: ``r * (in + out)`` per layer."""
+
+    method = "lora"
+
+
+@dataclass(frozen=True)
+class NOLAAdapterConfig(AdapterConfig):
+    """NOLA: every ``A`` and ``B`` is its own combination of seeded random matrices; the
+    ``coefficients`` are shared out over the factors in proportion to their sizes."""
+
+    method = "nola"
+
+    coefficients: int = 6000
+    """Total trained coefficients over all factors (the budget)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_ints(coefficients=self.coefficients)
+
+
+@dataclass(frozen=True)
+class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
+    """MCNC: all ``A`` factors end to end, then all ``B`` factors, each region cut into chunks
+    of ``d`` numbers; chunk j is ``sum_i beta[j, i] * phi(alpha[j, i])`` for ``i < m``.
+    Trained numbers: ``m * (k + 1)`` per chunk. The defaults follow the paper's LLaMA set-up
+    (generator input 5, one hidden layer of 32, output 5000, m = 1); see
+    :class:`~mcnc.generator.GeneratorSpec` for the generator's fields."""
+
+    method = "mcnc"
+
+    k: int = 5
+    d: int = 5000
+    width: int = 32
+    depth: int = 1
+    m: int = 1
+    """Generator outputs summed per chunk."""
+
+    def __post_init__(self) -> None:
+        AdapterConfig.__post_init__(self)
+        GeneratorSpec.__post_init__(self)
+        check_positive_ints(m=self.m)
+
+    def generator_spec(self) -> GeneratorSpec:
+        return GeneratorSpec(**{f.name: getattr(self, f.name) for f in fields(GeneratorSpec)})
+
+
+ADAPTER_CONFIGS: dict[str, type[AdapterConfig]] = {
+    c.method: c for c in (MCNCAdapterConfig, NOLAAdapterConfig, LoRAAdapterConfig)}
+
+
+def config_from_dict(data: dict) -> AdapterConfig:
+    """Rebuild a config from :meth:`AdapterConfig.to_dict` output (raises ``ValueError``)."""
+    if not isinstance(data, dict) or data.get("method") not in ADAPTER_CONFIGS:
+        method = data.get("method") if isinstance(data, dict) else None
+        raise ValueError(f"unknown adapter method {method!r}; expected one of "
+                         f"{sorted(ADAPTER_CONFIGS)}")
+    cls = ADAPTER_CONFIGS[data["method"]]
+    names = {f.name for f in fields(cls)}
+    values = {k: v for k, v in data.items() if k != "method"}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown {data['method']} adapter config fields {sorted(unknown)}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ValueError(f"invalid {data['method']} adapter config: {e}") from None

@@ -1,0 +1,166 @@
+"""A linear layer with adapters: ``y = base(x) + scaling * B (A x)`` for the active adapter, or
+for each sample its own adapter (mixed batches).
+
+The layer holds no trained tensors. Its adapters' factors live in the model-wide
+:class:`AdapterState`, which computes them at most once per forward pass of the model (once
+for all layers, and once for all adapters of a mixed batch) and, when no gradient is needed,
+keeps them until the adapter's tensors change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mcnc.adapters.sources import FactorSource, generate_all
+from mcnc.reparam import tensor_versions
+
+BASE = "__base__"
+"""The name that means "no adapter" in ``adapter_names`` of a mixed batch."""
+
+
+class AdapterState:
+    """What every adapted layer of one model shares: the adapters, which one is active, which
+    are merged into the base weights, the per-sample names of a mixed batch, and the cache of
+    computed factors."""
+
+    def __init__(self, sources: nn.ModuleDict):
+        self.sources = sources
+        self.active: str | None = None
+        self.disabled = False
+        self.merged: list[str] = []
+        self.batch_adapters: list[str] | None = None
+        self._forward_id = 0
+        self._cache: dict[str, tuple[tuple, int | None, tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def new_forward(self) -> None:
+        """Mark the start of a model forward pass: factors that carry a graph are recomputed."""
+        self._forward_id += 1
+
+    def _key(self, source: FactorSource) -> tuple:
+        return tensor_versions([*source.parameters(), *source.buffers()])
+
+    def _valid(self, name: str) -> bool:
+        entry = self._cache.get(name)
+        return (entry is not None and entry[1] in (None, self._forward_id)
+                and entry[0] == self._key(self.sources[name]))
+
+    def factors(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``(a, b)`` of each named adapter, computing all missing ones together."""
+        missing = [n for n in names if not self._valid(n)]
+        if missing:
+            sources = {n: self.sources[n] for n in missing}
+            grad = torch.is_grad_enabled() and any(
+                p.requires_grad for s in sources.values() for p in s.parameters())
+            with torch.set_grad_enabled(grad):
+                computed = generate_all(sources)
+            tag = self._forward_id if grad else None
+            for n in missing:
+                self._cache[n] = (self._key(self.sources[n]), tag, computed[n])
+        return {n: self._cache[n][2] for n in names}
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop cached factors (of one adapter, or all)."""
+        if name is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(name, None)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one adapter's factors for this layer sit in its ``(a, b)`` vectors."""
+
+    a_offset: int
+    b_offset: int
+    rank: int
+    scaling: float
+    dropout: float
+
+
+class AdapterLinear(nn.Module):
+    """Wraps a linear layer (``nn.Linear`` or any module mapping (..., in) to (..., out) with
+    ``in_features``/``out_features`` attributes, such as a 4-bit layer) and adds the deltas of
+    its adapters."""
+
+    def __init__(self, base_layer: nn.Module, state: AdapterState):
+        super().__init__()
+        self.base_layer = base_layer
+        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.slots: dict[str, Slot] = {}
+        self._state = [state]  # in a list so that nn.Module does not register it
+
+    @property
+    def state(self) -> AdapterState:
+        return self._state[0]
+
+    def factor_matrices(self, name: str, a: torch.Tensor, b: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` (r, in) and ``B`` (out, r) of adapter ``name`` from its ``(a, b)`` vectors."""
+        s = self.slots[name]
+        A = a[s.a_offset : s.a_offset + s.rank * self.in_features].view(s.rank, self.in_features)
+        B = b[s.b_offset : s.b_offset + self.out_features * s.rank].view(self.out_features, s.rank)
+        return A, B
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """``scaling * B @ A`` of adapter ``name``, (out, in) float32."""
+        a, b = self.state.factors([name])[name]
+        A, B = self.factor_matrices(name, a, b)
+        return self.slots[name].scaling * (B @ A)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        state = self.state
+        if state.disabled:
+            return out
+        if state.batch_adapters is not None:
+            return out + self._mixed_delta(x, state.batch_adapters).to(out.dtype)
+        name = state.active
+        if name is None or name not in self.slots or name in state.merged:
+            return out
+        a, b = state.factors([name])[name]
+        A, B = self.factor_matrices(name, a, b)
+        s = self.slots[name]
+        h = F.dropout(x.to(A.dtype), s.dropout, self.training) if s.dropout else x.to(A.dtype)
+        return out + (s.scaling * F.linear(F.linear(h, A), B)).to(out.dtype)
+
+    def _mixed_delta(self, x: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """Per-sample deltas: sample i uses adapter ``names[i]`` (``BASE``: none).
+
+        All adapters present are padded to the largest rank (zero rows of A, zero columns of B
+        add nothing) and stacked, with a zero adapter last for ``BASE``, so the whole batch is
+        two batched matrix products: (b, s, in) x (b, in, r) then (b, s, r) x (b, r, out).
+        Dropout is not applied (mixed batches are for serving).
+        """
+        batch = x.shape[0]
+        if batch != len(names):
+            if len(names) == 0 or batch % len(names):
+                raise ValueError(f"adapter_names has {len(names)} entries but the batch has "
+                                 f"{batch} samples; give one name per sample")
+            repeat = batch // len(names)  # e.g. generate() with several beams per prompt
+            names = [n for n in names for _ in range(repeat)]
+        present = [n for n in dict.fromkeys(names) if n in self.slots]
+        if not present:
+            return x.new_zeros(())
+        factors = self.state.factors(present)
+        rank = max(self.slots[n].rank for n in present)
+        As, Bs = [], []
+        for n in present:
+            A, B = self.factor_matrices(n, *factors[n])
+            pad = rank - A.shape[0]
+            As.append(F.pad(A * self.slots[n].scaling, (0, 0, 0, pad)))
+            Bs.append(F.pad(B, (0, pad)))
+        As.append(torch.zeros_like(As[0]))
+        Bs.append(torch.zeros_like(Bs[0]))
+        position = {n: i for i, n in enumerate(present)}
+        index = torch.tensor([position.get(n, len(present)) for n in names], device=x.device)
+        A_batch, B_batch = torch.stack(As)[index], torch.stack(Bs)[index]
+        h = x.reshape(batch, -1, self.in_features).to(A_batch.dtype)
+        delta = torch.bmm(torch.bmm(h, A_batch.transpose(1, 2)), B_batch.transpose(1, 2))
+        return delta.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"adapters={list(self.slots)}"

@@ -1,0 +1,347 @@
+"""A frozen base model with named adapters, in the manner of peft's ``PeftModel``.
+
+    model = mcnc.get_adapter_model(base, mcnc.MCNCAdapterConfig(rank=16))
+    ...train: only the active adapter's tensors require grad...
+    model.save_pretrained("out")                      # kilobytes: seeds, alphas, betas
+    model = mcnc.AdapterModel.from_pretrained(fresh_base, "out")
+    model.load_adapter("other", adapter_name="other")
+    logits = model(input_ids, adapter_names=["default", "other", "__base__"]).logits
+
+Every targeted linear layer is replaced by an :class:`~mcnc.adapters.layer.AdapterLinear`;
+the adapters' trained tensors live in ``model.adapters`` (one
+:class:`~mcnc.adapters.sources.FactorSource` per adapter).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
+from mcnc.adapters.files import check_tensors, read_adapter, write_adapter
+from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot
+from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape, build_source
+from mcnc.errors import FormatError
+
+DEFAULT = "default"
+_NAME = re.compile(r"[A-Za-z0-9_\-]+")
+
+
+def _is_linear(module: nn.Module) -> bool:
+    """``nn.Linear``, or a leaf module with integer ``in_features``/``out_features`` (e.g. a
+    quantised linear layer)."""
+    if isinstance(module, nn.Linear):
+        return True
+    return (not isinstance(module, AdapterLinear) and next(module.children(), None) is None
+            and isinstance(getattr(module, "in_features", None), int)
+            and isinstance(getattr(module, "out_features", None), int))
+
+
+class AdapterModel(nn.Module):
+    """A base model (frozen) plus adapters; calls go to the base model with the adapters'
+    deltas added in the targeted layers. Attributes it does not have (``config``,
+    ``generation_config``, ...) are looked up on the base model."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if isinstance(model, AdapterModel):
+            raise ValueError("this model already has adapters; call add_adapter on it")
+        self.base_model = model
+        self.adapters = nn.ModuleDict()
+        self.state = AdapterState(self.adapters)
+        model.requires_grad_(False)
+        model.register_forward_pre_hook(lambda *_: self.state.new_forward())
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    # -- which layers ---------------------------------------------------------------------
+    def linear_layers(self) -> dict[str, nn.Module]:
+        """Every linear layer of the base model by name (the wrapped layer for adapted ones)."""
+        layers = {}
+        for name, module in self.base_model.named_modules():
+            if isinstance(module, AdapterLinear):
+                layers[name] = module.base_layer
+            elif _is_linear(module) and not name.endswith(".base_layer"):
+                layers[name] = module
+        return layers
+
+    def _output_head(self) -> set[str]:
+        get = getattr(self.base_model, "get_output_embeddings", None)
+        head = get() if callable(get) else None
+        names = {n for n, m in self.base_model.named_modules()
+                 if m is head or (isinstance(m, AdapterLinear) and m.base_layer is head)}
+        return names | {"lm_head"}
+
+    def select_targets(self, config: AdapterConfig) -> tuple[TargetShape, ...]:
+        """The layers ``config.target_modules`` selects, in model order."""
+        layers, spec = self.linear_layers(), config.target_modules
+        if spec == ALL_LINEAR:
+            head = self._output_head()
+            names = [n for n in layers if n not in head]
+        elif isinstance(spec, str):
+            names = [n for n in layers if re.fullmatch(spec, n)]
+        else:
+            names = [n for n in layers if any(n == s or n.endswith("." + s) for s in spec)]
+        if not names:
+            raise ValueError(f"target_modules={spec!r} matched no linear layer; some layer "
+                             f"names: {list(layers)[:8]}")
+        return tuple(TargetShape(n, layers[n].out_features, layers[n].in_features)
+                     for n in names)
+
+    def _adapted_layer(self, name: str) -> AdapterLinear:
+        module = self.base_model.get_submodule(name)
+        if isinstance(module, AdapterLinear):
+            return module
+        wrapper = AdapterLinear(module, self.state)
+        parent, _, attr = name.rpartition(".")
+        setattr(self.base_model.get_submodule(parent) if parent else self.base_model,
+                attr, wrapper)
+        return wrapper
+
+    # -- adding, choosing, removing ---------------------------------------------------------
+    def _check_new_name(self, name: str) -> None:
+        if not isinstance(name, str) or not _NAME.fullmatch(name) or name == BASE:
+            raise ValueError(f"adapter name {name!r} must be letters, digits, '_' or '-' "
+                             f"(and not {BASE!r})")
+        if name in self.adapters:
+            raise ValueError(f"an adapter named {name!r} exists already; choose another name "
+                             "or delete_adapter() it first")
+
+    def _install(self, name: str, source: FactorSource) -> None:
+        device = next(self.base_model.parameters(), torch.empty(0)).device
+        self.adapters[name] = source.to(device)
+        c = source.config
+        for t, (a, b) in zip(source.layout.targets, source.layout.offsets().values(),
+                             strict=True):
+            self._adapted_layer(t.name).slots[name] = Slot(a, b, c.rank, c.scaling, c.dropout)
+        if self.state.active is None:
+            self.set_adapter(name)
+        else:
+            source.requires_grad_(False)
+
+    def add_adapter(self, adapter_name: str, config: AdapterConfig, **options) -> FactorSource:
+        """Add a new adapter (inactive unless it is the first one).
+
+        Args:
+            options: ``max_basis_bytes`` for NOLA (above it, bases are regenerated on the fly).
+        """
+        self._check_new_name(adapter_name)
+        layout = FactorLayout(self.select_targets(config), config.rank)
+        source = build_source(config, layout, **options)
+        self._install(adapter_name, source)
+        return source
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the active adapter: it alone is applied and trainable."""
+        if adapter_name not in self.adapters:
+            raise ValueError(f"no adapter named {adapter_name!r}; have {list(self.adapters)}")
+        if self.state.merged and self.state.merged != [adapter_name]:
+            raise ValueError(f"adapter(s) {self.state.merged} are merged into the base weights;"
+                             " call unmerge_adapter() before switching")
+        for name, source in self.adapters.items():
+            source.requires_grad_(name == adapter_name)
+        self.state.active = adapter_name
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self.state.active
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        """Remove an adapter (it must not be merged)."""
+        if adapter_name in self.state.merged:
+            raise ValueError(f"{adapter_name!r} is merged; call unmerge_adapter() first")
+        if adapter_name not in self.adapters:
+            raise ValueError(f"no adapter named {adapter_name!r}; have {list(self.adapters)}")
+        del self.adapters[adapter_name]
+        for layer in self._adapted_layers():
+            layer.slots.pop(adapter_name, None)
+        self.state.forget(adapter_name)
+        if self.state.active == adapter_name:
+            self.state.active = None
+            if len(self.adapters):
+                self.set_adapter(next(iter(self.adapters)))
+
+    def _adapted_layers(self) -> list[AdapterLinear]:
+        return [m for m in self.base_model.modules() if isinstance(m, AdapterLinear)]
+
+    # -- running ------------------------------------------------------------------------------
+    @contextmanager
+    def _batch(self, adapter_names: list[str] | None) -> Iterator[None]:
+        if adapter_names is not None:
+            unknown = set(adapter_names) - set(self.adapters) - {BASE}
+            if unknown:
+                raise ValueError(f"unknown adapters {sorted(unknown)} in adapter_names; have "
+                                 f"{list(self.adapters)} and {BASE!r} for none")
+            if self.state.merged:
+                raise ValueError("mixed batches need unmerged adapters; call unmerge_adapter()")
+        previous, self.state.batch_adapters = self.state.batch_adapters, adapter_names
+        try:
+            yield
+        finally:
+            self.state.batch_adapters = previous
+
+    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        """The base model's forward. ``adapter_names``: one adapter name per sample (``"__base__"``
+        for none), to run a mixed batch; otherwise the active adapter is used."""
+        with self._batch(adapter_names):
+            return self.base_model(*args, **kwargs)
+
+    def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
+        """The base model's ``generate``, with optional per-sample ``adapter_names``."""
+        with self._batch(adapter_names):
+            return self.base_model.generate(*args, **kwargs)
+
+    @contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the plain base model inside the ``with`` block (merged adapters are unmerged
+        for its duration)."""
+        merged = list(self.state.merged)
+        self.unmerge_adapter()
+        self.state.disabled = True
+        try:
+            yield
+        finally:
+            self.state.disabled = False
+            for name in merged:
+                self.merge_adapter(name)
+
+    def after_step(self) -> None:
+        """Call after each optimiser step (keeps MCNC alphas inside their cube)."""
+        for source in self.adapters.values():
+            source.after_step()
+
+    # -- merging ------------------------------------------------------------------------------
+    def _float_weight(self, layer: AdapterLinear) -> nn.Parameter:
+        weight = getattr(layer.base_layer, "weight", None)
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            raise ValueError(f"cannot merge into {layer.base_layer.__class__.__name__} (no "
+                             "floating-point weight, e.g. a 4-bit base); load the base model in "
+                             "float to merge, or serve the adapter unmerged")
+        return weight
+
+    @torch.no_grad()
+    def merge_adapter(self, adapter_name: str | None = None) -> None:
+        """Add ``scaling * B @ A`` of the adapter (default: the active one) to the base weights."""
+        name = adapter_name or self.state.active
+        if name not in self.adapters:
+            raise ValueError(f"no adapter named {name!r}; have {list(self.adapters)}")
+        if name in self.state.merged:
+            return
+        layers = [m for m in self._adapted_layers() if name in m.slots]
+        weights = [self._float_weight(m) for m in layers]
+        for layer, weight in zip(layers, weights, strict=True):
+            weight += layer.delta_weight(name).to(weight.dtype)
+        self.state.merged.append(name)
+
+    @torch.no_grad()
+    def unmerge_adapter(self) -> None:
+        """Subtract every merged adapter's delta from the base weights again."""
+        while self.state.merged:
+            name = self.state.merged.pop()
+            for layer in self._adapted_layers():
+                if name in layer.slots:
+                    weight = self._float_weight(layer)
+                    weight -= layer.delta_weight(name).to(weight.dtype)
+
+    def merge_and_unload(self) -> nn.Module:
+        """Merge the active adapter and return the plain base model (adapter layers removed)."""
+        self.merge_adapter()
+        for layer_name, module in list(self.base_model.named_modules()):
+            if isinstance(module, AdapterLinear):
+                parent, _, attr = layer_name.rpartition(".")
+                owner = self.base_model.get_submodule(parent) if parent else self.base_model
+                setattr(owner, attr, module.base_layer)
+        return self.base_model
+
+    # -- reporting ----------------------------------------------------------------------------
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def print_trainable_parameters(self) -> None:
+        total = sum(p.numel() for p in self.parameters())
+        n = self.trainable_count()
+        print(f"trainable params: {n:,} || all params: {total:,} || trainable%: "
+              f"{100 * n / max(total, 1):.4f}")
+
+    def generation_flops(self, adapter_name: str | None = None) -> int:
+        """FLOPs to compute the adapter's factors once (per forward pass when training)."""
+        return self.adapters[adapter_name or self.state.active].generation_flops()
+
+    # -- files --------------------------------------------------------------------------------
+    def save_pretrained(self, save_directory: str | os.PathLike,
+                        selected_adapters: list[str] | None = None,
+                        dtype: torch.dtype = torch.float32) -> Path:
+        """Write each adapter to ``save_directory`` (``"default"``) or a sub-folder named after
+        it, as ``adapter_config.json`` + ``adapter_model.safetensors`` (see
+        :mod:`mcnc.adapters.files`)."""
+        root = Path(save_directory)
+        base_name = getattr(getattr(self.base_model, "config", None), "name_or_path", None)
+        for name in selected_adapters or list(self.adapters):
+            if name not in self.adapters:
+                raise ValueError(f"no adapter named {name!r}; have {list(self.adapters)}")
+            folder = root if name == DEFAULT else root / name
+            write_adapter(folder, self.adapters[name], base_name or None, dtype)
+        return root
+
+    def load_adapter(self, path: str | os.PathLike, adapter_name: str = DEFAULT,
+                     is_trainable: bool = False, **options) -> FactorSource:
+        """Add the adapter saved in folder ``path`` under ``adapter_name`` (inactive unless it
+        is the first). Everything is checked before the model changes.
+
+        Raises:
+            FormatError: the files are invalid or do not fit this model.
+        """
+        self._check_new_name(adapter_name)
+        config, layout, tensors, _ = read_adapter(path)
+        layers = self.linear_layers()
+        for t in layout.targets:
+            layer = layers.get(t.name)
+            if layer is None:
+                raise FormatError(f"the adapter targets layer {t.name!r}, which the model does "
+                                  "not have (or is not linear): wrong base model?")
+            if (layer.out_features, layer.in_features) != (t.out_features, t.in_features):
+                raise FormatError(f"layer {t.name!r} is {layer.out_features}x"
+                                  f"{layer.in_features} in the model, "
+                                  f"{t.out_features}x{t.in_features} in the adapter")
+        source = build_source(config, layout, **options)
+        check_tensors(source, tensors)
+        with torch.no_grad():
+            for name, p in source.stored_tensors().items():
+                p.copy_(tensors[name])
+        self._install(adapter_name, source)
+        if not is_trainable:
+            source.requires_grad_(False)
+        return source
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, path: str | os.PathLike,
+                        adapter_name: str = DEFAULT, is_trainable: bool = False,
+                        **options) -> AdapterModel:
+        """Wrap ``model`` and load the adapter in ``path`` as the active adapter."""
+        wrapped = cls(model)
+        wrapped.load_adapter(path, adapter_name, is_trainable, **options)
+        return wrapped
+
+
+def get_adapter_model(model: nn.Module, config: AdapterConfig, adapter_name: str = DEFAULT,
+                      **options) -> AdapterModel:
+    """Freeze ``model`` and add an adapter described by ``config`` (the active one).
+
+    ``model`` is modified in place (targeted layers are wrapped); undo with
+    :meth:`AdapterModel.merge_and_unload`.
+    """
+    wrapped = AdapterModel(model)
+    wrapped.add_adapter(adapter_name, config, **options)
+    return wrapped

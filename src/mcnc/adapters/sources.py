@@ -1,0 +1,248 @@
+"""Where an adapter's factors come from: one module per method holding its trained tensors.
+
+An adapter's factors are two flat vectors: ``a`` holds every targeted layer's ``A`` (r, in),
+row-major, end to end in layer order; ``b`` every ``B`` (out, r). A source computes ``(a, b)``
+from its trained tensors; :func:`generate_all` computes several adapters' vectors at once,
+with one generator call for all MCNC adapters that share a generator.
+
+Initial values follow LoRA: ``A`` entries have the spread of ``nn.Linear``'s default
+initialisation, ``U(-1/sqrt(in), 1/sqrt(in))``, and ``B`` is zero, so an adapter starts as the
+identity on the base model while gradients reach every trained number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mcnc import rng
+from mcnc.adapters.config import (
+    AdapterConfig,
+    LoRAAdapterConfig,
+    MCNCAdapterConfig,
+    NOLAAdapterConfig,
+)
+from mcnc.baselines.basis import UNIT_BOUND, RandomBasis
+from mcnc.baselines.subspace import split_coefficients
+from mcnc.compress import fold_into_cube, generate_flat, initial_alpha
+from mcnc.generator import Generator
+
+A_INIT_STREAM = 0xADA0000
+NOLA_ADAPTER_STREAM = 0xADB0000
+"""NOLA factor p uses basis stream ``NOLA_ADAPTER_STREAM + p``."""
+
+
+@dataclass(frozen=True)
+class TargetShape:
+    """One adapted layer: its name and its ``(out, in)`` features."""
+
+    name: str
+    out_features: int
+    in_features: int
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "out_features": self.out_features,
+                "in_features": self.in_features}
+
+
+@dataclass(frozen=True)
+class FactorLayout:
+    """Offsets of every layer's ``A`` in ``a`` and ``B`` in ``b`` for rank ``rank``."""
+
+    targets: tuple[TargetShape, ...]
+    rank: int
+
+    def a_size(self, t: TargetShape) -> int:
+        return self.rank * t.in_features
+
+    def b_size(self, t: TargetShape) -> int:
+        return t.out_features * self.rank
+
+    @property
+    def total_a(self) -> int:
+        return sum(self.a_size(t) for t in self.targets)
+
+    @property
+    def total_b(self) -> int:
+        return sum(self.b_size(t) for t in self.targets)
+
+    def offsets(self) -> dict[str, tuple[int, int]]:
+        """Layer name -> (offset of its A in ``a``, offset of its B in ``b``)."""
+        out, a, b = {}, 0, 0
+        for t in self.targets:
+            out[t.name] = (a, b)
+            a, b = a + self.a_size(t), b + self.b_size(t)
+        return out
+
+    def a_std(self) -> torch.Tensor:
+        """(total_a,) standard deviation of ``U(-1/sqrt(in), 1/sqrt(in))`` for every A entry."""
+        return torch.cat([torch.full((self.a_size(t),), 1 / math.sqrt(3 * t.in_features))
+                          for t in self.targets])
+
+    def b_std(self) -> torch.Tensor:
+        """(total_b,) the spread an ``nn.Linear(rank, out)`` would have: the scale of the
+        random directions B moves along (B itself starts at zero)."""
+        return torch.full((self.total_b,), 1 / math.sqrt(3 * self.rank))
+
+
+class FactorSource(nn.Module):
+    """Trained tensors of one adapter and how they become its factor vectors."""
+
+    method: str
+
+    def __init__(self, config: AdapterConfig, layout: FactorLayout):
+        super().__init__()
+        self.config, self.layout = config, layout
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b)``: (total_a,) and (total_b,) float32 vectors."""
+        raise NotImplementedError
+
+    def generation_flops(self) -> int:
+        """Floating-point operations to compute :meth:`factors` once (0 when stored)."""
+        return 0
+
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        """Trained tensors by the name they have in the adapter file."""
+        return {f"{self.method}.{name}": p for name, p in self.named_parameters()}
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(t.shape) for name, t in self.stored_tensors().items()}
+
+    def after_step(self) -> None:
+        """Called by training loops after each optimiser step."""
+
+
+class LoRASource(FactorSource):
+    """``a`` and ``b`` are trained directly."""
+
+    method = "lora"
+
+    def __init__(self, config: LoRAAdapterConfig, layout: FactorLayout):
+        super().__init__(config, layout)
+        unit = rng.uniform(config.seed, A_INIT_STREAM, (layout.total_a,), UNIT_BOUND)
+        self.A = nn.Parameter(unit * layout.a_std())
+        self.B = nn.Parameter(torch.zeros(layout.total_b))
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.A, self.B
+
+
+class NOLASource(FactorSource):
+    """Every factor is ``P_p c_p`` with its own seeded random basis ``P_p``; the coefficients of
+    the ``A`` factors start uniform with unit variance, those of ``B`` at zero."""
+
+    method = "nola"
+
+    def __init__(self, config: NOLAAdapterConfig, layout: FactorLayout,
+                 max_basis_bytes: int | None = None):
+        super().__init__(config, layout)
+        sizes = ([layout.a_size(t) for t in layout.targets]
+                 + [layout.b_size(t) for t in layout.targets])
+        counts = split_coefficients(sizes, config.coefficients)
+        std = torch.cat([layout.a_std(), layout.b_std()])
+        extra = {} if max_basis_bytes is None else {"max_bytes": max_basis_bytes}
+        self.bases, offset = [], 0
+        for p, (size, n) in enumerate(zip(sizes, counts, strict=True)):
+            self.bases.append(RandomBasis(config.seed, NOLA_ADAPTER_STREAM + p, size, n,
+                                          std[offset : offset + size], **extra))
+            offset += size
+        self.n_a = sum(counts[: len(layout.targets)])
+        c = rng.uniform(config.seed, A_INIT_STREAM, (config.coefficients,), UNIT_BOUND)
+        c[self.n_a :] = 0
+        self.coefficients = nn.Parameter(c)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        pieces, start = [], 0
+        for basis in self.bases:
+            pieces.append(basis.apply(self.coefficients[start : start + basis.n]))
+            start += basis.n
+        half = len(self.layout.targets)
+        return torch.cat(pieces[:half]), torch.cat(pieces[half:])
+
+    def generation_flops(self) -> int:
+        return sum(2 * b.size * b.n for b in self.bases)
+
+
+class MCNCSource(FactorSource):
+    """``a`` and ``b`` are each cut into chunks of ``d`` (the last one zero-padded), chunk j is
+    ``sum_i beta[j, i] * phi(alpha[j, i])``. Chunks of ``a`` start with the norm of LoRA's
+    initial ``A``; chunks of ``b`` with ``beta = 0``."""
+
+    method = "mcnc"
+
+    def __init__(self, config: MCNCAdapterConfig, layout: FactorLayout,
+                 generator: Generator | None = None):
+        super().__init__(config, layout)
+        self.generator = generator or Generator(config.generator_spec())
+        d = config.d
+        self.chunks_a, self.chunks_b = -(-layout.total_a // d), -(-layout.total_b // d)
+        self.alpha = nn.Parameter(initial_alpha(config, self.chunks_a + self.chunks_b))
+        self.beta = nn.Parameter(self._initial_beta())
+
+    def _initial_beta(self) -> torch.Tensor:
+        c, d = self.config, self.config.d
+        var = self.layout.a_std().pow(2)
+        var = torch.cat([var, var.new_zeros(self.chunks_a * d - var.numel())])
+        beta_a = (var.view(self.chunks_a, d).sum(1) / c.m).sqrt()
+        beta = torch.cat([beta_a, torch.zeros(self.chunks_b)])
+        return beta.unsqueeze(1).expand(-1, c.m).clone()
+
+    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generated chunks (laid end to end) -> ``(a, b)`` without padding."""
+        start_b = self.chunks_a * self.config.d
+        return flat[: self.layout.total_a], flat[start_b : start_b + self.layout.total_b]
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split(generate_flat(self.generator, self.alpha, self.beta))
+
+    def generation_flops(self) -> int:
+        spec = self.generator.spec
+        vectors = (self.chunks_a + self.chunks_b) * self.config.m
+        return vectors * (spec.flops_per_vector() + 2 * spec.d)
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            self.alpha.copy_(fold_into_cube(self.alpha, self.config.L))
+
+
+def build_source(config: AdapterConfig, layout: FactorLayout, **options) -> FactorSource:
+    """The source for ``config``'s method (options: ``max_basis_bytes`` for NOLA)."""
+    if isinstance(config, MCNCAdapterConfig):
+        return MCNCSource(config, layout)
+    if isinstance(config, NOLAAdapterConfig):
+        return NOLASource(config, layout, options.get("max_basis_bytes"))
+    if isinstance(config, LoRAAdapterConfig):
+        return LoRASource(config, layout)
+    raise TypeError(f"unknown adapter config {type(config).__name__}")
+
+
+def generate_all(sources: dict[str, FactorSource]
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``(a, b)`` of every source. MCNC sources with the same generator are generated in one
+    batched call (their alphas and betas stacked), so serving many MCNC adapters costs one
+    generator pass."""
+    out, groups = {}, {}
+    for name, source in sources.items():
+        if isinstance(source, MCNCSource) and not source.generator.fitted:
+            key = (source.generator.spec, source.config.m, source.alpha.device)
+            groups.setdefault(key, []).append(name)
+        else:
+            out[name] = source.factors()
+    for names in groups.values():
+        if len(names) == 1:
+            out[names[0]] = sources[names[0]].factors()
+            continue
+        members = [sources[n] for n in names]
+        alpha = torch.cat([s.alpha for s in members])
+        beta = torch.cat([s.beta for s in members])
+        flat = generate_flat(members[0].generator, alpha, beta)
+        start = 0
+        for name, s in zip(names, members, strict=True):
+            size = (s.chunks_a + s.chunks_b) * s.config.d
+            out[name] = s.split(flat[start : start + size])
+            start += size
+    return out

@@ -1,0 +1,268 @@
+"""Adapters on a tiny LLaMA built from a config (random weights, no download)."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+import mcnc
+from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
+from mcnc.adapters.sources import generate_all
+
+VOCAB = 96
+CONFIGS = {
+    "mcnc": mcnc.MCNCAdapterConfig(rank=4, d=400, seed=1),
+    "nola": mcnc.NOLAAdapterConfig(rank=4, coefficients=200, seed=2),
+    "lora": mcnc.LoRAAdapterConfig(rank=2, seed=3),
+}
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(config).eval()
+
+
+def tokens(batch: int = 3, length: int = 6, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+def train_steps(model: mcnc.AdapterModel, steps: int = 3, lr: float = 0.05) -> None:
+    """A few optimiser steps so that adapters are not at their (identity) start."""
+    model.train()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trained, lr=lr)
+    ids = tokens(4, 8, seed=5)
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad()
+        model.after_step()
+    model.eval()
+
+
+def logits(model, ids, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids, **kwargs).logits
+
+
+@pytest.fixture(params=sorted(CONFIGS))
+def method(request) -> str:
+    return request.param
+
+
+def trained_model(method: str, name: str = "default") -> mcnc.AdapterModel:
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS[method], adapter_name=name)
+    train_steps(model)
+    return model
+
+
+def test_starts_as_the_base_model(method):
+    ids = tokens()
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS[method])
+    assert torch.equal(logits(model, ids), logits(tiny_llama(), ids))
+
+
+def test_training_changes_only_adapter_parameters(method):
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS[method])
+    base_before = {k: v.clone() for k, v in model.base_model.state_dict().items()}
+    adapter_before = {k: v.clone() for k, v in model.adapters.state_dict().items()}
+    train_steps(model)
+    assert all(torch.equal(v, base_before[k]) for k, v in model.base_model.state_dict().items())
+    changed = [k for k, v in model.adapters.state_dict().items()
+               if not torch.equal(v, adapter_before[k])]
+    trained = {n for n, p in model.adapters.named_parameters() if p.requires_grad}
+    assert set(changed) == trained == {f"default.{n}" for n in
+                                       {"mcnc": ["alpha", "beta"], "nola": ["coefficients"],
+                                        "lora": ["A", "B"]}[method]}
+    assert not torch.equal(logits(model, tokens()), logits(tiny_llama(), tokens()))
+
+
+def test_trainable_counts():
+    shapes = [(32, 32), (16, 32), (16, 32), (32, 32), (48, 32), (48, 32), (32, 48)] * 2
+    total_a = sum(i for _, i in shapes)
+    total_b = sum(o for o, _ in shapes)
+    counts = {m: mcnc.get_adapter_model(tiny_llama(), c).trainable_count()
+              for m, c in CONFIGS.items()}
+    assert counts["lora"] == 2 * (total_a + total_b)
+    assert counts["nola"] == 200
+    chunks = -(-4 * total_a // 400) + -(-4 * total_b // 400)
+    assert counts["mcnc"] == chunks * (5 + 1)
+
+
+def test_save_and_load_give_identical_logits(method, tmp_path):
+    model = trained_model(method)
+    model.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {CONFIG_NAME, WEIGHTS_NAME}
+    restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    ids = tokens()
+    assert torch.equal(logits(restored, ids), logits(model, ids))
+    assert restored.trainable_count() == 0  # loaded for inference unless is_trainable=True
+
+
+def test_mcnc_file_holds_only_alpha_and_beta(tmp_path):
+    model = trained_model("mcnc")
+    model.save_pretrained(tmp_path)
+    source = model.adapters["default"]
+    size = (tmp_path / WEIGHTS_NAME).stat().st_size
+    assert size < 4 * (source.alpha.numel() + source.beta.numel()) + 400
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config["method"] == "mcnc" and config["k"] == 5 and len(config["targets"]) == 14
+
+
+def test_merged_forward_equals_unmerged(method):
+    model = trained_model(method)
+    ids = tokens()
+    unmerged = logits(model, ids)
+    model.merge_adapter()
+    torch.testing.assert_close(logits(model, ids), unmerged, atol=1e-5, rtol=1e-5)
+    model.unmerge_adapter()
+    torch.testing.assert_close(logits(model, ids), unmerged, atol=1e-5, rtol=1e-5)
+    plain = trained_model(method).merge_and_unload()
+    assert isinstance(plain, LlamaForCausalLM)
+    assert not any(isinstance(m, mcnc.adapters.AdapterLinear) for m in plain.modules())
+    torch.testing.assert_close(logits(plain, ids), unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_disable_adapter_runs_the_base_model(method):
+    model = trained_model(method)
+    ids, base = tokens(), logits(tiny_llama(), tokens())
+    with model.disable_adapter():
+        assert torch.equal(logits(model, ids), base)
+    model.merge_adapter()
+    with model.disable_adapter():
+        torch.testing.assert_close(logits(model, ids), base, atol=1e-5, rtol=1e-5)
+    assert model.state.merged == ["default"]
+
+
+def several_adapters() -> mcnc.AdapterModel:
+    model = mcnc.AdapterModel(tiny_llama())
+    for name, config in CONFIGS.items():
+        model.add_adapter(name, config)
+        model.set_adapter(name)
+        train_steps(model)
+    model.add_adapter("mcnc2", mcnc.MCNCAdapterConfig(rank=3, d=400, seed=9,
+                                                      target_modules=("q_proj", "v_proj")))
+    model.set_adapter("mcnc2")
+    train_steps(model)
+    return model
+
+
+def test_mixed_batch_equals_each_sample_with_its_own_adapter():
+    model = several_adapters()
+    names = ["mcnc", "nola", mcnc.adapters.BASE, "lora", "mcnc2", "mcnc"]
+    ids = tokens(len(names), 5, seed=3)
+    mixed = logits(model, ids, adapter_names=names)
+    for i, name in enumerate(names):
+        if name == mcnc.adapters.BASE:
+            with model.disable_adapter():
+                alone = logits(model, ids[i : i + 1])
+        else:
+            model.set_adapter(name)
+            alone = logits(model, ids[i : i + 1])
+        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_batch_generation():
+    model = several_adapters()
+    prompts = tokens(3, 4, seed=7)
+    names = ["mcnc", "lora", "mcnc2"]
+    settings = {"max_new_tokens": 4, "do_sample": False, "pad_token_id": 0}
+    with torch.no_grad():
+        mixed = model.generate(input_ids=prompts, adapter_names=names, **settings)
+        for i, name in enumerate(names):
+            model.set_adapter(name)
+            alone = model.generate(input_ids=prompts[i : i + 1], **settings)
+            assert torch.equal(mixed[i : i + 1], alone)
+
+
+def test_mcnc_adapters_are_generated_in_one_call():
+    model = several_adapters()
+    sources = {n: model.adapters[n] for n in ("mcnc", "mcnc2")}
+    together = generate_all(sources)
+    for name, source in sources.items():
+        for got, alone in zip(together[name], source.factors(), strict=True):
+            torch.testing.assert_close(got, alone, atol=1e-6, rtol=1e-6)
+
+
+def test_set_adapter_chooses_what_trains():
+    model = several_adapters()
+    model.set_adapter("nola")
+    trained = {n.split(".")[0] for n, p in model.adapters.named_parameters() if p.requires_grad}
+    assert trained == {"nola"}
+
+
+def test_several_adapters_save_to_subfolders(tmp_path):
+    model = several_adapters()
+    model.save_pretrained(tmp_path, selected_adapters=["mcnc", "lora"])
+    restored = mcnc.AdapterModel(tiny_llama())
+    restored.load_adapter(tmp_path / "mcnc", adapter_name="mcnc")
+    restored.load_adapter(tmp_path / "lora", adapter_name="lora")
+    ids = tokens(2)
+    assert torch.equal(logits(restored, ids, adapter_names=["lora", "mcnc"]),
+                       logits(model, ids, adapter_names=["lora", "mcnc"]))
+
+
+def test_a_failed_load_changes_nothing(tmp_path):
+    trained_model("mcnc").save_pretrained(tmp_path)
+    other = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=40, intermediate_size=48,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=2))
+    model = mcnc.AdapterModel(other)
+    with pytest.raises(mcnc.FormatError, match="q_proj"):
+        model.load_adapter(tmp_path)
+    assert len(model.adapters) == 0
+    assert not any(isinstance(m, mcnc.adapters.AdapterLinear) for m in other.modules())
+
+
+def test_corrupt_files_raise_format_errors(tmp_path):
+    trained_model("nola").save_pretrained(tmp_path)
+    weights = (tmp_path / WEIGHTS_NAME).read_bytes()
+    flipped = bytearray(weights)
+    flipped[-3] ^= 0x10
+    (tmp_path / WEIGHTS_NAME).write_bytes(bytes(flipped))
+    with pytest.raises(mcnc.FormatError, match="digest"):
+        mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    (tmp_path / WEIGHTS_NAME).write_bytes(weights[:50])
+    with pytest.raises(mcnc.FormatError):
+        mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    (tmp_path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(mcnc.FormatError, match="JSON"):
+        mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    with pytest.raises(FileNotFoundError, match="save_pretrained"):
+        mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path / "missing")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rank": 0}, "rank"),
+    ({"target_modules": "("}, "regex"),
+    ({"target_modules": []}, "target_modules"),
+    ({"dropout": 1.5}, "dropout"),
+    ({"k": 50, "d": 50}, "k must be smaller than d"),
+])
+def test_bad_configs_say_what_to_change(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mcnc.MCNCAdapterConfig(**kwargs)
+
+
+def test_selection_errors():
+    with pytest.raises(ValueError, match="matched no linear layer"):
+        mcnc.get_adapter_model(tiny_llama(), mcnc.LoRAAdapterConfig(target_modules=("qq",)))
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS["lora"])
+    with pytest.raises(ValueError, match="exists already"):
+        model.add_adapter("default", CONFIGS["lora"])
+    with pytest.raises(ValueError, match="unknown adapters"):
+        model(input_ids=tokens(1), adapter_names=["nope"])
+    with pytest.raises(ValueError, match="one name per sample"):
+        model(input_ids=tokens(3), adapter_names=["default", "default"])
+
+
+def test_target_selection_by_name_and_regex():
+    model = mcnc.AdapterModel(tiny_llama())
+    by_name = model.select_targets(mcnc.LoRAAdapterConfig(target_modules=["q_proj", "down_proj"]))
+    assert [t.name.split(".")[-1] for t in by_name] == ["q_proj", "down_proj"] * 2
+    by_regex = model.select_targets(mcnc.LoRAAdapterConfig(target_modules=r".*\.1\..*_proj"))
+    assert len(by_regex) == 7 and all(".1." in t.name for t in by_regex)
+    assert "lm_head" not in {t.name for t in model.select_targets(CONFIGS["lora"])}
