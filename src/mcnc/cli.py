@@ -1,4 +1,4 @@
-"""The ``mcnc`` command line: demo, train, compare, coverage, inspect, reconstruct."""
+"""The ``mcnc`` command line: demo, train, compare, finetune, coverage, inspect, reconstruct."""
 
 from __future__ import annotations
 
@@ -62,6 +62,20 @@ def _train(args: argparse.Namespace) -> None:
         workers=args.workers, bn_batches=args.bn_batches))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from mcnc.llm.finetune import FinetuneSettings, finetune
+
+    result = finetune(FinetuneSettings(
+        model=args.model, method=args.method, budget=args.budget, rank=args.rank,
+        target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
+        max_length=args.max_length, lr=args.lr, seed=args.seed, base=args.base,
+        nola_on_the_fly=not args.nola_in_memory, val_batches=args.val_batches, out=args.out,
+        progress=not args.no_progress))
+    if int(os.environ.get("RANK", "0")) == 0:
+        summary = {k: v for k, v in result.items() if k != "losses"}
+        print(json.dumps(summary))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -188,6 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="data directory for presets on CIFAR or ImageNet-100")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_compare)
+
+    from mcnc.llm.finetune import ADAPTER_METHODS, BASES, DEFAULT_LR
+
+    p = sub.add_parser("finetune", help="fine-tune a language model with an MCNC, NOLA or LoRA "
+                       "adapter on English Q/A pairs (also under torchrun / accelerate launch)")
+    p.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "tiny-llama"))
+    p.add_argument("--method", default="mcnc", choices=ADAPTER_METHODS)
+    p.add_argument("--budget", type=int, default=6000, help="trained numbers of MCNC (sets "
+                   "the chunk size d) and NOLA (coefficients); LoRA's follow from --rank")
+    p.add_argument("--rank", type=int, default=16, help="rank of every adapted layer's update")
+    p.add_argument("--target-modules", default="all-linear", help="'all-linear' or a regex "
+                   "of layer names")
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=4, help="global batch size")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    p.add_argument("--lr", type=float, help="AdamW lr (default: "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--base", default="float32", choices=BASES, help="gguf-4bit: keep the GGUF "
+                   "file's 4-bit weights for the linear layers (QLoRA-style)")
+    p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
+                   "memory instead of regenerating them every step")
+    p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
+    p.add_argument("--out", help="directory for the adapter (out/adapter) and results.jsonl")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_finetune)
 
     p = sub.add_parser("coverage", help="how evenly the generator covers the sphere")
     p.add_argument("--k", type=int, default=16)

@@ -34,7 +34,7 @@ class AdapterState:
         self.merged: list[str] = []
         self.batch_adapters: list[str] | None = None
         self._forward_id = 0
-        self._cache: dict[str, tuple[tuple, int | None, tuple[torch.Tensor, torch.Tensor]]] = {}
+        self._cache: dict[str, tuple[tuple, int | None, dict]] = {}
 
     def new_forward(self) -> None:
         """Mark the start of a model forward pass: factors that carry a graph are recomputed."""
@@ -48,8 +48,9 @@ class AdapterState:
         return (entry is not None and entry[1] in (None, self._forward_id)
                 and entry[0] == self._key(self.sources[name]))
 
-    def factors(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``(a, b)`` of each named adapter, computing all missing ones together."""
+    def matrices(self, names: list[str]
+                 ) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Adapter name -> layer name -> ``(A, B)``, computing all missing adapters together."""
         missing = [n for n in names if not self._valid(n)]
         if missing:
             sources = {n: self.sources[n] for n in missing}
@@ -57,9 +58,10 @@ class AdapterState:
                 p.requires_grad for s in sources.values() for p in s.parameters())
             with torch.set_grad_enabled(grad):
                 computed = generate_all(sources)
-            tag = self._forward_id if grad else None
-            for n in missing:
-                self._cache[n] = (self._key(self.sources[n]), tag, computed[n])
+                tag = self._forward_id if grad else None
+                for n in missing:
+                    matrices = sources[n].layout.matrices(*computed[n])
+                    self._cache[n] = (self._key(sources[n]), tag, matrices)
         return {n: self._cache[n][2] for n in names}
 
     def forget(self, name: str | None = None) -> None:
@@ -72,10 +74,8 @@ class AdapterState:
 
 @dataclass(frozen=True)
 class Slot:
-    """Where one adapter's factors for this layer sit in its ``(a, b)`` vectors."""
+    """How one adapter applies to this layer."""
 
-    a_offset: int
-    b_offset: int
     rank: int
     scaling: float
     dropout: float
@@ -86,9 +86,9 @@ class AdapterLinear(nn.Module):
     ``in_features``/``out_features`` attributes, such as a 4-bit layer) and adds the deltas of
     its adapters."""
 
-    def __init__(self, base_layer: nn.Module, state: AdapterState):
+    def __init__(self, base_layer: nn.Module, name: str, state: AdapterState):
         super().__init__()
-        self.base_layer = base_layer
+        self.base_layer, self.layer_name = base_layer, name
         self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
         self.slots: dict[str, Slot] = {}
         self._state = [state]  # in a list so that nn.Module does not register it
@@ -97,18 +97,13 @@ class AdapterLinear(nn.Module):
     def state(self) -> AdapterState:
         return self._state[0]
 
-    def factor_matrices(self, name: str, a: torch.Tensor, b: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``A`` (r, in) and ``B`` (out, r) of adapter ``name`` from its ``(a, b)`` vectors."""
-        s = self.slots[name]
-        A = a[s.a_offset : s.a_offset + s.rank * self.in_features].view(s.rank, self.in_features)
-        B = b[s.b_offset : s.b_offset + self.out_features * s.rank].view(self.out_features, s.rank)
-        return A, B
+    def factor_matrices(self, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``A`` (r, in) and ``B`` (out, r) of each named adapter for this layer."""
+        return {n: m[self.layer_name] for n, m in self.state.matrices(names).items()}
 
     def delta_weight(self, name: str) -> torch.Tensor:
         """``scaling * B @ A`` of adapter ``name``, (out, in) float32."""
-        a, b = self.state.factors([name])[name]
-        A, B = self.factor_matrices(name, a, b)
+        A, B = self.factor_matrices([name])[name]
         return self.slots[name].scaling * (B @ A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,8 +116,7 @@ class AdapterLinear(nn.Module):
         name = state.active
         if name is None or name not in self.slots or name in state.merged:
             return out
-        a, b = state.factors([name])[name]
-        A, B = self.factor_matrices(name, a, b)
+        A, B = self.factor_matrices([name])[name]
         s = self.slots[name]
         h = F.dropout(x.to(A.dtype), s.dropout, self.training) if s.dropout else x.to(A.dtype)
         return out + (s.scaling * F.linear(F.linear(h, A), B)).to(out.dtype)
@@ -145,11 +139,11 @@ class AdapterLinear(nn.Module):
         present = [n for n in dict.fromkeys(names) if n in self.slots]
         if not present:
             return x.new_zeros(())
-        factors = self.state.factors(present)
+        factors = self.factor_matrices(present)
         rank = max(self.slots[n].rank for n in present)
         As, Bs = [], []
         for n in present:
-            A, B = self.factor_matrices(n, *factors[n])
+            A, B = factors[n]
             pad = rank - A.shape[0]
             As.append(F.pad(A * self.slots[n].scaling, (0, 0, 0, pad)))
             Bs.append(F.pad(B, (0, pad)))

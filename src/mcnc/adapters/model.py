@@ -104,7 +104,7 @@ class AdapterModel(nn.Module):
         module = self.base_model.get_submodule(name)
         if isinstance(module, AdapterLinear):
             return module
-        wrapper = AdapterLinear(module, self.state)
+        wrapper = AdapterLinear(module, name, self.state)
         parent, _, attr = name.rpartition(".")
         setattr(self.base_model.get_submodule(parent) if parent else self.base_model,
                 attr, wrapper)
@@ -123,9 +123,8 @@ class AdapterModel(nn.Module):
         device = next(self.base_model.parameters(), torch.empty(0)).device
         self.adapters[name] = source.to(device)
         c = source.config
-        for t, (a, b) in zip(source.layout.targets, source.layout.offsets().values(),
-                             strict=True):
-            self._adapted_layer(t.name).slots[name] = Slot(a, b, c.rank, c.scaling, c.dropout)
+        for t in source.layout.targets:
+            self._adapted_layer(t.name).slots[name] = Slot(c.rank, c.scaling, c.dropout)
         if self.state.active is None:
             self.set_adapter(name)
         else:

@@ -69,13 +69,14 @@ class FactorLayout:
     def total_b(self) -> int:
         return sum(self.b_size(t) for t in self.targets)
 
-    def offsets(self) -> dict[str, tuple[int, int]]:
-        """Layer name -> (offset of its A in ``a``, offset of its B in ``b``)."""
-        out, a, b = {}, 0, 0
-        for t in self.targets:
-            out[t.name] = (a, b)
-            a, b = a + self.a_size(t), b + self.b_size(t)
-        return out
+    def matrices(self, a: torch.Tensor, b: torch.Tensor
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Layer name -> its ``A`` (r, in) and ``B`` (out, r), views of ``a`` and ``b``.
+        (One split per vector: its backward is a single concatenation.)"""
+        As = torch.split(a, [self.a_size(t) for t in self.targets])
+        Bs = torch.split(b, [self.b_size(t) for t in self.targets])
+        return {t.name: (A.view(self.rank, t.in_features), B.view(t.out_features, self.rank))
+                for t, A, B in zip(self.targets, As, Bs, strict=True)}
 
     def a_std(self) -> torch.Tensor:
         """(total_a,) standard deviation of ``U(-1/sqrt(in), 1/sqrt(in))`` for every A entry."""
@@ -246,3 +247,21 @@ def generate_all(sources: dict[str, FactorSource]
             out[name] = s.split(flat[start : start + size])
             start += size
     return out
+
+
+def d_for_budget(layout: FactorLayout, budget: int, k: int, m: int = 1) -> int:
+    """The smallest chunk size d whose MCNC adapter trains at most ``budget`` numbers:
+    ``(ceil(total_a / d) + ceil(total_b / d)) * m * (k + 1) <= budget``."""
+    per_chunk = m * (k + 1)
+    if budget < 2 * per_chunk:
+        raise ValueError(f"a budget of {budget} cannot pay for the two chunks (A and B) of "
+                         f"{per_chunk} numbers each; raise the budget or lower k or m")
+
+    def cost(d: int) -> int:
+        return (-(-layout.total_a // d) - (-layout.total_b // d)) * per_chunk
+
+    low, high = k + 1, max(layout.total_a, layout.total_b, k + 1)
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if cost(mid) <= budget else (mid + 1, high)
+    return low

