@@ -3,8 +3,8 @@
 
 ``adapter_config.json``: the config's fields and ``method``, plus ``format``
 (``"mcnc-adapter"``), ``format_version``, ``targets`` (every adapted layer's name and
-``(out, in)`` features, in factor order), ``base_model`` (the base model's name, informative)
-and ``payload_sha256`` (the digest of the tensors, so a config and tensors that do not belong
+``(out, in)`` features, in factor order), ``base_model_name_or_path`` (informative, as in
+peft) and ``payload_sha256`` (the digest of the tensors, so a config and tensors that do not belong
 together are detected).
 
 ``adapter_model.safetensors``: only what was trained. MCNC: ``mcnc.alpha`` (n, m, k) and
@@ -50,7 +50,7 @@ def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "targets": [t.to_dict() for t in source.layout.targets],
-        "base_model": base_model,
+        "base_model_name_or_path": base_model,
         "payload_sha256": tensor_digest(tensors),
     }
     atomic_write(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, {"format": FORMAT}))
@@ -104,7 +104,8 @@ def read_adapter(directory: str | os.PathLike
         raise FormatError(f"adapter format version {meta.get('format_version')!r} is not "
                           f"supported (this mcnc reads version {FORMAT_VERSION}); upgrade mcnc")
     fields = {k: v for k, v in meta.items() if k not in
-              ("format", "format_version", "targets", "base_model", "payload_sha256")}
+              ("format", "format_version", "targets", "base_model_name_or_path",
+               "payload_sha256")}
     try:
         config = config_from_dict(fields)
     except ValueError as e:

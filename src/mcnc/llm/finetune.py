@@ -126,12 +126,13 @@ def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
 @torch.no_grad()
 def evaluate(model: AdapterModel, examples: list[dict], s: FinetuneSettings, pad_id: int,
              ctx: Context) -> tuple[float, float]:
-    """Validation loss per answer token and inference tokens per second (all processes)."""
+    """Validation loss per answer token and inference tokens per second. Global batches of
+    ``s.batch_size`` are shared by the processes as in training (``s.val_batches`` of them)."""
     from mcnc.llm.data import batches, collate, count_tokens
 
     model.eval()
     total, count, tokens, seconds = 0.0, 0, 0, 0.0
-    chunks = batches(examples, s.batch_size, seed=0, epoch=0, rank=ctx.rank,
+    chunks = batches(examples, s.batch_size // ctx.world, seed=0, epoch=0, rank=ctx.rank,
                      world_size=ctx.world)
     for i, chunk in enumerate(chunks):
         if s.val_batches is not None and i >= s.val_batches:
@@ -244,7 +245,7 @@ class FinetuneRun:
             folder = self.model.save_pretrained(out / "adapter")
             adapter_bytes = (folder / WEIGHTS_NAME).stat().st_size
             adapter_bytes += (folder / CONFIG_NAME).stat().st_size
-        tail = losses[-max(1, len(losses) // 10):]
+        tail = losses[-max(1, len(losses) // 10):] or [math.nan]
         return {
             **{k: v for k, v in self.s.to_dict().items() if k not in ("out", "progress")},
             "lr": self.s.learning_rate,

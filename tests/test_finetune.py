@@ -1,0 +1,80 @@
+"""mcnc finetune on a tiny LLaMA with SmolLM2's tokenizer: the command, its report, budgets and
+torchrun with 2 CPU processes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mcnc
+from mcnc.adapters.sources import FactorLayout, TargetShape, d_for_budget
+from mcnc.llm.finetune import FinetuneSettings, finetune
+from mcnc.llm.models import build_language_model
+
+ARGS = ["--model", "tiny-llama", "--steps", "4", "--batch-size", "4", "--max-length", "48",
+        "--rank", "4", "--budget", "120", "--val-batches", "2", "--no-progress"]
+
+
+def run_cli(*extra: str, torchrun: bool = False) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 "--nproc_per_node", "2"] if torchrun else [sys.executable])
+    done = subprocess.run([*launcher, "-m", "mcnc", "finetune", *ARGS, *extra], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    single = run_cli("--method", "mcnc", "--out", str(tmp_path / "one"))
+    dual = run_cli("--method", "mcnc", "--out", str(tmp_path / "two"), torchrun=True)
+    assert (single["world_size"], dual["world_size"]) == (1, 2)
+    assert dual["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
+    assert dual["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)
+    models = [mcnc.AdapterModel.from_pretrained(build_language_model("tiny-llama")[0],
+                                                tmp_path / run / "adapter")
+              for run in ("one", "two")]
+    alphas = [m.adapters["default"].alpha for m in models]
+    torch.testing.assert_close(alphas[0], alphas[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["mcnc", "nola", "lora"])
+def test_finetune_reports_and_saves(method, tmp_path):
+    result = finetune(FinetuneSettings(model="tiny-llama", method=method, steps=3, rank=4,
+                                       budget=120, max_length=48, val_batches=2,
+                                       out=str(tmp_path), progress=False))
+    adapter = tmp_path / "adapter"
+    assert result["adapter_bytes"] == sum(f.stat().st_size for f in adapter.iterdir())
+    for key in ("train_loss", "val_loss", "train_tokens_per_s", "inference_tokens_per_s"):
+        assert result[key] > 0
+    if method == "lora":
+        assert result["generation_flops"] == 0 and result["trainable"] > 1000
+    else:
+        assert result["generation_flops"] > 0 and result["trainable"] <= 120
+    assert len(result["losses"]) == 3
+    line = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
+    assert line["val_loss"] == result["val_loss"]
+
+
+def test_budget_picks_the_smallest_chunk_size_that_fits():
+    layout = FactorLayout(tuple(TargetShape(str(i), o, n) for i, (o, n) in
+                                enumerate([(576, 576), (192, 576), (1536, 576)] * 4)), 16)
+    for budget in (12, 300, 6000):
+        d = d_for_budget(layout, budget, k=5)
+
+        def cost(d):
+            return (-(-layout.total_a // d) - (-layout.total_b // d)) * 6
+
+        assert cost(d) <= budget and (d == 6 or cost(d - 1) > budget)
+    with pytest.raises(ValueError, match="budget"):
+        d_for_budget(layout, 11, k=5)
+
+
+def test_bad_settings_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="gguf-4bit needs --model smollm2-135m"):
+        finetune(FinetuneSettings(model="tiny-llama", base="gguf-4bit", progress=False))
+    with pytest.raises(ValueError, match="unknown method"):
+        finetune(FinetuneSettings(model="tiny-llama", method="prefix", progress=False))
