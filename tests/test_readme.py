@@ -32,3 +32,14 @@ def test_readme_baselines_example_runs(tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.equal(restored.eval()(x), model.eval()(x))
     assert set(namespace["dense_state"]) == set(model.layout.state_keys)
+
+
+def test_readme_adapter_example_runs(tmp_path, monkeypatch, capsys):
+    code = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)[2]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert "trainable params: 108 " in capsys.readouterr().out
+    logits, base_logits = namespace["logits"], namespace["base_logits"]
+    assert torch.equal(logits[2], base_logits[2]) and not torch.equal(logits[0], base_logits[0])
+    assert (tmp_path / "adapters" / "lora" / "adapter_config.json").exists()
