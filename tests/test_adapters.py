@@ -266,3 +266,19 @@ def test_target_selection_by_name_and_regex():
     by_regex = model.select_targets(mcnc.LoRAAdapterConfig(target_modules=r".*\.1\..*_proj"))
     assert len(by_regex) == 7 and all(".1." in t.name for t in by_regex)
     assert "lm_head" not in {t.name for t in model.select_targets(CONFIGS["lora"])}
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        model = mcnc.get_adapter_model(tiny_llama(), CONFIGS["mcnc"])
+        with torch.no_grad():
+            model.adapters["default"].beta.add_(0.1)
+        if checkpointing:
+            model.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        ids = tokens()
+        model(input_ids=ids, labels=ids).loss.backward()
+        grads.append(model.adapters["default"].alpha.grad)
+    torch.testing.assert_close(grads[0], grads[1])

@@ -56,7 +56,19 @@ class AdapterModel(nn.Module):
         self.adapters = nn.ModuleDict()
         self.state = AdapterState(self.adapters)
         model.requires_grad_(False)
-        model.register_forward_pre_hook(lambda *_: self.state.new_forward())
+        model.register_forward_pre_hook(lambda *_: self._start_forward())
+
+    def _start_forward(self) -> None:
+        """Before each forward pass of the base model: compute the factors it will use, outside
+        any layer (so gradient checkpointing recomputes layers without regenerating them)."""
+        state = self.state
+        state.new_forward()
+        if state.disabled:
+            return
+        names = state.batch_adapters
+        if names is None:
+            names = [] if state.active in (None, *state.merged) else [state.active]
+        state.matrices([n for n in dict.fromkeys(names) if n != BASE])
 
     def __getattr__(self, name: str):
         try:
