@@ -282,3 +282,26 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model(input_ids=ids, labels=ids).loss.backward()
         grads.append(model.adapters["default"].alpha.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_adapters_train_and_serve_on_a_4bit_base(tmp_path):
+    from mcnc.llm.quantized import Linear4bit, quantize_linears
+
+    base = tiny_llama()
+    assert quantize_linears(base) == 14
+    model = mcnc.get_adapter_model(base, CONFIGS["mcnc"])
+    assert all(isinstance(m.base_layer, Linear4bit) for m in model.modules()
+               if isinstance(m, mcnc.adapters.AdapterLinear))
+    train_steps(model)
+    model.add_adapter("lora", CONFIGS["lora"])
+    ids = tokens(2)
+    mixed = logits(model, ids, adapter_names=["default", "lora"])
+    torch.testing.assert_close(mixed[:1], logits(model, ids[:1]), atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path, selected_adapters=["default"])
+    fresh = tiny_llama()
+    quantize_linears(fresh)
+    restored = mcnc.AdapterModel.from_pretrained(fresh, tmp_path)
+    assert torch.equal(logits(restored, ids), logits(model, ids))
+    with pytest.raises(ValueError, match="4-bit base"):
+        model.merge_adapter()
+    assert model.state.merged == []
