@@ -1,7 +1,7 @@
 """MCNC vs NOLA at equal budget (and LoRA rank 1 and 16 for scale) fine-tuning SmolLM2-135M on
 the English Q/A pairs: the issue's results table (results/finetune/).
 
-1. Learning-rate sweep: every method at four learning rates, ``--sweep-steps`` steps each.
+1. Learning-rate sweep: every method at four or five learning rates, ``--sweep-steps`` steps each.
 2. Main runs: every method at its best swept rate, ``--steps`` steps, the same data order.
 3. MCNC again on the 4-bit base (the GGUF file's own Q4_1 blocks, dequantised on the fly).
 4. MCNC and NOLA at the paper's budget ratio (64 NOLA coefficients per factor), same lr.
@@ -30,7 +30,7 @@ paper's NOLA baseline has on LLaMA-2 7B (64 bases per factor)."""
 # label -> (settings overrides, learning rates swept)
 METHODS = {
     "MCNC": ({"method": "mcnc", "budget": BUDGET, "rank": 16}, (0.01, 0.05, 0.2, 0.8)),
-    "NOLA": ({"method": "nola", "budget": BUDGET, "rank": 16}, (0.003, 0.01, 0.03, 0.1)),
+    "NOLA": ({"method": "nola", "budget": BUDGET, "rank": 16}, (0.003, 0.01, 0.03, 0.1, 0.3)),
     "LoRA r1": ({"method": "lora", "rank": 1}, (3e-4, 1e-3, 3e-3, 1e-2)),
     "LoRA r16": ({"method": "lora", "rank": 16}, (3e-4, 1e-3, 3e-3, 1e-2)),
 }
@@ -62,7 +62,7 @@ def _table(rows: list[tuple[str, dict]], base_loss: float, args: argparse.Namesp
         f"{args.steps} steps, batch 4, at most 128 tokens, English chatterbot Q/A pairs "
         "(1,044 train / 116 validation); rank 16 on every linear layer of the 30 transformer "
         "blocks for MCNC and NOLA; AdamW, 5% warm-up then cosine decay; learning rate: the best "
-        f"of four in a {args.sweep_steps}-step sweep (sweep.md). Loss per answer token.",
+        f"of a {args.sweep_steps}-step sweep (sweep.md). Loss per answer token.",
         "",
         f"Command: `python benchmarks/finetune_adapters.py --out {args.out}`  ",
         f"Machine: {machine_line()}",
