@@ -65,7 +65,7 @@ def main() -> None:
                           "seconds": []}
     ids = torch.randint(0, 49152, (4, 128), generator=torch.Generator().manual_seed(0))
     for model in variants.values():
-        model.train()
+        model.train().requires_grad_(False)  # a frozen base, as under an adapter
         model.enable_input_require_grads()  # gradients reach the input, as under an adapter
         _step_seconds(model, ids)  # warm-up
     for _ in range(args.rounds):
