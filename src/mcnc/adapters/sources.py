@@ -151,9 +151,8 @@ class NOLASource(FactorSource):
             self.bases.append(RandomBasis(config.seed, NOLA_ADAPTER_STREAM + p, size, n,
                                           std[offset : offset + size], **extra))
             offset += size
-        self.n_a = sum(counts[: len(layout.targets)])
         c = rng.uniform(config.seed, A_INIT_STREAM, (config.coefficients,), UNIT_BOUND)
-        c[self.n_a :] = 0
+        c[sum(counts[: len(layout.targets)]) :] = 0  # B's coefficients
         self.coefficients = nn.Parameter(c)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
