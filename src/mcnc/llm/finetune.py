@@ -123,6 +123,15 @@ def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     return loss, int((labels != -100).sum())
 
 
+def _sum_over_processes(values: list[float], ctx: Context) -> list[float]:
+    """``values`` summed over all processes (unchanged in a single process)."""
+    if ctx.world == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
 @torch.no_grad()
 def evaluate(model: AdapterModel, examples: list[dict], s: FinetuneSettings, pad_id: int,
              ctx: Context) -> tuple[float, float]:
@@ -142,10 +151,7 @@ def evaluate(model: AdapterModel, examples: list[dict], s: FinetuneSettings, pad
         loss, n = _token_loss_sum(model, batch)
         seconds += time.perf_counter() - t0
         total, count, tokens = total + loss.item(), count + n, tokens + count_tokens(batch)
-    sums = torch.tensor([total, count, tokens, seconds], dtype=torch.float64)
-    if ctx.world > 1:
-        torch.distributed.all_reduce(sums)
-    total, count, tokens, seconds = sums.tolist()
+    total, count, tokens, seconds = _sum_over_processes([total, count, tokens, seconds], ctx)
     return total / max(count, 1), tokens / max(seconds, 1e-9)
 
 
@@ -208,11 +214,9 @@ class FinetuneRun:
             batch = next(data)
             t0 = time.perf_counter()
             loss_sum, n = _token_loss_sum(self.ddp, batch)
-            counts = torch.tensor([float(n)])
-            if self.ctx.world > 1:
-                torch.distributed.all_reduce(counts)
+            (count,) = _sum_over_processes([n], self.ctx)
             # Every process divides by the global token count; DDP averages over processes.
-            loss = loss_sum * self.ctx.world / counts.item()
+            loss = loss_sum * self.ctx.world / count
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -220,20 +224,11 @@ class FinetuneRun:
             self.model.after_step()
             seconds += time.perf_counter() - t0
             tokens += count_tokens(batch)
-            losses.append(self._global_mean(loss.item() / self.ctx.world))
+            (global_loss,) = _sum_over_processes([loss.item() / self.ctx.world], self.ctx)
+            losses.append(global_loss)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        totals = torch.tensor([seconds, tokens], dtype=torch.float64)
-        if self.ctx.world > 1:
-            torch.distributed.all_reduce(totals)
-            totals[0] /= self.ctx.world
-        return losses, totals[0].item(), int(totals[1].item())
-
-    def _global_mean(self, value: float) -> float:
-        if self.ctx.world == 1:
-            return value
-        t = torch.tensor([value], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return t.item()
+        seconds, tokens = _sum_over_processes([seconds, tokens], self.ctx)
+        return losses, seconds / self.ctx.world, int(tokens)
 
     def run(self) -> dict:
         losses, train_seconds, train_tokens = self.train()
