@@ -14,6 +14,22 @@ def test_outputs_are_unit_vectors_even_at_zero():
     torch.testing.assert_close(out.norm(dim=1), torch.ones(10))
 
 
+@pytest.mark.parametrize("activation,m", [("sine", 1), ("sine", 3), ("relu", 2)])
+def test_combine_equals_the_sum_of_scaled_unit_vectors(activation, m):
+    """The fused path (norms through W_out^T W_out, one product) is the textbook formula,
+    values and gradients alike."""
+    g = Generator(GeneratorSpec(k=4, d=300, width=24, depth=2, activation=activation, seed=3))
+    alpha = (torch.rand(7, m, 4) * 40 - 20).requires_grad_()
+    beta = torch.randn(7, m).requires_grad_()
+    fused = g.combine(alpha, beta)
+    plain = (g(alpha.reshape(-1, 4)).view(7, m, 300) * beta.unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    weight = torch.randn(7, 300)
+    grads = [torch.autograd.grad((out * weight).sum(), (alpha, beta)) for out in (fused, plain)]
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("k", 0, "k must be"), ("d", 8, "k must be smaller than d"), ("L", -1.0, "L must be"),
     ("width", 0, "width must be"), ("depth", 0, "depth must be"),

@@ -1,4 +1,5 @@
-"""The ``mcnc`` command line: demo, train, compare, finetune, coverage, inspect, reconstruct."""
+"""The ``mcnc`` command line: demo, train, compare, finetune, bench, coverage, inspect,
+reconstruct."""
 
 from __future__ import annotations
 
@@ -44,6 +45,20 @@ def _coverage(args: argparse.Namespace) -> None:
         plot_curves(args.figure, L=args.L, width=args.width, depth=args.depth,
                     hidden_gain=args.hidden_gain, seed=args.seed)
         print(f"wrote {args.figure} (k=1, d=3: the cube wound around the sphere, sine vs ReLU)")
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from mcnc.bench.report import markdown
+    from mcnc.bench.run import SECTIONS, BenchSettings, run_bench
+
+    if args.rounds < 1:
+        raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
+    result = run_bench(BenchSettings(quick=args.quick, sections=tuple(args.only or SECTIONS),
+                                     rounds=args.rounds, out=args.out or None,
+                                     progress=not args.no_progress))
+    print(markdown(result))
+    if args.out:
+        print(f"wrote {Path(args.out) / 'bench.json'} and bench.md")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -244,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure", default="coverage.png", help="PNG of the k=1, d=3 curves "
                    "('' to skip)")
     p.set_defaults(func=_coverage)
+
+    p = sub.add_parser("bench", help="reconstruction, training and inference speed and peak "
+                       "memory of MCNC against its baselines (results/bench by default)")
+    p.add_argument("--quick", action="store_true", help="small stand-ins for every workload "
+                   "(seconds; checks the harness, not the speed)")
+    p.add_argument("--only", nargs="+", choices=("reconstruction", "training", "inference"),
+                   help="run only these sections")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload")
+    p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md "
+                   "('' to write nothing)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_bench)
 
     p = sub.add_parser("inspect", help="print a .mcnc file's metadata and sizes")
     p.add_argument("file")

@@ -56,14 +56,7 @@ def generate_flat(generator: Generator, alpha: torch.Tensor, beta: torch.Tensor)
     Returns:
         (n * d,) the chunks laid end to end.
     """
-    n, m, k = alpha.shape
-    units = generator(fold_into_cube(alpha, generator.spec.L).reshape(n * m, k))
-    units = units.view(n, m, -1)
-    if m == 1:
-        chunks = units[:, 0] * beta
-    else:
-        chunks = torch.bmm(beta.unsqueeze(1), units).squeeze(1)
-    return chunks.reshape(-1)
+    return generator.combine(fold_into_cube(alpha, generator.spec.L), beta).reshape(-1)
 
 
 def initial_alpha(config: MCNCConfig, n_chunks: int) -> torch.Tensor:

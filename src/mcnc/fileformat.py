@@ -292,6 +292,7 @@ def _skeleton(layout: Layout, tensors: dict[str, torch.Tensor], meta: dict,
     base weights in ``delta`` mode), every other state entry as a buffer."""
     root = nn.Module()
     targets = {t.name: t for t in layout.targets}
+    target_names = layout.target_names()
     for key in layout.state_keys:
         module = root
         *path, attr = key.split(".")
@@ -307,7 +308,7 @@ def _skeleton(layout: Layout, tensors: dict[str, torch.Tensor], meta: dict,
                                      "model's state_dict as base_state_dict")
                 value = base_state_dict[key].float()
             module.register_parameter(attr, nn.Parameter(value))
-        elif key not in layout.target_names():
+        elif key not in target_names:
             dense = tensors.get(f"dense.{key}")
             if dense is None and base_state_dict is not None:
                 dense = base_state_dict.get(key)

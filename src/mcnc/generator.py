@@ -41,6 +41,8 @@ MAX_K = 4096
 MAX_D = 1 << 20
 MAX_WIDTH = 8192
 MAX_DEPTH = 16
+NORM_EPS = 1e-12
+"""Smallest output norm divided by (as in ``F.normalize``)."""
 
 
 def _int_in(value: object, low: int, high: int) -> bool:
@@ -138,6 +140,17 @@ def seeded_weights(spec: GeneratorSpec) -> list[torch.Tensor]:
     return tensors
 
 
+def hidden_forward(
+    alpha: torch.Tensor, weights: list[torch.Tensor], activation: str = "sine"
+) -> torch.Tensor:
+    """The last hidden layer ``h_depth`` (see module docstring): (n, k) -> (n, width)."""
+    act = torch.sin if activation == "sine" else F.relu
+    h = alpha
+    for t in range(0, len(weights) - 1, 2):
+        h = act(F.linear(h, weights[t], weights[t + 1]))
+    return h
+
+
 def generator_forward(
     alpha: torch.Tensor, weights: list[torch.Tensor], activation: str = "sine"
 ) -> torch.Tensor:
@@ -150,11 +163,7 @@ def generator_forward(
     Returns:
         (n, d) tensor.
     """
-    act = torch.sin if activation == "sine" else F.relu
-    h = alpha
-    for t in range(0, len(weights) - 1, 2):
-        h = act(F.linear(h, weights[t], weights[t + 1]))
-    return F.linear(h, weights[-1])
+    return F.linear(hidden_forward(alpha, weights, activation), weights[-1])
 
 
 class Generator(nn.Module):
@@ -172,6 +181,7 @@ class Generator(nn.Module):
                              f" expected {expected} for {spec}")
         for i, w in enumerate(weights):
             self.register_buffer(f"w{i}", w.detach().clone().float(), persistent=False)
+        self._factor_cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def weights(self) -> list[torch.Tensor]:
@@ -184,6 +194,39 @@ class Generator(nn.Module):
     def forward(self, alpha: torch.Tensor) -> torch.Tensor:
         """(n, k) points of the cube -> (n, d) unit vectors."""
         return F.normalize(self.raw(alpha), dim=-1)
+
+    def _norm_factor(self, w_out: torch.Tensor) -> torch.Tensor:
+        """``R`` of ``W_out = Q R`` (QR in float64, then cast): ``||W_out h|| = ||R h||`` for
+        every h. Kept until ``W_out`` changes (recomputed, differentiably, if it trains)."""
+        if w_out.requires_grad:
+            return torch.linalg.qr(w_out.double(), mode="reduced").R.to(w_out.dtype)
+        key = (w_out._version, w_out.data_ptr(), w_out.dtype, w_out.device)
+        if self._factor_cache is None or self._factor_cache[0] != key:
+            r = torch.linalg.qr(w_out.double(), mode="r").R.to(w_out.dtype)
+            self._factor_cache = (key, r)
+        return self._factor_cache[1]
+
+    def combine(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """``sum_i beta[:, i] * phi(alpha[:, i])`` for (n, m, k) alphas and (n, m) betas: (n, d).
+
+        The output layer is linear, so the whole sum is one product with ``W_out``::
+
+            sum_i beta_i * W_out h_i / ||W_out h_i|| = W_out z,
+            z = sum_i h_i * beta_i / ||R h_i||,      W_out = Q R  (R: width x width)
+
+        Norms, amplitudes and the sum over m all happen on (n, width) tensors; the single
+        (n, width) x (width, d) product writes the chunks directly, and nothing of size (n, d)
+        is kept for the backward pass (it needs ``z`` and ``W_out`` only). ``||R h||`` is a
+        norm of a short vector, as accurate as summing the squares of the long output.
+        """
+        n, m, k = alpha.shape
+        weights = self.weights
+        h = hidden_forward(alpha.reshape(n * m, k), weights, self.spec.activation)
+        w_out = weights[-1]
+        norms = torch.linalg.vector_norm(h @ self._norm_factor(w_out).T, dim=-1)
+        scale = beta / norms.view(n, m).clamp_min(NORM_EPS).to(beta.dtype)
+        z = (h.view(n, m, -1) * scale.unsqueeze(-1).to(h.dtype)).sum(1)
+        return F.linear(z, w_out)
 
 
 def seeded_weights_shapes(spec: GeneratorSpec) -> list[torch.Size]:

@@ -183,12 +183,17 @@ def owner_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 def materialize(layout: Layout, flat: torch.Tensor) -> dict[str, torch.Tensor]:
     """Turn the flat vector (length >= ``layout.total``) into one tensor per target.
 
+    Targets lie end to end from offset 0 (as :func:`plan_layout` makes them and file loading
+    checks), so one ``torch.split`` cuts them all: its backward writes the gradient of the flat
+    vector once, where a slice per target would each allocate and zero a flat-sized gradient.
+
     Returns:
         canonical parameter name -> tensor of the parameter's shape (views where possible).
     """
+    sizes = [t.size for t in layout.targets]
+    pieces = torch.split(flat, [*sizes, flat.numel() - layout.total])
     out = {}
-    for t in layout.targets:
-        piece = flat[t.offset : t.offset + t.size]
+    for t, piece in zip(layout.targets, pieces, strict=False):
         if t.rank is None:
             out[t.name] = piece.view(t.shape)
         else:

@@ -57,6 +57,19 @@ def param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
             if g["params"]]
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               y: torch.Tensor) -> torch.Tensor:
+    """One optimiser step on cross-entropy; a compressed model's alphas are folded back into
+    the cube afterwards. Returns the (detached) loss."""
+    loss = F.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    if isinstance(model, Reparameterized):
+        model.after_step()
+    return loss.detach()
+
+
 def train_classifier(
     model: nn.Module,
     train: tuple[torch.Tensor, torch.Tensor],
@@ -84,13 +97,8 @@ def train_classifier(
         bar = tqdm(batches(*train, batch_size, order), total=-(-len(train[0]) // batch_size),
                    desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False)
         for xb, yb in bar:
-            loss = F.cross_entropy(model(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, xb, yb)
             schedule.step()
-            if isinstance(model, Reparameterized):
-                model.after_step()
             total, count = total + loss.item() * len(xb), count + len(xb)
             bar.set_postfix(loss=f"{total / count:.4f}")
         result = EpochResult(epoch, total / count, accuracy(model, *test),

@@ -191,10 +191,18 @@ class MCNCSource(FactorSource):
         beta = torch.cat([beta_a, torch.zeros(self.chunks_b)])
         return beta.unsqueeze(1).expand(-1, c.m).clone()
 
+    @property
+    def generated_size(self) -> int:
+        """Length of the generated vector: both regions' chunks, padding included."""
+        return (self.chunks_a + self.chunks_b) * self.config.d
+
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The generated chunks (laid end to end) -> ``(a, b)`` without padding."""
-        start_b = self.chunks_a * self.config.d
-        return flat[: self.layout.total_a], flat[start_b : start_b + self.layout.total_b]
+        """The generated chunks (laid end to end) -> ``(a, b)`` without padding (views; one
+        split, so the backward pass assembles the gradient in one concatenation)."""
+        d, total_a, total_b = self.config.d, self.layout.total_a, self.layout.total_b
+        a, _, b, _ = torch.split(flat, [total_a, self.chunks_a * d - total_a,
+                                        total_b, self.chunks_b * d - total_b])
+        return a, b
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split(generate_flat(self.generator, self.alpha, self.beta))
@@ -240,11 +248,9 @@ def generate_all(sources: dict[str, FactorSource]
         alpha = torch.cat([s.alpha for s in members])
         beta = torch.cat([s.beta for s in members])
         flat = generate_flat(members[0].generator, alpha, beta)
-        start = 0
-        for name, s in zip(names, members, strict=True):
-            size = (s.chunks_a + s.chunks_b) * s.config.d
-            out[name] = s.split(flat[start : start + size])
-            start += size
+        parts = torch.split(flat, [s.generated_size for s in members])
+        for name, s, part in zip(names, members, parts, strict=True):
+            out[name] = s.split(part)
     return out
 
 

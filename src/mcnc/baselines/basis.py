@@ -45,22 +45,22 @@ class RandomBasis:
     def nbytes(self) -> int:
         return 4 * self.size * self.n
 
-    def columns(self, start: int, stop: int) -> torch.Tensor:
-        """``u`` for columns ``start..stop-1`` as a ``(stop - start, size)`` float32 tensor."""
+    def column_blocks(self):
+        """``(start, u)`` for consecutive blocks of columns: ``u`` is the ``(columns, size)``
+        float32 block starting at column ``start``, at most ``BLOCK_BYTES`` unless cached.
+        Streamed blocks are generated into one buffer, valid until the next block."""
         if self.cached:
             if self._columns is None:
-                self._columns = self._generate(0, self.n)
-            return self._columns[start:stop]
-        return self._generate(start, stop)
+                self._columns = self._generate(torch.empty(self.n, self.size), 0)
+            yield 0, self._columns
+            return
+        buffer = torch.empty(min(self.block, self.n), self.size)
+        for start in range(0, self.n, self.block):
+            count = min(self.block, self.n - start)
+            yield start, self._generate(buffer[:count], start)
 
-    def _generate(self, start: int, stop: int) -> torch.Tensor:
-        out = torch.empty(stop - start, self.size)
+    def _generate(self, out: torch.Tensor, start: int) -> torch.Tensor:
         return rng.uniform_into(out, self.seed, self.stream, UNIT_BOUND, start=start * self.size)
-
-    def blocks(self):
-        """``(start, stop)`` column ranges of at most ``BLOCK_BYTES`` each (all when cached)."""
-        step = self.n if self.cached else self.block
-        return ((j, min(j + step, self.n)) for j in range(0, self.n, step))
 
     def apply(self, c: torch.Tensor) -> torch.Tensor:
         """``P c`` for coefficients ``c`` of shape (n,); differentiable in ``c``."""
@@ -82,16 +82,15 @@ class _BasisProduct(torch.autograd.Function):
     def forward(ctx, c: torch.Tensor, basis: RandomBasis) -> torch.Tensor:
         ctx.basis = basis
         out = torch.zeros(basis.size, dtype=torch.float32, device=c.device)
-        for start, stop in basis.blocks():
-            out.addmv_(basis.columns(start, stop).to(c.device).T, c[start:stop].float())
+        for start, u in basis.column_blocks():
+            out.addmv_(u.to(c.device).T, c[start : start + len(u)].float())
         return out.mul_(basis.scale).to(c.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         basis = ctx.basis
         scaled = grad.float() * basis.scale
-        pieces = [basis.columns(start, stop).to(grad.device) @ scaled
-                  for start, stop in basis.blocks()]
+        pieces = [u.to(grad.device) @ scaled for _, u in basis.column_blocks()]
         return torch.cat(pieces).to(grad.dtype), None
 
 

@@ -1,0 +1,161 @@
+"""``mcnc bench``: reconstruction, training and inference speed and peak memory, measured in one
+run on this machine, written as JSON and a markdown table.
+
+Timings are medians over alternating rounds (the variants of a workload take turns); ratios
+are medians of the per-round ratios. Training and inference run first, with the memory
+allocator as users have it. Reconstructions run next, with every large allocation a fresh
+mapping (:func:`~mcnc.bench.measure.track_large_allocations`): each rebuilt weight lands in new
+memory, so their bound is the GEMM rate over the FLOPs per weight or the rate of writing into
+fresh memory, whichever is lower. Peak memory comes last, one call per case, as the rise of the
+process's resident memory above its level before the call.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from mcnc.bench.cases import Case, Measured, measure_group, measure_peaks
+from mcnc.bench.measure import (
+    gemm_flops_per_second,
+    track_large_allocations,
+    write_bytes_per_second,
+)
+from mcnc.bench.report import markdown
+from mcnc.machine import machine_info, machine_line
+
+SECTIONS = ("reconstruction", "training", "inference")
+
+
+@dataclass
+class BenchSettings:
+    """What ``mcnc bench`` runs."""
+
+    quick: bool = False
+    """Small stand-ins for every workload (a smoke test of the harness; seconds, not minutes)."""
+    sections: tuple[str, ...] = SECTIONS
+    rounds: int = 5
+    """Alternating rounds per workload (each round times every variant)."""
+    out: str | None = "results/bench"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class Workloads:
+    """Sizes of the workloads: the real ones, or small stand-ins with ``quick``."""
+
+    resnet_budget: int
+    adapter_blocks: int
+    adapter_hidden: int
+    adapter_intermediate: int
+    classifier_batch: int
+    llm: str
+    llm_budget: int
+    train_batch: tuple[int, int]
+    serve_batch: tuple[int, int]
+
+    @classmethod
+    def for_settings(cls, s: BenchSettings) -> Workloads:
+        if s.quick:
+            return cls(2_000, 2, 256, 688, 8, "tiny-llama", 200, (2, 16), (4, 16))
+        return cls(10_000, 32, 4096, 11008, 128, "smollm2-135m", 6_000, (4, 128), (16, 64))
+
+
+def _reconstruction_groups(w: Workloads, folder: Path, quick: bool) -> list[list[Case]]:
+    from mcnc.bench.reconstruction import adapter_cases, llama7b_targets, model_cases
+    from mcnc.models import resnet20, resnet56
+
+    name, build = ("resnet20", resnet20) if quick else ("resnet56", resnet56)
+    warm, cold = model_cases(name, build, w.resnet_budget, folder)
+    targets = llama7b_targets(w.adapter_blocks, w.adapter_hidden, w.adapter_intermediate)
+    label = "llama-shaped adapters" if quick else "llama7b adapters"
+    return [warm, cold, adapter_cases(targets, label, pranc_columns=8 if quick else 256)]
+
+
+def _training_groups(w: Workloads, load_llm) -> list[list[Case]]:
+    from mcnc.bench.training import adapter_training_cases, classifier_cases
+    from mcnc.models import mlp, resnet20
+
+    b = w.classifier_batch
+    return [classifier_cases("mlp (MNIST shapes)", mlp, 2_000, b, (1, 28, 28)),
+            classifier_cases("resnet20 (CIFAR shapes)", resnet20, 5_000, b, (3, 32, 32)),
+            adapter_training_cases(f"{w.llm} + adapter", load_llm(), w.llm_budget,
+                                   *w.train_batch)]
+
+
+def _inference_groups(w: Workloads, load_llm) -> list[list[Case]]:
+    from mcnc.bench.inference import inference_cases
+
+    cases, generation = inference_cases(w.llm, load_llm(), *w.serve_batch)
+    return [cases, [generation]]
+
+
+def run_bench(s: BenchSettings) -> dict:
+    """Measure the chosen sections; returns (and with ``out`` writes) the results."""
+    from mcnc.llm.models import build_language_model
+
+    unknown = set(s.sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    w = Workloads.for_settings(s)
+    gemm = gemm_flops_per_second()
+
+    def load_llm():
+        return build_language_model(w.llm)[0]
+
+    measured: list[Measured] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        groups = []
+        if "training" in s.sections:
+            groups += _training_groups(w, load_llm)
+        if "inference" in s.sections:
+            groups += _inference_groups(w, load_llm)
+        rebuilds = _reconstruction_groups(w, Path(tmp), s.quick) if (
+            "reconstruction" in s.sections) else []
+        bar = tqdm(total=len(groups) + len(rebuilds), desc="bench", disable=not s.progress)
+        for group in groups:
+            measured += measure_group(group, s.rounds)
+            bar.update()
+        # Reconstructions write large fresh tensors: time them with every large allocation a
+        # fresh mapping, as a first allocation always is (glibc otherwise switches between
+        # reusing its heap and mapping anew as it goes, and the timings with it).
+        track_large_allocations()
+        write_warm, write_fresh = write_bytes_per_second()
+        for group in rebuilds:
+            measured = measure_group(group, s.rounds) + measured
+            bar.update()
+        bar.close()
+        measure_peaks(measured)
+    result = {
+        "settings": asdict(s), "workloads": asdict(w), "machine": machine_info(),
+        "machine_line": machine_line(),
+        "transparent_huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),
+        "gemm_flops_per_s": gemm, "write_bytes_per_s": write_warm,
+        "fresh_write_bytes_per_s": write_fresh,
+        "cases": [m.to_dict() for m in measured],
+    }
+    _add_bounds(result)
+    if s.out:
+        out = Path(s.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "bench.md").write_text(markdown(result))
+    return result
+
+
+def _add_bounds(result: dict) -> None:
+    """Beside every reconstruction: the bound of its FLOPs per weight on this machine."""
+    from mcnc.bench.reconstruction import generator_bound
+
+    for case in result["cases"]:
+        flops = case.get("generation_flops_per_weight")
+        if case["section"] == "reconstruction" and flops:
+            bound = generator_bound(result["gemm_flops_per_s"],
+                                    result["fresh_write_bytes_per_s"], flops)
+            case["bound"] = bound
+            case["fraction_of_bound"] = case["weights_per_s"] / bound["bound"]
