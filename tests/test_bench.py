@@ -27,6 +27,7 @@ def test_quick_bench_writes_every_section(tmp_path, capsys):
     table = (tmp_path / "bench.md").read_text()
     assert "## Reconstruction" in table and "## Training" in table and "## Inference" in table
     assert "mixed batch, 16 adapters" in capsys.readouterr().out
+    assert any(c["workload"].endswith("[huge pages]") for c in result["cases"])
 
 
 def test_llama7b_shapes():

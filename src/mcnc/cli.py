@@ -54,7 +54,8 @@ def _bench(args: argparse.Namespace) -> None:
     if args.rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
     result = run_bench(BenchSettings(quick=args.quick, sections=tuple(args.only or SECTIONS),
-                                     rounds=args.rounds, out=args.out or None,
+                                     rounds=args.rounds, huge_pages=not args.no_huge_pages,
+                                     out=args.out or None,
                                      progress=not args.no_progress))
     print(markdown(result))
     if args.out:
@@ -267,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", choices=("reconstruction", "training", "inference"),
                    help="run only these sections")
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload")
+    p.add_argument("--no-huge-pages", action="store_true", help="skip the second timing of "
+                   "the reconstructions with PyTorch's huge-page allocation")
     p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md "
                    "('' to write nothing)")
     p.add_argument("--no-progress", action="store_true")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from torch import nn
@@ -34,7 +35,7 @@ class Target:
     rank: int | None = None
     aliases: tuple[str, ...] = ()
 
-    @property
+    @cached_property
     def numel(self) -> int:
         return math.prod(self.shape)
 
@@ -42,7 +43,7 @@ class Target:
     def matrix_shape(self) -> tuple[int, int]:
         return self.shape[0], math.prod(self.shape[1:])
 
-    @property
+    @cached_property
     def size(self) -> int:
         """Generated numbers this parameter takes in the flat vector."""
         if self.rank is None:
@@ -72,7 +73,7 @@ class Layout:
     state_keys: tuple[str, ...]
     """All keys of the original model's ``state_dict()``, in order."""
 
-    @property
+    @cached_property
     def total(self) -> int:
         """Length of the flat generated vector before padding."""
         return sum(t.size for t in self.targets)

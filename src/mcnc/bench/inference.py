@@ -4,7 +4,7 @@ into its weights (no adapter cost at all), in tokens per second.
 
 Adapters are in eval mode under ``torch.no_grad()``, so their factors are generated once and
 cached; the cost measured is that of applying them. What generating them costs is measured
-separately (``generate 16 adapters``: all 16 in one generator call).
+separately (``mcnc x16``: the factors of all 16 adapters in one generator call).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mcnc.adapters import AdapterModel, MCNCAdapterConfig
+from mcnc.adapters.sources import generate_all
 from mcnc.bench.cases import Case
 
 ADAPTER_COUNTS = (1, 4, 16)
@@ -66,15 +67,15 @@ def inference_cases(workload: str, base: nn.Module, batch: int, tokens: int, ran
                           batch * tokens, "tokens", {**info, "distinct_adapters": count},
                           calls=2))
 
-    def generate_all():
-        model.state.forget()
-        with torch.no_grad():
-            model.state.matrices(names)
-
     sources = [model.adapters[n] for n in names]
+
+    def generate():
+        with torch.no_grad():
+            return generate_all(dict(zip(names, sources, strict=True)))
+
     weights = sum(s.layout.total_a + s.layout.total_b for s in sources)
     generation = Case("reconstruction", f"{workload} adapters", f"mcnc x{len(names)}",
-                      generate_all, weights, "weights",
+                      generate, weights, "weights",
                       {"trained": sum(s.alpha.numel() + s.beta.numel() for s in sources),
                        "generation_flops_per_weight":
                            sum(s.generation_flops() for s in sources) / weights,

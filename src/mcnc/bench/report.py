@@ -56,6 +56,15 @@ def _timed(cases: list[dict], title: str) -> list[str]:
     return lines
 
 
+def _huge_pages_rates(run: dict | None) -> str:
+    if run is None:
+        return ""
+    return (f"; in the child process with huge pages (rows marked [huge pages]): GEMM "
+            f"{_si(run['gemm_flops_per_s'], 'FLOP/s')}, write "
+            f"{_si(run['write_bytes_per_s'], 'B/s')} into touched and "
+            f"{_si(run['fresh_write_bytes_per_s'], 'B/s')} into fresh memory")
+
+
 def markdown(result: dict) -> str:
     """Tables of every section that ran, with the machine and the measured rates."""
     by_section: dict[str, list[dict]] = {}
@@ -66,11 +75,11 @@ def markdown(result: dict) -> str:
              f"Machine: {result['machine_line']}.",
              f"Command: `mcnc bench{' --quick' if s['quick'] else ''} --rounds {s['rounds']}`; "
              f"PyTorch huge-page allocation {'on' if result['transparent_huge_pages'] else 'off'}"
-             " (THP_MEM_ALLOC_ENABLE).",
+             " (THP_MEM_ALLOC_ENABLE) in the main process.",
              f"Measured rates: float32 GEMM {_si(result['gemm_flops_per_s'], 'FLOP/s')}; "
              f"memory write {_si(result['write_bytes_per_s'], 'B/s')} into touched memory, "
-             f"{_si(result['fresh_write_bytes_per_s'], 'B/s')} into fresh memory (the write "
-             "bound of reconstructions, whose outputs are new tensors).",
+             f"{_si(result['fresh_write_bytes_per_s'], 'B/s')} into fresh memory"
+             + _huge_pages_rates(result.get("huge_pages_run")) + ".",
              "Times are medians over rounds in which the variants of a workload take turns; "
              "ratios are medians of the per-round ratios. Peak extra memory: the rise of "
              "resident memory during one call.", ""]
