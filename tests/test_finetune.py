@@ -78,3 +78,21 @@ def test_bad_settings_are_clear(tmp_path):
         finetune(FinetuneSettings(model="tiny-llama", base="gguf-4bit", progress=False))
     with pytest.raises(ValueError, match="unknown method"):
         finetune(FinetuneSettings(model="tiny-llama", method="prefix", progress=False))
+
+
+def test_a_nan_loss_stops_finetuning_without_writing_an_adapter(tmp_path, monkeypatch):
+    from mcnc.llm import finetune as module
+
+    real, calls = module._token_loss_sum, []
+
+    def nan_at_step_2(model, batch):
+        loss, n = real(model, batch)
+        calls.append(None)
+        return (loss * float("nan") if len(calls) == 2 else loss), n
+
+    monkeypatch.setattr(module, "_token_loss_sum", nan_at_step_2)
+    with pytest.raises(mcnc.DivergedError, match=r"loss became nan at step 2/3, so the run "
+                       r"stopped and no adapter was written\. Try a lower learning rate"):
+        finetune(FinetuneSettings(model="tiny-llama", steps=3, rank=4, budget=120,
+                                  max_length=48, out=str(tmp_path), progress=False))
+    assert list(tmp_path.iterdir()) == []

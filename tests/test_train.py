@@ -11,7 +11,7 @@ import torch
 import mcnc
 from mcnc.methods import METHOD_NAMES, MethodSettings, build_method
 from mcnc.models import build_model
-from mcnc.train import Context, Run, TrainSettings, train
+from mcnc.train import Context, Run, TrainSettings, _deterministic, train
 
 SMALL = dict(model="mlp", dataset="mnist", epochs=2, batch_size=64, train_subset=512,
              test_subset=256, progress=False)
@@ -108,3 +108,13 @@ def test_batch_norm_recalibration_uses_the_exact_average_of_the_batches():
     assert torch.allclose(model[1].running_mean, expected, atol=1e-5)
     assert model[1].momentum == 0.1 and not model.training
     assert not recalibrate_batch_norm(nn.Linear(2, 2), batches, torch.device("cpu"))
+
+
+def test_deterministic_mode_is_on_only_during_the_run():
+    assert not torch.are_deterministic_algorithms_enabled()
+    with _deterministic(True):
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.backends.cudnn.benchmark
+    assert not torch.are_deterministic_algorithms_enabled()
+    with _deterministic(False):
+        assert not torch.are_deterministic_algorithms_enabled()

@@ -15,6 +15,7 @@ from mcnc.adapters import (
 )
 from mcnc.compress import MCNCModel, compress, fold_into_cube
 from mcnc.config import MCNCConfig
+from mcnc.errors import DivergedError
 from mcnc.fileformat import FormatError, load, read, reconstruct, save
 from mcnc.generator import Generator, GeneratorSpec
 from mcnc.summary import Summary, summarize
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterModel",
+    "DivergedError",
     "FormatError",
     "Generator",
     "GeneratorSpec",

@@ -1,5 +1,9 @@
 """Training checkpoints without pickle: model and optimiser tensors in safetensors, everything
-else (epoch, schedule, history, settings) as JSON in the same file. Written atomically."""
+else (epoch, schedule, history, settings) as JSON in the same file. Written atomically.
+
+The state of torch's global random number generators goes in too (``rng.cpu``, and
+``rng.cuda`` on a GPU), so that dropout or anything else drawing from them continues after a
+resume exactly as in a run that was never interrupted."""
 
 from __future__ import annotations
 
@@ -24,10 +28,19 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors |= _rng_states()
     meta = {"format": CHECKPOINT_FORMAT, "info": info, "param_groups": opt["param_groups"],
             "scheduler": scheduler.state_dict() if scheduler is not None else None}
     data = safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)})
     return atomic_write(path, data)
+
+
+def _rng_states() -> dict[str, torch.Tensor]:
+    """The global generators' states as uint8 tensors (the CUDA one of the current device)."""
+    states = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["rng.cuda"] = torch.cuda.get_rng_state()
+    return states
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
@@ -46,7 +59,8 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 
 def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module,
             optimizer: torch.optim.Optimizer, scheduler) -> None:
-    """Load a checkpoint read by :func:`read_checkpoint` into live objects."""
+    """Load a checkpoint read by :func:`read_checkpoint` into live objects, and give torch's
+    global random number generators the states they had when it was saved."""
     model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()
                            if k.startswith("model.")})
     state: dict[int, dict] = {}
@@ -57,3 +71,7 @@ def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     if scheduler is not None and meta["scheduler"] is not None:
         scheduler.load_state_dict(meta["scheduler"])
+    if "rng.cpu" in tensors:  # absent in checkpoints written before it was stored
+        torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])

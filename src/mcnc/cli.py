@@ -75,7 +75,7 @@ def _train(args: argparse.Namespace) -> None:
         seed=args.seed, method_settings=method, data_root=args.data_root,
         train_subset=args.train_subset, test_subset=args.test_subset, augment=args.augment,
         out=args.out, resume=args.resume, progress=not args.no_progress,
-        workers=args.workers, bn_batches=args.bn_batches))
+        workers=args.workers, bn_batches=args.bn_batches, deterministic=args.deterministic))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
 
@@ -206,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory for checkpoint.safetensors, the model file and "
                    "results.jsonl")
     p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--deterministic", action="store_true", help="only deterministic kernels "
+                   "(a GPU run then repeats bit for bit; a CPU run does anyway)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_train)
 

@@ -12,12 +12,15 @@ before the wrapped model runs, so the result behaves as an ordinary module.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 from torch import nn
 
 from mcnc import rng
 from mcnc.config import MCNCConfig
 from mcnc.errors import FormatError
+from mcnc.fileformat import MAX_NUMBERS, MAX_WORK
 from mcnc.generator import Generator, GeneratorSpec, seeded_weights_shapes
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
@@ -25,11 +28,20 @@ from mcnc.reparam import Reparameterized, check_float32, flat_values
 
 def _spec_from_meta(meta: dict) -> tuple[GeneratorSpec, bool]:
     """The generator spec of a file's metadata and whether fitted weights are stored."""
-    g = dict(meta["generator"])
-    if g.pop("prng") != rng.PRNG_NAME:
-        raise FormatError(f"unknown pseudo-random generator {meta['generator']['prng']!r}")
-    fitted = g.pop("fitted")
-    return GeneratorSpec.from_dict(g), bool(fitted)
+    g = meta["generator"]
+    if not isinstance(g, dict):
+        raise FormatError("generator must be a JSON object")
+    g = dict(g)
+    prng, fitted = g.pop("prng", None), g.pop("fitted", None)
+    if prng != rng.PRNG_NAME:
+        raise FormatError(f"unknown pseudo-random generator {prng!r}; this mcnc reads "
+                          f"{rng.PRNG_NAME!r}")
+    if not isinstance(fitted, bool):
+        raise FormatError(f"generator.fitted must be true or false, got {fitted!r}")
+    missing = {f.name for f in fields(GeneratorSpec)} - set(g)
+    if missing:
+        raise FormatError(f"the generator spec lacks {sorted(missing)}")
+    return GeneratorSpec.from_dict(g), fitted
 
 
 ALPHA_INIT_STREAM = 0xA1FA
@@ -56,6 +68,7 @@ def generate_flat(generator: Generator, alpha: torch.Tensor, beta: torch.Tensor)
     Returns:
         (n * d,) the chunks laid end to end.
     """
+    generator.check_dtype(alpha)  # before the fold, which needs a real type too
     return generator.combine(fold_into_cube(alpha, generator.spec.L), beta).reshape(-1)
 
 
@@ -154,6 +167,12 @@ class MCNCModel(Reparameterized):
     def expected_tensors(cls, config: MCNCConfig, layout: Layout, meta: dict
                          ) -> dict[str, tuple[int, ...]]:
         n = layout.n_chunks(config.d)
+        work = n * config.m * config.generator_spec().weight_count()
+        if n * config.d > MAX_NUMBERS or work > MAX_WORK:
+            raise FormatError(f"{n:,} chunks of {config.d:,} numbers from {config.m} "
+                              "generator outputs each exceed the limits of "
+                              f"{MAX_NUMBERS:,} numbers and {MAX_WORK:,} multiply-adds a file "
+                              "may ask for; the file is corrupt or hostile")
         shapes = {"mcnc.alpha": (n, config.m, config.k), "mcnc.beta": (n, config.m)}
         if _spec_from_meta(meta)[1]:
             shapes |= {f"generator.{i}": tuple(shape)

@@ -13,6 +13,11 @@ SHA-256 of the tensor payload and a SHA-256 of the metadata's canonical JSON, so
 anywhere in the file is detected. Files written before ``method`` existed are MCNC files.
 Files are written atomically (temporary file, fsync, rename), and a load checks everything
 before it changes anything.
+
+Files may come from anyone, so a reader trusts nothing in them: every metadata value has its
+type and range checked (JSON booleans are not integers), every floating-point tensor must be
+finite, and a file may describe at most ``MAX_NUMBERS`` weights and ask for at most
+``MAX_WORK`` operations to regenerate them; anything else is a :class:`FormatError`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import safetensors.torch
 import torch
@@ -34,6 +41,18 @@ FORMAT_NAME = "mcnc"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 64 << 20
 STORAGE_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+MAX_NUMBERS = 1 << 36
+"""Most weights a file may describe (its layout's parameters, or MCNC's padded chunks):
+256 GiB of float32, far above any model mcnc compresses, far below what breaks arithmetic."""
+MAX_WORK = 1 << 36
+"""Most random numbers (PRANC, NOLA: coefficients x weights of the streamed bases) or
+multiply-adds (MCNC: chunks x m x generator weights) a file may need to be regenerated; a
+file asking for more is refused as corrupt or hostile instead of running for hours."""
+VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
+                RuntimeError, MemoryError)
+"""What a bad value in a file can make Python or torch raise (RecursionError is a
+RuntimeError); readers turn these into :class:`FormatError`."""
+T = TypeVar("T")
 __all__ = ["FormatError", "load", "read", "reconstruct", "save", "to_bytes"]
 
 
@@ -125,7 +144,7 @@ def _parse_header(data: bytes) -> dict:
     try:
         header = json.loads(data[8 : 8 + n])
         meta = json.loads(header["__metadata__"]["mcnc"])
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise FormatError(f"no readable mcnc metadata in the header ({e}); is this a .mcnc "
                           "file written by mcnc.save?") from e
     if not isinstance(meta, dict):
@@ -137,17 +156,23 @@ def _check_version(meta: dict) -> None:
     if meta.get("format") != FORMAT_NAME:
         raise FormatError(f"metadata says format {meta.get('format')!r}, expected 'mcnc'")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        hint = "upgrade mcnc to read it" if isinstance(version, int) and version > \
-            FORMAT_VERSION else "the file is damaged or not from mcnc"
+    if not is_int(version, FORMAT_VERSION, FORMAT_VERSION):
+        hint = ("upgrade mcnc to read it" if is_int(version, FORMAT_VERSION + 1)
+                else "the file is damaged or not from mcnc")
         raise FormatError(f"format version {version!r} is not supported (this mcnc reads "
                           f"version {FORMAT_VERSION}); {hint}")
+
+
+def is_int(value: object, low: int = 0, high: int | None = None) -> bool:
+    """``value`` is a JSON integer (not a boolean) in ``[low, high]`` (no upper bound: None)."""
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
+            and (high is None or value <= high))
 
 
 def method_class(meta: dict) -> type[Reparameterized]:
     """The class of the method that wrote a file (files without ``method`` are MCNC)."""
     name = meta.get("method", "mcnc")
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise FormatError(f"unknown compression method {name!r} (this mcnc knows "
                           f"{sorted(METHODS)}); upgrade mcnc to read this file")
     return METHODS[name]
@@ -155,7 +180,8 @@ def method_class(meta: dict) -> type[Reparameterized]:
 
 def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...], floating: bool = True
                   ) -> None:
-    """Tensors whose name ends in ``_index`` hold integers; all others finite floats."""
+    """Tensors whose name ends in ``_index`` hold integers; all others finite floats of a
+    storage dtype."""
     if name not in tensors:
         raise FormatError(f"tensor {name!r} is missing")
     t = tensors[name]
@@ -164,31 +190,97 @@ def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...], floating: bo
     if not floating:
         if t.dtype not in (torch.int32, torch.int64):
             raise FormatError(f"tensor {name!r} must hold int32 or int64 values, not {t.dtype}")
-    elif not t.is_floating_point() or not torch.isfinite(t).all():
-        raise FormatError(f"tensor {name!r} must hold finite floating-point values")
+    elif t.dtype not in STORAGE_DTYPES:
+        raise FormatError(f"tensor {name!r} is {t.dtype}; method tensors are float32, float16 "
+                          "or bfloat16")
+    else:
+        _expect_finite(name, t)
+
+
+def _expect_finite(name: str, t: torch.Tensor) -> None:
+    """Floating-point and complex tensors may hold no NaN or infinity."""
+    if t.is_floating_point() and t.dtype not in (torch.float64, *STORAGE_DTYPES):
+        t = t.double()  # float8 types: isfinite is not implemented for them everywhere
+    if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
+        raise FormatError(f"tensor {name!r} holds NaN or infinite values")
+
+
+def _string_list(value: object, what: str) -> list[str]:
+    if not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
+        raise FormatError(f"{what} must be a list of strings")
+    if len(set(value)) != len(value):
+        raise FormatError(f"{what} lists a name twice")
+    return value
+
+
+_TARGET_KEYS = {"name", "shape", "offset", "rank", "aliases"}
+
+
+def _check_target(i: int, t: object) -> None:
+    if not (isinstance(t, dict) and set(t) == _TARGET_KEYS):
+        raise FormatError(f"layout target {i} must be an object with keys {sorted(_TARGET_KEYS)}")
+    shape = t["shape"]
+    if not (isinstance(shape, list) and all(is_int(s, 1, MAX_NUMBERS) for s in shape)):
+        raise FormatError(f"layout target {i}: shape must be a list of positive integers, got "
+                          f"{shape!r}")
+    if not (isinstance(t["name"], str) and is_int(t["offset"], 0, MAX_NUMBERS)
+            and (t["rank"] is None or is_int(t["rank"], 1, MAX_NUMBERS))):
+        raise FormatError(f"layout target {i}: name must be a string, offset a non-negative "
+                          "integer and rank null or a positive integer")
+    _string_list(t["aliases"], f"layout target {i}: aliases")
+
+
+def _checked_layout(meta: dict) -> Layout:
+    """The file's layout, after checking every value a reader relies on (section 9 of
+    docs/format.md): types, offsets end to end, unique names that are all state keys, sizes
+    within ``MAX_NUMBERS``; also the ``dense`` list and ``base_sha256``."""
+    data = meta["layout"]
+    if not (isinstance(data, dict) and set(data) == {"targets", "state_keys"}):
+        raise FormatError("layout must be an object with keys 'targets' and 'state_keys'")
+    state_keys = set(_string_list(data["state_keys"], "layout.state_keys"))
+    if not (isinstance(data["targets"], list) and data["targets"]):
+        raise FormatError("layout.targets must be a non-empty list")
+    for i, t in enumerate(data["targets"]):
+        _check_target(i, t)
+    layout = Layout.from_dict(data)
+    offset = numbers = 0
+    for t in layout.targets:
+        if t.offset != offset:
+            raise FormatError(f"layout entry {t.name!r} is inconsistent (offset {t.offset}, "
+                              f"expected {offset})")
+        offset += t.size
+        numbers += max(t.numel, t.size)
+        if numbers > MAX_NUMBERS:
+            raise FormatError(f"the layout describes more than {MAX_NUMBERS:,} weights; "
+                              "the file is corrupt or hostile")
+    names = [n for t in layout.targets for n in t.names]
+    dense = _string_list(meta["dense"], "dense")
+    if len(set(names)) != len(names) or set(names) & set(dense):
+        raise FormatError("a name appears twice among the layout's targets, aliases and dense "
+                          "keys")
+    unknown = (set(names) | set(dense)) - state_keys
+    if unknown:
+        raise FormatError(f"the layout names tensors that are not state keys: {sorted(unknown)}")
+    base = meta["base_sha256"]
+    if not (base is None or isinstance(base, str)) or (base is None) == (meta["mode"] == "delta"):
+        raise FormatError("base_sha256 must be a digest string in delta mode and null otherwise")
+    return layout
 
 
 def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     cls = method_class(meta)
-    config = cls.config_from_file(meta)
-    layout = Layout.from_dict(meta["layout"])
     if not isinstance(meta["train_dense"], bool):
         raise FormatError("train_dense must be true or false")
-    offset = 0
-    for t in layout.targets:
-        if t.offset != offset or t.size <= 0 or (t.rank is not None and t.rank < 1):
-            raise FormatError(f"layout entry {t.name!r} is inconsistent (offset {t.offset}, "
-                              f"expected {offset})")
-        offset += t.size
-    unknown = (layout.target_names() | set(meta["dense"])) - set(layout.state_keys)
-    if unknown:
-        raise FormatError(f"the layout names tensors that are not state keys: {sorted(unknown)}")
+    config = cls.config_from_file(meta)
+    layout = _checked_layout(meta)
     shapes = cls.expected_tensors(config, layout, meta)
     expected = set(shapes) | {f"dense.{k}" for k in meta["dense"]}
     if set(tensors) != expected:
         raise FormatError(f"unexpected or missing tensors {sorted(set(tensors) ^ expected)[:5]}")
     for name, shape in shapes.items():
         _expect_shape(tensors, name, shape, floating=not name.endswith("_index"))
+    for key in meta["dense"]:
+        _expect_finite(f"dense.{key}", tensors[f"dense.{key}"])
     cls.check_tensors(config, layout, tensors)
 
 
@@ -209,15 +301,19 @@ def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
         tensors = safetensors.torch.load(data)
     except Exception as e:  # safetensors raises its own error types for every malformation
         raise FormatError(f"{path}: the safetensors structure is invalid ({e})") from e
-    if metadata_digest(meta) != meta.get("metadata_sha256"):
+    try:
+        digest = metadata_digest(meta)
+    except VALUE_ERRORS as e:  # nesting too deep to serialise again
+        raise FormatError(f"{path}: unusable metadata ({type(e).__name__}: {e})") from e
+    if digest != meta.get("metadata_sha256"):
         raise FormatError(f"{path}: metadata checksum mismatch, the header is corrupted")
     if tensor_digest(tensors) != meta.get("payload_sha256"):
         raise FormatError(f"{path}: checksum mismatch, the tensor data is corrupted")
     try:
         _check_contents(meta, tensors)
-    except FormatError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except FormatError as e:
+        raise FormatError(f"{path}: {e}") from e
+    except VALUE_ERRORS as e:
         raise FormatError(f"{path}: malformed metadata ({type(e).__name__}: {e})") from e
     return tensors, meta
 
@@ -276,14 +372,31 @@ def _load_checked(path, tensors: dict[str, torch.Tensor], meta: dict, model: nn.
             if base_digest(theta0) != meta["base_sha256"]:
                 raise FormatError(f"{path} is a fine-tuning delta for other base weights than "
                                   "the model's; load the matching base (or verify_base=False)")
-        compressed = cls.from_file(model, layout, config, tensors)
-    with torch.no_grad():
-        compressed.load_values(tensors)
-        state = compressed.base.state_dict()
-        for key in meta["dense"]:
-            state[key].copy_(tensors[f"dense.{key}"])
-    compressed._refresh()
+        compressed = _built(path, lambda: cls.from_file(model, layout, config, tensors))
+
+    def fill() -> None:
+        with torch.no_grad():
+            compressed.load_values(tensors)
+            state = compressed.base.state_dict()
+            for key in meta["dense"]:
+                state[key].copy_(tensors[f"dense.{key}"])
+        compressed._refresh()
+
+    _built(path, fill)
     return compressed
+
+
+def _built(path, build: Callable[[], T]) -> T:
+    """``build()``, with any error a bad value in the file can cause turned into a
+    :class:`FormatError` naming the file (``read`` has checked everything it can, so this
+    only guards against what slipped through)."""
+    try:
+        return build()
+    except FormatError:
+        raise
+    except VALUE_ERRORS as e:
+        raise FormatError(f"{path}: the model cannot be built from this file "
+                          f"({type(e).__name__}: {e})") from e
 
 
 def _skeleton(layout: Layout, tensors: dict[str, torch.Tensor], meta: dict,
@@ -301,12 +414,10 @@ def _skeleton(layout: Layout, tensors: dict[str, torch.Tensor], meta: dict,
                 module.add_module(part, nn.Module())
             module = getattr(module, part)
         if key in targets:
-            value = torch.zeros(targets[key].shape)
-            if meta["mode"] == "delta":
-                if base_state_dict is None:
-                    raise ValueError("this file stores a fine-tuning delta: pass the base "
-                                     "model's state_dict as base_state_dict")
+            if meta["mode"] == "delta":  # reconstruct has checked base_state_dict
                 value = base_state_dict[key].float()
+            else:
+                value = torch.zeros(targets[key].shape)
             module.register_parameter(attr, nn.Parameter(value))
         elif key not in target_names:
             dense = tensors.get(f"dense.{key}")
@@ -333,6 +444,15 @@ def reconstruct(path: str | os.PathLike, base_state_dict: dict[str, torch.Tensor
     """
     tensors, meta = read(path)
     layout = Layout.from_dict(meta["layout"])
-    skeleton = _skeleton(layout, tensors, meta, base_state_dict)
+    if meta["mode"] == "delta":
+        if base_state_dict is None:
+            raise ValueError("this file stores a fine-tuning delta: pass the base model's "
+                             "state_dict as base_state_dict")
+        missing = layout.target_names() - set(base_state_dict)
+        if missing:
+            raise FormatError(f"{path} does not fit base_state_dict, which lacks "
+                              f"{sorted(missing)[:5]}; pass the state_dict of the base model "
+                              "the delta was trained on")
+    skeleton = _built(path, lambda: _skeleton(layout, tensors, meta, base_state_dict))
     compressed = _load_checked(path, tensors, meta, skeleton, verify_base=True, ordered=False)
-    return compressed.dense_state_dict()
+    return _built(path, compressed.dense_state_dict)

@@ -41,6 +41,11 @@ MAX_K = 4096
 MAX_D = 1 << 20
 MAX_WIDTH = 8192
 MAX_DEPTH = 16
+MAX_WEIGHTS = 1 << 24
+"""Most numbers all of a generator's tensors may hold together (64 MiB of float32): the
+per-field limits alone would allow a 32 GB ``W_out``."""
+GENERATOR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+"""The floating-point types the generator computes in (sine and matrix products need them)."""
 NORM_EPS = 1e-12
 """Smallest output norm divided by (as in ``F.normalize``)."""
 
@@ -82,26 +87,38 @@ class GeneratorSpec:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field to change if the spec is unusable."""
         k_ok, d_ok = _int_in(self.k, 1, MAX_K), _int_in(self.d, 2, MAX_D)
+        sized = (k_ok and d_ok and _int_in(self.width, 1, MAX_WIDTH)
+                 and _int_in(self.depth, 1, MAX_DEPTH))
         checks = [
             (k_ok, f"k must be an integer in [1, {MAX_K}]"),
             (d_ok, f"d must be an integer in [2, {MAX_D}]"),
             (not (k_ok and d_ok) or self.k < self.d,
-             "k must be smaller than d (otherwise nothing is compressed)"),
+             "k must be smaller than d (otherwise nothing is compressed): raise d or lower k"),
             (_number_in(self.L, 0, 1e6), "L must be a positive finite number below 1e6"),
             (_int_in(self.width, 1, MAX_WIDTH), f"width must be an integer in [1, {MAX_WIDTH}]"),
             (_int_in(self.depth, 1, MAX_DEPTH), f"depth must be an integer in [1, {MAX_DEPTH}]"),
+            (not sized or self.weight_count() <= MAX_WEIGHTS,
+             f"the generator would have more than {MAX_WEIGHTS:,} weights; lower width, depth "
+             "or d"),
             (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}"),
             (_number_in(self.hidden_gain, 0, 1e3), "hidden_gain must be a positive number"),
             (_int_in(self.seed, 0, rng.MAX_SEED), "seed must be an integer in [0, 2**64)"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
-            raise ValueError(f"invalid generator spec {self}: " + "; ".join(problems))
+            settings = ", ".join(f"{f.name}={getattr(self, f.name)!r}"
+                                 for f in fields(GeneratorSpec))
+            raise ValueError(f"invalid generator settings ({settings}): " + "; ".join(problems))
 
     def layer_shapes(self) -> list[tuple[int, int]]:
         """``(out, in)`` of each layer, the output layer last."""
         dims = [self.k] + [self.width] * self.depth + [self.d]
         return [(dims[t + 1], dims[t]) for t in range(len(dims) - 1)]
+
+    def weight_count(self) -> int:
+        """Numbers in all of the generator's tensors (weights and biases)."""
+        return sum(o * i + (o if t < self.depth else 0)
+                   for t, (o, i) in enumerate(self.layer_shapes()))
 
     def flops_per_vector(self) -> int:
         """Multiply-adds x 2 to generate one d-dimensional output (bias and sine not counted)."""
@@ -187,8 +204,17 @@ class Generator(nn.Module):
     def weights(self) -> list[torch.Tensor]:
         return list(self.buffers())
 
+    def check_dtype(self, alpha: torch.Tensor) -> None:
+        """Raise ``ValueError`` if the weights or ``alpha`` are not a type it computes in."""
+        dtype = self.weights[0].dtype
+        if dtype not in GENERATOR_DTYPES or alpha.dtype not in GENERATOR_DTYPES:
+            raise ValueError(f"the generator computes in float32, float64, float16 or bfloat16, "
+                             f"not {dtype} (weights) / {alpha.dtype} (alphas); cast the model "
+                             "with .float(), .double(), .half() or .bfloat16()")
+
     def raw(self, alpha: torch.Tensor) -> torch.Tensor:
         """(n, k) -> (n, d) unnormalised output."""
+        self.check_dtype(alpha)
         return generator_forward(alpha, self.weights, self.spec.activation)
 
     def forward(self, alpha: torch.Tensor) -> torch.Tensor:
@@ -202,7 +228,7 @@ class Generator(nn.Module):
             return torch.linalg.qr(w_out.double(), mode="reduced").R.to(w_out.dtype)
         key = (w_out._version, w_out.data_ptr(), w_out.dtype, w_out.device)
         if self._factor_cache is None or self._factor_cache[0] != key:
-            r = torch.linalg.qr(w_out.double(), mode="r").R.to(w_out.dtype)
+            r = _qr_factor(w_out.detach()).to(w_out.device, w_out.dtype)
             self._factor_cache = (key, r)
         return self._factor_cache[1]
 
@@ -219,6 +245,7 @@ class Generator(nn.Module):
         is kept for the backward pass (it needs ``z`` and ``W_out`` only). ``||R h||`` is a
         norm of a short vector, as accurate as summing the squares of the long output.
         """
+        self.check_dtype(alpha)
         n, m, k = alpha.shape
         weights = self.weights
         h = hidden_forward(alpha.reshape(n * m, k), weights, self.spec.activation)
@@ -227,6 +254,17 @@ class Generator(nn.Module):
         scale = beta / norms.view(n, m).clamp_min(NORM_EPS).to(beta.dtype)
         z = (h.view(n, m, -1) * scale.unsqueeze(-1).to(h.dtype)).sum(1)
         return F.linear(z, w_out)
+
+
+def _qr_factor(w: torch.Tensor) -> torch.Tensor:
+    """``R`` of ``w = Q R`` in float64 on the CPU with one thread: LAPACK's QR gives different
+    last bits with different thread counts (and devices), and the generated weights must not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.qr(w.double().cpu(), mode="r").R
+    finally:
+        torch.set_num_threads(threads)
 
 
 def seeded_weights_shapes(spec: GeneratorSpec) -> list[torch.Size]:

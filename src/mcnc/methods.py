@@ -70,10 +70,19 @@ class MethodSettings:
 def _mcnc_config(model: nn.Module, s: MethodSettings, mode: str) -> MCNCConfig:
     config = MCNCConfig(k=s.k, d=s.d or s.k + 1, L=s.L, m=s.m, rank=s.rank, mode=mode,
                         activation=s.activation, seed=s.seed)
-    if s.d is not None:
-        return config
+    per_chunk = s.m * (s.k + 1)
     total = plan_layout(model, config).total
-    chunks = max(1, _need_budget(s) // (s.m * (s.k + 1)))
+    if s.d is not None:
+        cost = -(-total // s.d) * per_chunk
+        if s.budget is not None and cost > s.budget:
+            raise ValueError(f"with d={s.d}, the {-(-total // s.d)} chunks train {cost} numbers,"
+                             f" more than the budget of {s.budget}; raise d or the budget, or "
+                             "leave d unset to derive it from the budget")
+        return config
+    if _need_budget(s) < per_chunk:
+        raise ValueError(f"a budget of {s.budget} cannot pay for one chunk of m * (k + 1) = "
+                         f"{per_chunk} numbers; raise the budget or lower k or m")
+    chunks = _need_budget(s) // per_chunk
     d = -(-total // chunks)
     if d > MAX_D:
         raise ValueError(f"a budget of {s.budget} needs chunks of d={d} > {MAX_D}; raise the "

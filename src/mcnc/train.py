@@ -4,15 +4,19 @@ Every epoch the training set is shuffled by a generator seeded from (seed, epoch
 global batches of ``batch_size``; under ``torchrun`` process r takes every world-size-th sample
 of each global batch, so N processes with batch B/N each see exactly what one process with
 batch B sees, and DDP averages their gradients. A checkpoint is written after every epoch
-(``--resume`` continues from it), then the model file and one JSON line of results.
+(``--resume`` continues from it), then the model file and one JSON line of results. A run
+killed at any moment resumes to the same numbers as one never interrupted; a non-finite loss
+stops the run with :class:`DivergedError` and leaves the last good checkpoint as it was.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -27,6 +31,7 @@ from mcnc.baselines import PruningConfig, prune
 from mcnc.checkpoint import read_checkpoint, restore, save_checkpoint
 from mcnc.data.dataset import ImageDataset, collate_batch, subset
 from mcnc.data.registry import load_dataset
+from mcnc.errors import DivergedError
 from mcnc.fileformat import atomic_write, save, to_bytes
 from mcnc.machine import machine_line
 from mcnc.methods import DEFAULT_LR, METHOD_NAMES, MethodSettings, build_method
@@ -67,6 +72,9 @@ class TrainSettings:
     resume: bool = False
     progress: bool = True
     workers: int = 0
+    deterministic: bool = False
+    """Make torch refuse nondeterministic kernels and turn off cuDNN autotuning for the run, so
+    a GPU run also repeats bit for bit (a CPU run does anyway)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,6 +178,8 @@ class Run:
             raise ValueError(f"unknown method {s.method!r}; choose one of "
                              f"{', '.join(METHOD_NAMES)}")
         self.s, self.ctx = s, ctx
+        self.out = Path(s.out) if s.out else None
+        self.checkpoint = self.out / "checkpoint.safetensors" if self.out else None
         self.train_set, self.test_set = _datasets(s)
         info = self.train_set.info
         torch.manual_seed(s.seed)
@@ -224,8 +234,8 @@ class Run:
     def resume_from(self, path: Path) -> None:
         tensors, meta = read_checkpoint(path)
         info = meta["info"]
-        if info["settings"] | {"resume": True, "progress": True} != \
-                self.s.to_dict() | {"resume": True, "progress": True}:
+        free = {"resume": True, "progress": True, "deterministic": True}  # may change on resume
+        if info["settings"] | free != self.s.to_dict() | free:
             raise ValueError(f"{path} was written by a run with other settings; use another "
                              "--out directory or drop --resume")
         if info["phase"] != self.phase:  # pruning, after the prune
@@ -248,7 +258,7 @@ class Run:
         total, count = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.s.epochs}", leave=False,
                    disable=not (self.s.progress and self.ctx.main))
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, 1):
             x, y = x.to(self.ctx.device), y.to(self.ctx.device)
             loss = F.cross_entropy(self.ddp(x), y)
             self.optimizer.zero_grad(set_to_none=True)
@@ -257,7 +267,11 @@ class Run:
             self.scheduler.step()
             if isinstance(self.model, Reparameterized):
                 self.model.after_step()
-            total, count = total + loss.item() * len(y), count + len(y)
+            value = loss.item()
+            if not math.isfinite(value):
+                bar.close()
+                raise self._diverged(value, step, len(batches))
+            total, count = total + value * len(y), count + len(y)
             bar.set_postfix(loss=f"{total / count:.4f}")
         if self.ctx.world > 1:  # the mean over every process's samples
             sums = torch.tensor([total, count], dtype=torch.float64, device=self.ctx.device)
@@ -265,9 +279,25 @@ class Run:
             total, count = sums.tolist()
         return total / max(count, 1)
 
+    def _diverged(self, loss: float, step: int, steps: int) -> DivergedError:
+        """The error for a non-finite loss at ``step`` of the current epoch (the model in memory
+        is spoilt, so the run stops before anything is written)."""
+        if self.checkpoint is None:
+            kept = "nothing was saved (no --out)"
+        elif self.epoch == 0:
+            kept = f"no checkpoint had been written to {self.checkpoint} yet"
+        else:
+            kept = f"the last good checkpoint, after epoch {self.epoch}, is kept at " \
+                   f"{self.checkpoint}"
+        return DivergedError(
+            f"the training loss became {loss} at step {step}/{steps} of epoch "
+            f"{self.epoch + 1}/{self.s.epochs}, so the run stopped; {kept} and no model file "
+            f"was written. Try a lower learning rate (--lr, now {self.lr:g}; --dense-lr, now "
+            f"{self.s.dense_lr:g}), a larger --batch-size or another --seed, with a new --out "
+            "directory (a checkpoint resumes only with the settings that wrote it).")
+
     def run(self) -> dict:
-        out = Path(self.s.out) if self.s.out else None
-        checkpoint = out / "checkpoint.safetensors" if out else None
+        checkpoint = self.checkpoint
         if self.s.resume and checkpoint is not None and checkpoint.exists():
             self.resume_from(checkpoint)
         start = time.perf_counter()
@@ -290,10 +320,10 @@ class Run:
                                 self._checkpoint_info())
         if self.phase == "dense" and self.s.method == "pruning":
             self._prune()  # fewer epochs than the dense phase: prune without retraining
-        return self._results(out, time.perf_counter() - start)
+        return self._results(time.perf_counter() - start)
 
-    def _results(self, out: Path | None, seconds: float) -> dict:
-        model = self.model
+    def _results(self, seconds: float) -> dict:
+        out, model = self.out, self.model
         leftovers = (sum(v.numel() for v in model.dense_leftovers().values())
                      if isinstance(model, Reparameterized) else 0)
         if isinstance(model, Reparameterized):
@@ -322,12 +352,30 @@ class Run:
         }
 
 
+@contextlib.contextmanager
+def _deterministic(on: bool) -> Iterator[None]:
+    """Deterministic algorithms only (and no cuDNN autotuning) inside the block, if ``on``."""
+    if not on:
+        yield
+        return
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to comply
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
 def train(settings: TrainSettings) -> dict:
     """Run one training job; returns (and, with ``out``, writes) its results."""
     ctx = init_distributed()
     if settings.out and ctx.main:
         Path(settings.out).mkdir(parents=True, exist_ok=True)
-    result = Run(settings, ctx).run()
+    with _deterministic(settings.deterministic):
+        result = Run(settings, ctx).run()
     if settings.out and ctx.main:
         with open(Path(settings.out) / "results.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")

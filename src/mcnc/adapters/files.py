@@ -7,6 +7,10 @@
 peft) and ``payload_sha256`` (the digest of the tensors, so a config and tensors that do not belong
 together are detected).
 
+``adapter_model.safetensors``'s metadata holds ``config_sha256``, the digest of the config's
+canonical JSON, so a changed config is detected too (folders written before it existed load
+without that check). Every config value also has its type and range checked.
+
 ``adapter_model.safetensors``: only what was trained. MCNC: ``mcnc.alpha`` (n, m, k) and
 ``mcnc.beta`` (n, m); NOLA: ``nola.coefficients``; LoRA: ``lora.A`` and ``lora.B``, every
 layer's factor laid end to end. Frozen parts (generator, bases) are regenerated from the seed.
@@ -17,16 +21,30 @@ Both files are written atomically; a load checks everything before it changes th
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
-from mcnc.adapters.config import AdapterConfig, config_from_dict
+from mcnc.adapters.config import (
+    AdapterConfig,
+    MCNCAdapterConfig,
+    NOLAAdapterConfig,
+    config_from_dict,
+)
 from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape
+from mcnc.baselines.subspace import split_coefficients
 from mcnc.errors import FormatError
-from mcnc.fileformat import atomic_write, tensor_digest
+from mcnc.fileformat import (
+    MAX_WORK,
+    VALUE_ERRORS,
+    atomic_write,
+    is_int,
+    metadata_digest,
+    tensor_digest,
+)
 
 FORMAT = "mcnc-adapter"
 FORMAT_VERSION = 1
@@ -53,7 +71,8 @@ def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model
         "base_model_name_or_path": base_model,
         "payload_sha256": tensor_digest(tensors),
     }
-    atomic_write(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, {"format": FORMAT}))
+    metadata = {"format": FORMAT, "config_sha256": metadata_digest(config)}
+    atomic_write(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, metadata))
     atomic_write(directory / CONFIG_NAME, json.dumps(config, indent=2).encode())
     return directory
 
@@ -72,13 +91,70 @@ def _targets(data: object) -> tuple[TargetShape, ...]:
     def ok(t: object) -> bool:
         return (isinstance(t, dict) and set(t) == {"name", "out_features", "in_features"}
                 and isinstance(t["name"], str)
-                and all(isinstance(t[f], int) and not isinstance(t[f], bool)
-                        and 0 < t[f] < 1 << 31 for f in ("out_features", "in_features")))
+                and all(is_int(t[f], 1, (1 << 31) - 1) for f in ("out_features", "in_features")))
 
     if not isinstance(data, list) or not data or not all(ok(t) for t in data):
         raise FormatError("'targets' must be a non-empty list of {name, out_features, "
                           "in_features} with positive integer features")
+    if len({t["name"] for t in data}) != len(data):
+        raise FormatError("'targets' names a layer twice")
     return tuple(TargetShape(**t) for t in data)
+
+
+_INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "format_version"}
+_NUMBERS = {"scaling", "dropout", "L", "hidden_gain"}
+_STRINGS = {"method", "format", "activation", "payload_sha256"}
+
+
+def _check_types(meta: dict) -> None:
+    """JSON types of the config's values (ranges are the config classes' business): integers
+    are not booleans, numbers are finite, strings are strings."""
+    for key, value in meta.items():
+        if key in _INTEGERS:
+            ok = is_int(value, -(1 << 64), 1 << 64)
+        elif key in _NUMBERS:
+            ok = (isinstance(value, int | float) and not isinstance(value, bool)
+                  and math.isfinite(value))
+        elif key in _STRINGS:
+            ok = isinstance(value, str)
+        elif key == "target_modules":
+            ok = isinstance(value, str) or (isinstance(value, list)
+                                            and all(isinstance(v, str) for v in value))
+        elif key == "base_model_name_or_path":
+            ok = value is None or isinstance(value, str)
+        else:
+            continue  # targets has its own check; unknown keys are refused by the config
+        if not ok:
+            raise FormatError(f"{key!r} has an invalid value {value!r:.80}")
+
+
+def _expected_shapes(config: AdapterConfig, layout: FactorLayout) -> dict[str, tuple[int, ...]]:
+    """The trained tensors a folder must hold, from its config and targets alone (checked
+    before anything is allocated), and a check that regenerating them is within limits."""
+    if isinstance(config, MCNCAdapterConfig):
+        n = -(-layout.total_a // config.d) - (-layout.total_b // config.d)
+        work = n * config.m * config.generator_spec().weight_count()
+        shapes = {"mcnc.alpha": (n, config.m, config.k), "mcnc.beta": (n, config.m)}
+    elif isinstance(config, NOLAAdapterConfig):
+        sizes = ([layout.a_size(t) for t in layout.targets]
+                 + [layout.b_size(t) for t in layout.targets])
+        counts = split_coefficients(sizes, config.coefficients)  # ValueError if too few
+        work = sum(size * n for size, n in zip(sizes, counts, strict=True))
+        shapes = {"nola.coefficients": (config.coefficients,)}
+    else:
+        work = 0
+        shapes = {"lora.A": (layout.total_a,), "lora.B": (layout.total_b,)}
+    if work > MAX_WORK:
+        raise FormatError(f"regenerating the adapter's factors takes {work:,} operations, more "
+                          f"than the {MAX_WORK:,} a file may ask for; refusing")
+    return shapes
+
+
+def _config_digest(data: bytes) -> str | None:
+    """``config_sha256`` from the metadata of a safetensors file safetensors has accepted."""
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    digest = header.get("__metadata__", {}).get("config_sha256")
+    return digest if isinstance(digest, str) else None
 
 
 def read_adapter(directory: str | os.PathLike
@@ -95,36 +171,47 @@ def read_adapter(directory: str | os.PathLike
     raw = _read_bytes(directory / CONFIG_NAME, MAX_CONFIG_BYTES)
     try:
         meta = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or nested too deeply
         raise FormatError(f"{directory / CONFIG_NAME} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise FormatError(f"{directory / CONFIG_NAME} is not an mcnc adapter config "
                           f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if not is_int(meta.get("format_version"), FORMAT_VERSION, FORMAT_VERSION):
         raise FormatError(f"adapter format version {meta.get('format_version')!r} is not "
                           f"supported (this mcnc reads version {FORMAT_VERSION}); upgrade mcnc")
     fields = {k: v for k, v in meta.items() if k not in
               ("format", "format_version", "targets", "base_model_name_or_path",
                "payload_sha256")}
     try:
+        _check_types(meta)
         config = config_from_dict(fields)
-    except ValueError as e:
+        layout = FactorLayout(_targets(meta.get("targets")), config.rank)
+        if layout.total_a + layout.total_b > MAX_FACTOR_NUMBERS:
+            raise FormatError(f"the adapter's factors would have "
+                              f"{layout.total_a + layout.total_b:,} numbers; refusing")
+        shapes = _expected_shapes(config, layout)
+    except FormatError as e:
         raise FormatError(f"{directory / CONFIG_NAME}: {e}") from None
-    layout = FactorLayout(_targets(meta.get("targets")), config.rank)
-    if layout.total_a + layout.total_b > MAX_FACTOR_NUMBERS:
-        raise FormatError(f"the adapter's factors would have "
-                          f"{layout.total_a + layout.total_b:,} numbers; refusing")
+    except VALUE_ERRORS as e:
+        raise FormatError(f"{directory / CONFIG_NAME}: {e}") from None
     data = _read_bytes(directory / WEIGHTS_NAME)
     try:
         tensors = safetensors.torch.load(data)
+        config_digest = _config_digest(data)
     except Exception as e:  # safetensors raises its own error types for any malformed input
         raise FormatError(f"{directory / WEIGHTS_NAME} is not a valid safetensors file "
                           f"({e})") from None
     if tensor_digest(tensors) != meta.get("payload_sha256"):
         raise FormatError(f"{directory / WEIGHTS_NAME} does not match {CONFIG_NAME} (payload "
                           "digest differs): the files are corrupt or from different adapters")
+    if config_digest is not None and config_digest != metadata_digest(meta):
+        raise FormatError(f"{directory / CONFIG_NAME} has changed since the adapter was saved "
+                          "(config digest differs): the file is corrupt or was edited")
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if found != shapes:
+        raise FormatError(f"the adapter file holds tensors {found}, its config implies {shapes}")
     for name, t in tensors.items():
-        if not t.is_floating_point() or not torch.isfinite(t).all():
+        if not t.is_floating_point() or not torch.isfinite(t.double()).all():
             raise FormatError(f"tensor {name!r} must hold finite floating-point numbers")
     return config, layout, {k: v.float() for k, v in tensors.items()}, meta
 

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mcnc import rng
 from mcnc.baselines.basis import seeded_init
 from mcnc.config import FactoredSelection
+from mcnc.errors import FormatError
+from mcnc.fileformat import is_int
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
@@ -65,6 +68,8 @@ class LoRAModel(Reparameterized):
 
     @classmethod
     def config_from_file(cls, meta: dict) -> LoRAConfig:
+        if not is_int(meta["seed"], 0, rng.MAX_SEED):
+            raise FormatError(f"seed must be an integer in [0, 2**64), got {meta['seed']!r}")
         return LoRAConfig(mode=meta["mode"], rank=meta["rank"], seed=meta["seed"],
                           train_dense=meta["train_dense"])
 

@@ -29,6 +29,7 @@ from mcnc.baselines.basis import (
 )
 from mcnc.config import FactoredSelection, Selection, check_positive_ints
 from mcnc.errors import FormatError
+from mcnc.fileformat import MAX_WORK, is_int
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
@@ -128,12 +129,24 @@ class SubspaceModel(Reparameterized):
     def config_from_file(cls, meta: dict) -> PRANCConfig:
         if meta["prng"] != rng.PRNG_NAME:
             raise FormatError(f"unknown pseudo-random generator {meta['prng']!r}")
+        if not is_int(meta["seed"], 0, rng.MAX_SEED):
+            raise FormatError(f"seed must be an integer in [0, 2**64), got {meta['seed']!r}")
         return cls.config_class(mode=meta["mode"], coefficients=meta["coefficients"],
                                 seed=meta["seed"], train_dense=meta["train_dense"])
 
     @classmethod
     def expected_tensors(cls, config, layout, meta) -> dict[str, tuple[int, ...]]:
         return {f"{cls.method}.coefficients": (config.coefficients,)}
+
+    @classmethod
+    def check_tensors(cls, config, layout, tensors) -> None:
+        """The bases must be within the regeneration limit (and, for NOLA, there must be a
+        coefficient for every piece: :func:`split_coefficients` says so otherwise)."""
+        work = sum(size * n for _, size, n in cls.pieces(layout, config))
+        if work > MAX_WORK:
+            raise FormatError(f"regenerating the random bases takes {work:,} random numbers, "
+                              f"more than the {MAX_WORK:,} a file may ask for; the file is "
+                              "corrupt or hostile")
 
     @classmethod
     def from_file(cls, skeleton, layout, config, tensors) -> SubspaceModel:

@@ -29,6 +29,7 @@ from mcnc.adapters import (
 from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.sources import FactorLayout, d_for_budget
+from mcnc.errors import DivergedError
 from mcnc.machine import machine_line
 from mcnc.train import Context, init_distributed
 
@@ -225,6 +226,13 @@ class FinetuneRun:
             seconds += time.perf_counter() - t0
             tokens += count_tokens(batch)
             (global_loss,) = _sum_over_processes([loss.item() / self.ctx.world], self.ctx)
+            if not math.isfinite(global_loss):
+                bar.close()
+                raise DivergedError(
+                    f"the training loss became {global_loss} at step {len(losses) + 1}/"
+                    f"{self.s.steps}, so the run stopped and no adapter was written. Try a "
+                    f"lower learning rate (--lr, now {self.s.learning_rate:g}), a larger "
+                    "--batch-size or another --seed.")
             losses.append(global_loss)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         seconds, tokens = _sum_over_processes([seconds, tokens], self.ctx)
