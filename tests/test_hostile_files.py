@@ -454,12 +454,15 @@ def check_adapter(host, folder: Path) -> None:
     record(run)
 
 
+def parsed(files: dict[str, bytes]) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, tensors) of an adapter folder's two files."""
+    return json.loads(files[CONFIG_NAME]), safetensors.torch.load(files[WEIGHTS_NAME])
+
+
 @hostile(80)
 @given(method=st.sampled_from(sorted(ADAPTERS)), data=st.data())
 def test_adapter_config_values(work, adapter_folders, host, method, data):
-    files = adapter_folders[method]
-    config = json.loads(files[CONFIG_NAME])
-    tensors = safetensors.torch.load(files[WEIGHTS_NAME])
+    config, tensors = parsed(adapter_folders[method])
     write_adapter_files(work / "adapter", mutate(config, data.draw), tensors)
     check_adapter(host, work / "adapter")
 
@@ -467,9 +470,7 @@ def test_adapter_config_values(work, adapter_folders, host, method, data):
 @hostile(50)
 @given(method=st.sampled_from(sorted(ADAPTERS)), data=st.data())
 def test_adapter_tensors(work, adapter_folders, host, method, data):
-    files = adapter_folders[method]
-    config = json.loads(files[CONFIG_NAME])
-    tensors = safetensors.torch.load(files[WEIGHTS_NAME])
+    config, tensors = parsed(adapter_folders[method])
     name = data.draw(st.sampled_from(sorted(tensors)))
     edit = data.draw(st.sampled_from(["dtype", "shape", "nonfinite", "drop", "extra"]))
     t = tensors[name]
