@@ -163,6 +163,14 @@ def _check_version(meta: dict) -> None:
                           f"version {FORMAT_VERSION}); {hint}")
 
 
+def check_work(work: int, what: str) -> None:
+    """Refuse a file whose regeneration needs more than ``MAX_WORK`` operations; ``what``
+    says what is counted ("random numbers", "multiply-adds")."""
+    if work > MAX_WORK:
+        raise FormatError(f"regenerating it takes {work:,} {what}, more than the {MAX_WORK:,} "
+                          "a file may ask for; the file is corrupt or hostile")
+
+
 def is_int(value: object, low: int = 0, high: int | None = None) -> bool:
     """``value`` is a JSON integer (not a boolean) in ``[low, high]`` (no upper bound: None)."""
     return (isinstance(value, int) and not isinstance(value, bool) and value >= low

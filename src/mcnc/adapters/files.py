@@ -38,9 +38,9 @@ from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.errors import FormatError
 from mcnc.fileformat import (
-    MAX_WORK,
     VALUE_ERRORS,
     atomic_write,
+    check_work,
     is_int,
     metadata_digest,
     tensor_digest,
@@ -132,7 +132,7 @@ def _expected_shapes(config: AdapterConfig, layout: FactorLayout) -> dict[str, t
     """The trained tensors a folder must hold, from its config and targets alone (checked
     before anything is allocated), and a check that regenerating them is within limits."""
     if isinstance(config, MCNCAdapterConfig):
-        n = -(-layout.total_a // config.d) - (-layout.total_b // config.d)
+        n = sum(layout.chunks(config.d))
         work = n * config.m * config.generator_spec().weight_count()
         shapes = {"mcnc.alpha": (n, config.m, config.k), "mcnc.beta": (n, config.m)}
     elif isinstance(config, NOLAAdapterConfig):
@@ -144,9 +144,7 @@ def _expected_shapes(config: AdapterConfig, layout: FactorLayout) -> dict[str, t
     else:
         work = 0
         shapes = {"lora.A": (layout.total_a,), "lora.B": (layout.total_b,)}
-    if work > MAX_WORK:
-        raise FormatError(f"regenerating the adapter's factors takes {work:,} operations, more "
-                          f"than the {MAX_WORK:,} a file may ask for; refusing")
+    check_work(work, "multiply-adds or random numbers")
     return shapes
 
 

@@ -69,6 +69,10 @@ class FactorLayout:
     def total_b(self) -> int:
         return sum(self.b_size(t) for t in self.targets)
 
+    def chunks(self, d: int) -> tuple[int, int]:
+        """Chunks of ``d`` numbers that cover ``a`` and ``b`` (each region padded on its own)."""
+        return -(-self.total_a // d), -(-self.total_b // d)
+
     def matrices(self, a: torch.Tensor, b: torch.Tensor
                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Layer name -> its ``A`` (r, in) and ``B`` (out, r), views of ``a`` and ``b``.
@@ -179,7 +183,7 @@ class MCNCSource(FactorSource):
         super().__init__(config, layout)
         self.generator = generator or Generator(config.generator_spec())
         d = config.d
-        self.chunks_a, self.chunks_b = -(-layout.total_a // d), -(-layout.total_b // d)
+        self.chunks_a, self.chunks_b = layout.chunks(d)
         self.alpha = nn.Parameter(initial_alpha(config, self.chunks_a + self.chunks_b))
         self.beta = nn.Parameter(self._initial_beta())
 
@@ -263,7 +267,7 @@ def d_for_budget(layout: FactorLayout, budget: int, k: int, m: int = 1) -> int:
                          f"{per_chunk} numbers each; raise the budget or lower k or m")
 
     def cost(d: int) -> int:
-        return (-(-layout.total_a // d) - (-layout.total_b // d)) * per_chunk
+        return sum(layout.chunks(d)) * per_chunk
 
     low, high = k + 1, max(layout.total_a, layout.total_b, k + 1)
     while low < high:

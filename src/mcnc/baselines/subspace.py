@@ -29,7 +29,7 @@ from mcnc.baselines.basis import (
 )
 from mcnc.config import FactoredSelection, Selection, check_positive_ints
 from mcnc.errors import FormatError
-from mcnc.fileformat import MAX_WORK, is_int
+from mcnc.fileformat import check_work, is_int
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
@@ -142,11 +142,8 @@ class SubspaceModel(Reparameterized):
     def check_tensors(cls, config, layout, tensors) -> None:
         """The bases must be within the regeneration limit (and, for NOLA, there must be a
         coefficient for every piece: :func:`split_coefficients` says so otherwise)."""
-        work = sum(size * n for _, size, n in cls.pieces(layout, config))
-        if work > MAX_WORK:
-            raise FormatError(f"regenerating the random bases takes {work:,} random numbers, "
-                              f"more than the {MAX_WORK:,} a file may ask for; the file is "
-                              "corrupt or hostile")
+        check_work(sum(size * n for _, size, n in cls.pieces(layout, config)),
+                   "random numbers")
 
     @classmethod
     def from_file(cls, skeleton, layout, config, tensors) -> SubspaceModel:
