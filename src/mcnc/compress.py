@@ -20,7 +20,7 @@ from torch import nn
 from mcnc import rng
 from mcnc.config import MCNCConfig
 from mcnc.errors import FormatError
-from mcnc.fileformat import MAX_NUMBERS, MAX_WORK
+from mcnc.fileformat import MAX_NUMBERS, check_work
 from mcnc.generator import Generator, GeneratorSpec, seeded_weights_shapes
 from mcnc.layout import Layout, plan_layout
 from mcnc.reparam import Reparameterized, check_float32, flat_values
@@ -167,12 +167,11 @@ class MCNCModel(Reparameterized):
     def expected_tensors(cls, config: MCNCConfig, layout: Layout, meta: dict
                          ) -> dict[str, tuple[int, ...]]:
         n = layout.n_chunks(config.d)
-        work = n * config.m * config.generator_spec().weight_count()
-        if n * config.d > MAX_NUMBERS or work > MAX_WORK:
-            raise FormatError(f"{n:,} chunks of {config.d:,} numbers from {config.m} "
-                              "generator outputs each exceed the limits of "
-                              f"{MAX_NUMBERS:,} numbers and {MAX_WORK:,} multiply-adds a file "
-                              "may ask for; the file is corrupt or hostile")
+        if n * config.d > MAX_NUMBERS:
+            raise FormatError(f"{n:,} chunks of {config.d:,} numbers exceed the "
+                              f"{MAX_NUMBERS:,} numbers a file may describe; the file is "
+                              "corrupt or hostile")
+        check_work(n * config.m * config.generator_spec().weight_count(), "multiply-adds")
         shapes = {"mcnc.alpha": (n, config.m, config.k), "mcnc.beta": (n, config.m)}
         if _spec_from_meta(meta)[1]:
             shapes |= {f"generator.{i}": tuple(shape)

@@ -202,10 +202,10 @@ def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...], floating: bo
         raise FormatError(f"tensor {name!r} is {t.dtype}; method tensors are float32, float16 "
                           "or bfloat16")
     else:
-        _expect_finite(name, t)
+        expect_finite(name, t)
 
 
-def _expect_finite(name: str, t: torch.Tensor) -> None:
+def expect_finite(name: str, t: torch.Tensor) -> None:
     """Floating-point and complex tensors may hold no NaN or infinity."""
     if t.is_floating_point() and t.dtype not in (torch.float64, *STORAGE_DTYPES):
         t = t.double()  # float8 types: isfinite is not implemented for them everywhere
@@ -288,7 +288,7 @@ def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     for name, shape in shapes.items():
         _expect_shape(tensors, name, shape, floating=not name.endswith("_index"))
     for key in meta["dense"]:
-        _expect_finite(f"dense.{key}", tensors[f"dense.{key}"])
+        expect_finite(f"dense.{key}", tensors[f"dense.{key}"])
     cls.check_tensors(config, layout, tensors)
 
 

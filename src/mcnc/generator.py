@@ -245,7 +245,6 @@ class Generator(nn.Module):
         is kept for the backward pass (it needs ``z`` and ``W_out`` only). ``||R h||`` is a
         norm of a short vector, as accurate as summing the squares of the long output.
         """
-        self.check_dtype(alpha)
         n, m, k = alpha.shape
         weights = self.weights
         h = hidden_forward(alpha.reshape(n * m, k), weights, self.spec.activation)

@@ -41,6 +41,7 @@ from mcnc.fileformat import (
     VALUE_ERRORS,
     atomic_write,
     check_work,
+    expect_finite,
     is_int,
     metadata_digest,
     tensor_digest,
@@ -188,9 +189,7 @@ def read_adapter(directory: str | os.PathLike
             raise FormatError(f"the adapter's factors would have "
                               f"{layout.total_a + layout.total_b:,} numbers; refusing")
         shapes = _expected_shapes(config, layout)
-    except FormatError as e:
-        raise FormatError(f"{directory / CONFIG_NAME}: {e}") from None
-    except VALUE_ERRORS as e:
+    except VALUE_ERRORS as e:  # FormatError included: every error names the file
         raise FormatError(f"{directory / CONFIG_NAME}: {e}") from None
     data = _read_bytes(directory / WEIGHTS_NAME)
     try:
@@ -209,8 +208,9 @@ def read_adapter(directory: str | os.PathLike
     if found != shapes:
         raise FormatError(f"the adapter file holds tensors {found}, its config implies {shapes}")
     for name, t in tensors.items():
-        if not t.is_floating_point() or not torch.isfinite(t.double()).all():
-            raise FormatError(f"tensor {name!r} must hold finite floating-point numbers")
+        if not t.is_floating_point():
+            raise FormatError(f"tensor {name!r} must hold floating-point numbers, not {t.dtype}")
+        expect_finite(name, t)
     return config, layout, {k: v.float() for k, v in tensors.items()}, meta
 
 
