@@ -1,4 +1,4 @@
-"""The measurements behind the generator's defaults (README, "Generator design").
+"""The measurements behind the generator's defaults (docs/design.md, "Generator design").
 
 For each generator variant: its sphere coverage (sliced Wasserstein distance to the uniform
 sphere, k=16, d=1600) and the MNIST test accuracy of a 784-256-10 MLP compressed with it
@@ -21,8 +21,8 @@ import torch
 from mcnc import MCNCConfig, compress, models
 from mcnc.coverage import coverage, fit_generator
 from mcnc.data.mnist import mnist_tensors
+from mcnc.loop import train_classifier
 from mcnc.machine import machine_info, machine_line
-from mcnc.training import train_classifier
 
 BASE = {"k": 16, "d": 1600, "width": 64, "depth": 2, "hidden_gain": 4.0, "L": 20.0,
         "activation": "sine"}

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from toymodels import fit
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import mcnc
@@ -33,14 +34,8 @@ def tokens(batch: int = 3, length: int = 6, seed: int = 0) -> torch.Tensor:
 def train_steps(model: mcnc.AdapterModel, steps: int = 3, lr: float = 0.05) -> None:
     """A few optimiser steps so that adapters are not at their (identity) start."""
     model.train()
-    trained = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trained, lr=lr)
     ids = tokens(4, 8, seed=5)
-    for _ in range(steps):
-        model(input_ids=ids, labels=ids).loss.backward()
-        opt.step()
-        opt.zero_grad()
-        model.after_step()
+    fit(model, lambda: model(input_ids=ids, labels=ids).loss, steps, lr)
     model.eval()
 
 

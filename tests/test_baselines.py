@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from toymodels import example_input, make
+from toymodels import example_input, fit, make
 
 import mcnc
 from mcnc.baselines import (
@@ -30,16 +30,8 @@ BUILDERS = {
 }
 
 
-def _step(model, x, target, lr=0.05, steps=5):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = F.mse_loss(model(x), target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+def _step(model, x, target, steps=5):
+    return fit(model, lambda: F.mse_loss(model(x), target), steps)
 
 
 @pytest.mark.parametrize("method", BUILDERS)

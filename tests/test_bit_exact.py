@@ -45,11 +45,11 @@ DTYPES = ("torch.float32", "torch.float64", "torch.bfloat16")
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    from mcnc.methods import MethodSettings, build_method
+    from mcnc.methods import build_method
     from mcnc.models import resnet20
 
     torch.manual_seed(0)
-    model = build_method("mcnc", resnet20(), MethodSettings(budget=3000))
+    model = build_method("mcnc", resnet20(), 3000)
     with torch.no_grad():  # trained-looking values: alphas all over the cube, varied betas
         model.alpha.uniform_(-30, 30)
         model.beta.mul_(torch.rand_like(model.beta) + 0.5)

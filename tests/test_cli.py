@@ -1,11 +1,17 @@
+import argparse
+import importlib.metadata
 import json
+import re
+import subprocess
+import sys
 
+import pytest
 import safetensors.torch
 import torch
 from toymodels import make
 
 import mcnc
-from mcnc.cli import main
+from mcnc.cli import build_parser, main
 from mcnc.demo import DemoSettings, run_demo
 
 
@@ -77,3 +83,84 @@ def test_train_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert main(["train", "--dataset", "cifar10", "--data-root", str(tmp_path),
                  "--method", "dense"]) == 2
     assert "data_batch_1.bin" in capsys.readouterr().err
+
+
+COMMANDS = ("demo", "train", "compare", "finetune", "coverage", "bench", "inspect", "reconstruct")
+
+
+def _commands() -> dict[str, argparse.ArgumentParser]:
+    """Every sub-command's parser, by name, in ``mcnc --help`` order."""
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(sub.choices)
+
+
+def _exit_code_and_stdout(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().out
+
+
+def test_version_prints_the_installed_version(capsys):
+    code, out = _exit_code_and_stdout(["--version"], capsys)
+    assert code == 0
+    assert out == f"mcnc {importlib.metadata.version('mcnc')}\n"
+
+
+def test_version_falls_back_to_the_package_attribute(monkeypatch, capsys):
+    def not_installed(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    monkeypatch.setattr(mcnc, "__version__", "9.8.7-test", raising=False)
+    assert _exit_code_and_stdout(["--version"], capsys) == (0, "mcnc 9.8.7-test\n")
+
+
+def test_every_option_of_every_command_has_help():
+    commands = _commands()
+    assert tuple(commands) == COMMANDS
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    assert all(choice.help for choice in sub._choices_actions)
+    for name, parser in commands.items():
+        options = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+        assert options, name
+        for action in options:
+            what = f"mcnc {name} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), f"{what} has no help"
+        parser.format_help()  # every help text expands (no stray %)
+
+
+def test_help_shows_defaults_without_noise(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option: no wrapped defaults
+    for name, parser in _commands().items():
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in text, (name, action.dest)
+
+
+def test_train_help_shows_the_default_epochs(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "1000")
+    epochs = build_parser().parse_args(["train"]).epochs
+    code, out = _exit_code_and_stdout(["train", "--help"], capsys)
+    assert code == 0
+    assert re.search(rf"^ +--epochs EPOCHS +\S.*\(default: {epochs}\)$", out, re.MULTILINE)
+
+
+def test_each_command_runs_its_own_handler():
+    from mcnc.compare import PRESETS
+
+    minimal = {"compare": ["--preset", next(iter(PRESETS))], "inspect": ["f.mcnc"],
+               "reconstruct": ["f.mcnc", "-o", "f.safetensors"]}
+    for name in COMMANDS:
+        args = build_parser().parse_args([name, *minimal.get(name, [])])
+        assert args.command == name and args.func.__name__ == f"_{name}"
+
+
+def test_importing_the_cli_leaves_the_command_modules_unimported():
+    lazy = ("mcnc.classifier_run", "mcnc.compare", "mcnc.llm.finetune", "mcnc.bench.run",
+            "transformers")
+    code = f"import sys, mcnc.cli; print([m for m in {lazy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"

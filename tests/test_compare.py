@@ -5,7 +5,7 @@ import json
 import pytest
 
 from mcnc import compare as cmp
-from mcnc.train import TrainSettings
+from mcnc.classifier_run import TrainSettings
 
 
 @pytest.fixture

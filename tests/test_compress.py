@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from toymodels import Tied, example_input, make
+from toymodels import Tied, example_input, fit, make
 
 import mcnc
-from mcnc.compress import fold_into_cube
+from mcnc.generator import fold_into_cube
 from mcnc.layout import plan_layout
 
 
@@ -62,16 +62,8 @@ def test_parameters_are_exactly_alpha_beta_and_dense_leftovers():
     assert not any(k.startswith("generator") for k in m.state_dict())
 
 
-def _train(model, x, y, steps=40, lr=0.05):
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
-    losses = []
-    for _ in range(steps):
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+def _train(model, x, y, steps=40):
+    return fit(model, lambda: F.cross_entropy(model(x), y), steps)
 
 
 @pytest.mark.parametrize("mode", ["scratch", "lowrank", "delta"])

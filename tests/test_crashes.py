@@ -163,8 +163,7 @@ def _kill_in_epoch_2(out: Path, steps: int = 8) -> int:
                                  stdout=subprocess.DEVNULL, stderr=err, env=ENV)
     done = 0
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and child.poll() is None:
+        while child.poll() is None:  # a child that ends on its own was never killed: fails
             done = sum(line.startswith("epoch 2/3") and "loss=" in line
                        for line in re.split(r"[\r\n]", log.read_text()))
             if done >= steps and (out / "checkpoint.safetensors").exists():

@@ -250,10 +250,10 @@ def test_real_fashion_mnist():
 def test_cifar10_layout_and_values(cifar10_root, parent):
     root, images, labels, test_images = cifar10_root
     root = root if parent else root / "cifar-10-batches-bin"
-    x, y = cifar.load_cifar10("train", root)
+    x, y = cifar.load_cifar(cifar.CIFAR10, "train", root)[:2]
     assert x.shape == (10, 3, 32, 32) and x.dtype == torch.uint8
     assert np.array_equal(x.numpy(), images) and y.tolist() == labels
-    x, y = cifar.load_cifar10("test", root)
+    x, y = cifar.load_cifar(cifar.CIFAR10, "test", root)[:2]
     assert np.array_equal(x.numpy(), test_images) and y.tolist() == [9, 0, 4]
 
 

@@ -4,7 +4,7 @@ import re
 import pytest
 import safetensors.torch
 import torch
-from toymodels import Tied, example_input, make
+from toymodels import Tied, example_input, fit, make
 
 import mcnc
 from mcnc.coverage import fit_generator
@@ -22,11 +22,8 @@ CASES = {
 def _trained(name, kwargs, steps=3):
     """A compressed model moved away from its initialisation by a few SGD steps."""
     m = mcnc.compress(make(name), mcnc.MCNCConfig(**kwargs))
-    opt = torch.optim.SGD(m.parameters(), lr=0.1)
-    for _ in range(steps):
-        opt.zero_grad()
-        m(example_input(name)).pow(2).mean().backward()
-        opt.step()
+    fit(m, lambda: m(example_input(name)).pow(2).mean(), steps, lr=0.1,
+        optimizer=torch.optim.SGD)
     return m.eval()
 
 

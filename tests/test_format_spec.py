@@ -18,7 +18,6 @@ from torch import nn
 
 import mcnc
 from mcnc import rng
-from mcnc.adapters.sources import A_INIT_STREAM, NOLA_ADAPTER_STREAM
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -30,26 +29,11 @@ from mcnc.baselines import (
     prune,
 )
 from mcnc.baselines.basis import RandomBasis, element_std, seeded_init
-from mcnc.baselines.lora import FACTOR_INIT_STREAM
-from mcnc.baselines.subspace import (
-    COEFFICIENT_INIT_STREAM,
-    NOLA_BASIS_STREAM,
-    PRANC_BASIS_STREAM,
-    THETA0_STREAM,
-    split_coefficients,
-)
-from mcnc.compress import ALPHA_INIT_STREAM, fold_into_cube, generate_flat
+from mcnc.baselines.subspace import split_coefficients
 from mcnc.fileformat import FORMAT_VERSION, MAX_HEADER_BYTES, metadata_digest, tensor_digest
-from mcnc.generator import (
-    MAX_D,
-    MAX_DEPTH,
-    MAX_K,
-    MAX_WIDTH,
-    Generator,
-    GeneratorSpec,
-    seeded_weights,
-)
+from mcnc.generator import Generator, GeneratorSpec, fold_into_cube, seeded_weights
 from mcnc.layout import Layout, materialize
+from mcnc.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_WIDTH
 
 DOC = Path(__file__).parents[1] / "docs" / "format.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -161,7 +145,7 @@ def check_mcnc_chunks(v: dict) -> None:
     alpha, beta = torch.tensor(v["alpha"]), torch.tensor(v["beta"])
     assert alpha.shape[1] == beta.shape[1] == v["m"]
     with torch.no_grad():
-        chunks = generate_flat(Generator(spec_of(v)), alpha, beta)
+        chunks = Generator(spec_of(v)).chunks(alpha, beta).reshape(-1)
     close(chunks, v["chunks"], v)
 
 
@@ -178,7 +162,7 @@ def check_nola_split(v: dict) -> None:
 
 
 def check_basis_product(v: dict) -> None:
-    assert v["stream"] == PRANC_BASIS_STREAM
+    assert v["stream"] == rng.PRANC_BASIS_STREAM
     c = torch.tensor(v["coefficients"])
     basis = RandomBasis(v["seed"], v["stream"], v["size"], len(c), torch.tensor(v["std"]))
     with torch.no_grad():
@@ -186,7 +170,7 @@ def check_basis_product(v: dict) -> None:
 
 
 def check_seeded_init(v: dict) -> None:
-    assert v["stream"] == THETA0_STREAM
+    assert v["stream"] == rng.THETA0_STREAM
     layout = Layout.from_dict(v["layout"])
     assert float32_bits(element_std(layout)) == v["std_float32_bits"]
     assert float32_bits(seeded_init(layout, v["seed"], v["stream"])) == v["float32_bits"]
@@ -248,12 +232,8 @@ def test_vector(vector):
 
 
 def test_constants_quoted_in_the_text():
-    quoted = [rng._M0, rng._M1, rng._W0, rng._W1, PRANC_BASIS_STREAM, NOLA_BASIS_STREAM,
-              THETA0_STREAM, COEFFICIENT_INIT_STREAM, FACTOR_INIT_STREAM, A_INIT_STREAM,
-              NOLA_ADAPTER_STREAM]
-    for value in quoted:
+    for value in [rng._M0, rng._M1, rng._W0, rng._W1]:
         assert f"`0x{int(value):08X}" in TEXT, f"0x{int(value):08X} is not in the document"
-    assert f"`0x{ALPHA_INIT_STREAM:X}`" in TEXT
     assert rng.ROUNDS == 10 and rng.PRNG_NAME == "philox4x32-10"
     assert f"`format_version = {FORMAT_VERSION}`" in TEXT
     assert MAX_HEADER_BYTES == 64 << 20 and MAX_D == 2**20
@@ -305,3 +285,10 @@ def test_adapter_table_lists_the_keys_of_a_real_config(method, tmp_path):
     config = json.loads((tmp_path / "adapter_config.json").read_text(encoding="utf-8"))
     assert config["method"] == method
     assert set(config) == keys(ADAPTER_KEYS, method)
+
+
+def test_stream_table_matches_rng():
+    section = TEXT.split("### 4.4 Which stream draws what", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (.+?) \| `0x([0-9A-F]{8})` \|$", section, flags=re.M)
+    assert {name: int(value, 16) for name, value in rows} == rng.STREAMS
+    assert len(set(rng.STREAMS.values())) == len(rng.STREAMS)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import mcnc
-from mcnc.methods import METHOD_NAMES, MethodSettings, build_method
+from mcnc.classifier_run import Run, TrainSettings, _deterministic, train
+from mcnc.distributed import Context
+from mcnc.methods import METHOD_NAMES, build_method
 from mcnc.models import build_model
-from mcnc.train import Context, Run, TrainSettings, _deterministic, train
 
 SMALL = dict(model="mlp", dataset="mnist", epochs=2, batch_size=64, train_subset=512,
              test_subset=256, progress=False)
@@ -69,7 +70,7 @@ def test_budget_errors_are_clear():
     with pytest.raises(ValueError, match="--budget"):
         Run(TrainSettings(method="pranc", **SMALL), Context())
     with pytest.raises(ValueError, match="rank-1 LoRA"):
-        build_method("lora", build_model("mlp", 1, 28, 10), MethodSettings(budget=10))
+        build_method("lora", build_model("mlp", 1, 28, 10), 10)
 
 
 def test_torchrun_two_processes_match_one_process(tmp_path):
@@ -97,7 +98,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 def test_batch_norm_recalibration_uses_the_exact_average_of_the_batches():
     from torch import nn
 
-    from mcnc.train import recalibrate_batch_norm
+    from mcnc.classifier_run import recalibrate_batch_norm
 
     model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3)).eval()
     model[1].running_mean.fill_(100.0)

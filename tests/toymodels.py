@@ -1,5 +1,7 @@
 """Small fixed models with awkward shapes, shared by the tests."""
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -51,3 +53,20 @@ def example_input(name: str) -> torch.Tensor:
         return torch.randn(4, 1, 8, 8, generator=g)
     vocab = 11 if name == "odd" else 13
     return torch.randint(0, vocab, (4, 9), generator=g)
+
+
+def fit(model: nn.Module, loss: Callable[[], torch.Tensor], steps: int, lr: float = 0.05,
+        optimizer: type[torch.optim.Optimizer] = torch.optim.Adam) -> list[float]:
+    """``steps`` optimiser steps on ``loss()`` over the model's trainable parameters, with the
+    compressed models' ``after_step`` (alpha folding) as in real training; returns the losses."""
+    opt = optimizer([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        value = loss()
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+        if hasattr(model, "after_step"):
+            model.after_step()
+        losses.append(value.item())
+    return losses

@@ -13,11 +13,11 @@ from mcnc.adapters import (
     NOLAAdapterConfig,
     get_adapter_model,
 )
-from mcnc.compress import MCNCModel, compress, fold_into_cube
+from mcnc.compress import MCNCModel, compress
 from mcnc.config import MCNCConfig
 from mcnc.errors import DivergedError
 from mcnc.fileformat import FormatError, load, read, reconstruct, save
-from mcnc.generator import Generator, GeneratorSpec
+from mcnc.generator import Generator, GeneratorSpec, fold_into_cube
 from mcnc.summary import Summary, summarize
 
 __version__ = "0.1.0"

@@ -4,14 +4,60 @@ reconstruct."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import math
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mcnc.data.errors import DataError
 from mcnc.errors import FormatError
+
+if TYPE_CHECKING:
+    _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends ``(default: ...)`` to an option's help, except where there is nothing to show:
+    no default (None) or an off switch (``store_true``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    """The installed distribution's version, else ``mcnc.__version__`` (or ``unknown``)."""
+    try:
+        return importlib.metadata.version("mcnc")
+    except importlib.metadata.PackageNotFoundError:
+        import mcnc
+
+        return getattr(mcnc, "__version__", "unknown")
+
+
+def _add_command(sub: _Subparsers, name: str, summary: str) -> argparse.ArgumentParser:
+    """A sub-command parser; ``summary`` is its line in ``mcnc --help`` and heads its own."""
+    return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
+
+
+def _add_demo(sub: _Subparsers) -> None:
+    """Add ``mcnc demo`` and its options; it runs :func:`_demo`."""
+    p = _add_command(sub, "demo", "train an MCNC-compressed MNIST classifier (offline)")
+    p.add_argument("--epochs", type=int, default=4, help="passes over the training images")
+    p.add_argument("--lr", type=float, default=0.2, help="Adam lr of alpha and beta")
+    p.add_argument("--k", type=int, default=16, help="manifold dimension: alphas per chunk")
+    p.add_argument("--d", type=int, default=2000, help="chunk size: weights per generator output")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run")
+    p.add_argument("--limit", type=int, default=None, help="use only N training images")
+    p.add_argument("--out", default="mcnc-demo", help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.add_argument("--no-dense-baseline", action="store_true",
+                   help="skip training the uncompressed network for comparison")
+    p.set_defaults(func=_demo)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -20,6 +66,29 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(DemoSettings(epochs=args.epochs, lr=args.lr, k=args.k, d=args.d, seed=args.seed,
                           limit=args.limit, out=args.out, progress=not args.no_progress,
                           dense_baseline=not args.no_dense_baseline))
+
+
+def _add_coverage(sub: _Subparsers) -> None:
+    """Add ``mcnc coverage`` and its options; it runs :func:`_coverage`."""
+    p = _add_command(sub, "coverage", "how evenly the generator covers the sphere")
+    p.add_argument("--k", type=int, default=16, help="manifold dimension: the generator's inputs")
+    p.add_argument("--d", type=int, default=1600,
+                   help="chunk size: the generator's outputs (the sphere lies in R^d)")
+    p.add_argument("--L", type=float, default=20.0, help="half-width of the cube [-L, L]^k")
+    p.add_argument("--width", type=int, default=64, help="hidden width of the generator MLP")
+    p.add_argument("--depth", type=int, default=2, help="hidden (activated) generator layers")
+    p.add_argument("--hidden-gain", type=float, default=4.0, help="scale of the hidden layers' "
+                   "initialisation relative to SIREN's sqrt(6/width)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generator and the samples")
+    p.add_argument("--samples", type=int, default=4096,
+                   help="points drawn from the generator and from the uniform sphere")
+    p.add_argument("--projections", type=int, default=256,
+                   help="random directions of the sliced Wasserstein estimate")
+    p.add_argument("--fit-steps", type=int, default=0,
+                   help="also fit the sine generator with sliced Wasserstein for N steps")
+    p.add_argument("--figure", default="coverage.png", help="PNG of the k=1, d=3 curves "
+                   "('' to skip)")
+    p.set_defaults(func=_coverage)
 
 
 def _coverage(args: argparse.Namespace) -> None:
@@ -47,6 +116,23 @@ def _coverage(args: argparse.Namespace) -> None:
         print(f"wrote {args.figure} (k=1, d=3: the cube wound around the sphere, sine vs ReLU)")
 
 
+def _add_bench(sub: _Subparsers) -> None:
+    """Add ``mcnc bench`` and its options; it runs :func:`_bench`."""
+    p = _add_command(sub, "bench", "reconstruction, training and inference speed and peak "
+                     "memory of MCNC against its baselines (results/bench by default)")
+    p.add_argument("--quick", action="store_true", help="small stand-ins for every workload "
+                   "(seconds; checks the harness, not the speed)")
+    p.add_argument("--only", nargs="+", choices=("reconstruction", "training", "inference"),
+                   help="run only these sections")
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload")
+    p.add_argument("--no-huge-pages", action="store_true", help="skip the second timing of "
+                   "the reconstructions with PyTorch's huge-page allocation")
+    p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md "
+                   "('' to write nothing)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_bench)
+
+
 def _bench(args: argparse.Namespace) -> None:
     from mcnc.bench.report import markdown
     from mcnc.bench.run import SECTIONS, BenchSettings, run_bench
@@ -62,9 +148,57 @@ def _bench(args: argparse.Namespace) -> None:
         print(f"wrote {Path(args.out) / 'bench.json'} and bench.md")
 
 
+def _add_train(sub: _Subparsers) -> None:
+    """Add ``mcnc train`` and its options; it runs :func:`_train`."""
+    from mcnc.methods import METHOD_NAMES
+    from mcnc.models import MODEL_NAMES
+
+    p = _add_command(sub, "train", "train one model with one method and budget (also under "
+                     "torchrun --nproc_per_node N -m mcnc train ...)")
+    p.add_argument("--model", default="mlp", choices=MODEL_NAMES, help="network to train")
+    p.add_argument("--dataset", default="mnist",
+                   help="mnist, fashion-mnist, cifar10, cifar100, imagefolder, imagenet100")
+    p.add_argument("--data-root", help="directory with the data set's files")
+    p.add_argument("--method", default="mcnc", choices=METHOD_NAMES,
+                   help="how the weights are compressed; dense: not at all")
+    p.add_argument("--budget", type=int, help="trained numbers the method stores for the "
+                   "compressed weights (not needed for dense, or mcnc with --d)")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
+    p.add_argument("--lr", type=float, help="Adam lr of the method's own numbers "
+                   "(default: the method's tuned default)")
+    p.add_argument("--dense-lr", type=float, default=1e-3,
+                   help="Adam lr of dense parameters (normalisation layers, dense method)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the run (initialisation, subsets, data order)")
+    p.add_argument("--k", type=int, default=16, help="MCNC manifold dimension: alphas per chunk")
+    p.add_argument("--d", type=int, help="MCNC chunk size (default: from --budget)")
+    p.add_argument("--L", type=float, default=20.0,
+                   help="MCNC cube half-width: alpha lives in [-L, L]^k")
+    p.add_argument("--m", type=int, default=1, help="MCNC generator outputs summed per chunk")
+    p.add_argument("--rank", type=int, default=64, help="rank of mcnc-lowrank and NOLA")
+    p.add_argument("--activation", default="sine", choices=("sine", "relu"),
+                   help="activation of MCNC's generator")
+    p.add_argument("--max-basis-gb", type=float, default=4.0, help="PRANC/NOLA bases larger "
+                   "than this are regenerated block by block instead of kept in memory")
+    p.add_argument("--train-subset", type=int, help="train on N samples (seeded subset)")
+    p.add_argument("--test-subset", type=int, help="evaluate on N samples (seeded subset)")
+    p.add_argument("--augment", action="store_true", help="the paper's training augmentation")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes")
+    p.add_argument("--bn-batches", type=int, default=20, help="recompute batch-norm "
+                   "statistics from N training batches before each evaluation (0: off)")
+    p.add_argument("--out", help="directory for checkpoint.safetensors, the model file and "
+                   "results.jsonl")
+    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
+    p.add_argument("--deterministic", action="store_true", help="only deterministic kernels "
+                   "(a GPU run then repeats bit for bit; a CPU run does anyway)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_train)
+
+
 def _train(args: argparse.Namespace) -> None:
+    from mcnc.classifier_run import TrainSettings, train
     from mcnc.methods import MethodSettings
-    from mcnc.train import TrainSettings, train
 
     method = MethodSettings(k=args.k, d=args.d, L=args.L, m=args.m, rank=args.rank,
                             activation=args.activation,
@@ -78,6 +212,36 @@ def _train(args: argparse.Namespace) -> None:
         workers=args.workers, bn_batches=args.bn_batches, deterministic=args.deterministic))
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result))
+
+
+def _add_finetune(sub: _Subparsers) -> None:
+    """Add ``mcnc finetune`` and its options; it runs :func:`_finetune`."""
+    from mcnc.llm.finetune import ADAPTER_METHODS, BASES, DEFAULT_LR
+
+    p = _add_command(sub, "finetune", "fine-tune a language model with an MCNC, NOLA or LoRA "
+                     "adapter on English Q/A pairs (also under torchrun / accelerate launch)")
+    p.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "tiny-llama"),
+                   help="language model to adapt (tiny-llama: a tiny stand-in for tests)")
+    p.add_argument("--method", default="mcnc", choices=ADAPTER_METHODS, help="adapter type")
+    p.add_argument("--budget", type=int, default=6000, help="trained numbers of MCNC (sets "
+                   "the chunk size d) and NOLA (coefficients); LoRA's follow from --rank")
+    p.add_argument("--rank", type=int, default=16, help="rank of every adapted layer's update")
+    p.add_argument("--target-modules", default="all-linear", help="'all-linear' or a regex "
+                   "of layer names")
+    p.add_argument("--steps", type=int, default=200, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, default=4, help="global batch size")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    p.add_argument("--lr", type=float, help="AdamW lr (default: "
+                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the run")
+    p.add_argument("--base", default="float32", choices=BASES, help="gguf-4bit: keep the GGUF "
+                   "file's 4-bit weights for the linear layers (QLoRA-style)")
+    p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
+                   "memory instead of regenerating them every step")
+    p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
+    p.add_argument("--out", help="directory for the adapter (out/adapter) and results.jsonl")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_finetune)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -94,6 +258,21 @@ def _finetune(args: argparse.Namespace) -> None:
         print(json.dumps(summary))
 
 
+def _add_compare(sub: _Subparsers) -> None:
+    """Add ``mcnc compare`` and its options; it runs :func:`_compare`."""
+    from mcnc.compare import PRESETS
+
+    p = _add_command(sub, "compare", "a grid of methods x budgets x seeds: markdown table "
+                     "and plot")
+    p.add_argument("--preset", required=True, choices=list(PRESETS),
+                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
+    p.add_argument("--out", help="output directory (default mcnc-compare-<preset>); runs "
+                   "already in its runs.jsonl are not repeated")
+    p.add_argument("--data-root", help="data directory for presets on CIFAR or ImageNet-100")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    p.set_defaults(func=_compare)
+
+
 def _compare(args: argparse.Namespace) -> None:
     from mcnc.compare import compare
 
@@ -103,6 +282,14 @@ def _compare(args: argparse.Namespace) -> None:
     table = compare(args.preset, out, args.data_root, not args.no_progress, command)
     print(table.read_text())
     print(f"wrote {table}, {table.with_name('plot.png')} and {table.with_name('runs.jsonl')}")
+
+
+def _add_inspect(sub: _Subparsers) -> None:
+    """Add ``mcnc inspect`` and its options; it runs :func:`_inspect`."""
+    p = _add_command(sub, "inspect", "print a .mcnc file's metadata and sizes")
+    p.add_argument("file", help="the .mcnc file to describe")
+    p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
+    p.set_defaults(func=_inspect)
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -139,6 +326,15 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"stored values: {sum(t.numel() for t in tensors.values()):,}")
 
 
+def _add_reconstruct(sub: _Subparsers) -> None:
+    """Add ``mcnc reconstruct`` and its options; it runs :func:`_reconstruct`."""
+    p = _add_command(sub, "reconstruct", "write the dense state dict as safetensors")
+    p.add_argument("file", help="the .mcnc file to expand")
+    p.add_argument("-o", "--output", required=True, help="safetensors file to write")
+    p.add_argument("--base", help="base weights (safetensors) for a fine-tuning delta file")
+    p.set_defaults(func=_reconstruct)
+
+
 def _reconstruct(args: argparse.Namespace) -> None:
     import safetensors.torch
 
@@ -153,140 +349,15 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mcnc", description=__doc__)
+    """The ``mcnc`` parser: ``--version`` and one sub-command per ``_add_*`` function."""
+    parser = argparse.ArgumentParser(prog="mcnc", description=__doc__,
+                                     formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mcnc {_version()}",
+                        help="print mcnc's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("demo", help="train an MCNC-compressed MNIST classifier (offline)")
-    p.add_argument("--epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=0.2, help="Adam lr of alpha and beta")
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--d", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, default=None, help="use only N training images")
-    p.add_argument("--out", default="mcnc-demo", help="output directory")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--no-dense-baseline", action="store_true",
-                   help="skip training the uncompressed network for comparison")
-    p.set_defaults(func=_demo)
-
-    from mcnc.compare import PRESETS
-    from mcnc.methods import METHOD_NAMES
-    from mcnc.models import MODEL_NAMES
-
-    p = sub.add_parser("train", help="train one model with one method and budget (also under "
-                       "torchrun --nproc_per_node N -m mcnc train ...)")
-    p.add_argument("--model", default="mlp", choices=MODEL_NAMES)
-    p.add_argument("--dataset", default="mnist",
-                   help="mnist, fashion-mnist, cifar10, cifar100, imagefolder, imagenet100")
-    p.add_argument("--data-root", help="directory with the data set's files")
-    p.add_argument("--method", default="mcnc", choices=METHOD_NAMES)
-    p.add_argument("--budget", type=int, help="trained numbers the method stores for the "
-                   "compressed weights (not needed for dense, or mcnc with --d)")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128, help="global batch size")
-    p.add_argument("--lr", type=float, help="Adam lr of the method's own numbers "
-                   "(default: the method's tuned default)")
-    p.add_argument("--dense-lr", type=float, default=1e-3,
-                   help="Adam lr of dense parameters (normalisation layers, dense method)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--d", type=int, help="MCNC chunk size (default: from --budget)")
-    p.add_argument("--L", type=float, default=20.0)
-    p.add_argument("--m", type=int, default=1)
-    p.add_argument("--rank", type=int, default=64, help="rank of mcnc-lowrank and NOLA")
-    p.add_argument("--activation", default="sine", choices=("sine", "relu"))
-    p.add_argument("--max-basis-gb", type=float, default=4.0, help="PRANC/NOLA bases larger "
-                   "than this are regenerated block by block instead of kept in memory")
-    p.add_argument("--train-subset", type=int, help="train on N samples (seeded subset)")
-    p.add_argument("--test-subset", type=int, help="evaluate on N samples (seeded subset)")
-    p.add_argument("--augment", action="store_true", help="the paper's training augmentation")
-    p.add_argument("--workers", type=int, default=0, help="data loading processes")
-    p.add_argument("--bn-batches", type=int, default=20, help="recompute batch-norm "
-                   "statistics from N training batches before each evaluation (0: off)")
-    p.add_argument("--out", help="directory for checkpoint.safetensors, the model file and "
-                   "results.jsonl")
-    p.add_argument("--resume", action="store_true", help="continue from --out's checkpoint")
-    p.add_argument("--deterministic", action="store_true", help="only deterministic kernels "
-                   "(a GPU run then repeats bit for bit; a CPU run does anyway)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_train)
-
-    p = sub.add_parser("compare", help="a grid of methods x budgets x seeds: markdown table "
-                       "and plot")
-    p.add_argument("--preset", required=True, choices=list(PRESETS),
-                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
-    p.add_argument("--out", help="output directory (default mcnc-compare-<preset>); runs "
-                   "already in its runs.jsonl are not repeated")
-    p.add_argument("--data-root", help="data directory for presets on CIFAR or ImageNet-100")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_compare)
-
-    from mcnc.llm.finetune import ADAPTER_METHODS, BASES, DEFAULT_LR
-
-    p = sub.add_parser("finetune", help="fine-tune a language model with an MCNC, NOLA or LoRA "
-                       "adapter on English Q/A pairs (also under torchrun / accelerate launch)")
-    p.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "tiny-llama"))
-    p.add_argument("--method", default="mcnc", choices=ADAPTER_METHODS)
-    p.add_argument("--budget", type=int, default=6000, help="trained numbers of MCNC (sets "
-                   "the chunk size d) and NOLA (coefficients); LoRA's follow from --rank")
-    p.add_argument("--rank", type=int, default=16, help="rank of every adapted layer's update")
-    p.add_argument("--target-modules", default="all-linear", help="'all-linear' or a regex "
-                   "of layer names")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=4, help="global batch size")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example")
-    p.add_argument("--lr", type=float, help="AdamW lr (default: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--base", default="float32", choices=BASES, help="gguf-4bit: keep the GGUF "
-                   "file's 4-bit weights for the linear layers (QLoRA-style)")
-    p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
-                   "memory instead of regenerating them every step")
-    p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
-    p.add_argument("--out", help="directory for the adapter (out/adapter) and results.jsonl")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_finetune)
-
-    p = sub.add_parser("coverage", help="how evenly the generator covers the sphere")
-    p.add_argument("--k", type=int, default=16)
-    p.add_argument("--d", type=int, default=1600)
-    p.add_argument("--L", type=float, default=20.0)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--depth", type=int, default=2)
-    p.add_argument("--hidden-gain", type=float, default=4.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples", type=int, default=4096)
-    p.add_argument("--projections", type=int, default=256)
-    p.add_argument("--fit-steps", type=int, default=0,
-                   help="also fit the sine generator with sliced Wasserstein for N steps")
-    p.add_argument("--figure", default="coverage.png", help="PNG of the k=1, d=3 curves "
-                   "('' to skip)")
-    p.set_defaults(func=_coverage)
-
-    p = sub.add_parser("bench", help="reconstruction, training and inference speed and peak "
-                       "memory of MCNC against its baselines (results/bench by default)")
-    p.add_argument("--quick", action="store_true", help="small stand-ins for every workload "
-                   "(seconds; checks the harness, not the speed)")
-    p.add_argument("--only", nargs="+", choices=("reconstruction", "training", "inference"),
-                   help="run only these sections")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds per workload")
-    p.add_argument("--no-huge-pages", action="store_true", help="skip the second timing of "
-                   "the reconstructions with PyTorch's huge-page allocation")
-    p.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md "
-                   "('' to write nothing)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_bench)
-
-    p = sub.add_parser("inspect", help="print a .mcnc file's metadata and sizes")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true", help="print the raw metadata as JSON")
-    p.set_defaults(func=_inspect)
-
-    p = sub.add_parser("reconstruct", help="write the dense state dict as safetensors")
-    p.add_argument("file")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--base", help="base weights (safetensors) for a fine-tuning delta file")
-    p.set_defaults(func=_reconstruct)
+    for add in (_add_demo, _add_train, _add_compare, _add_finetune, _add_coverage, _add_bench,
+                _add_inspect, _add_reconstruct):
+        add(sub)
     return parser
 
 

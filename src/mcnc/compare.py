@@ -14,9 +14,9 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from mcnc.classifier_run import TrainSettings, train
 from mcnc.machine import machine_line
 from mcnc.methods import MethodSettings
-from mcnc.train import TrainSettings, train
 
 
 @dataclass(frozen=True)
@@ -115,9 +115,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
 ]}
 
 
-def _key(s: TrainSettings) -> str:
-    return json.dumps(asdict(replace(s, out=None, progress=False, resume=False)),
-                      sort_keys=True)
+def _key(settings: dict) -> str:
+    """What identifies a run: its settings without where it writes and how it shows progress.
+    Records written before the budget and seed left ``method_settings`` keep their keys."""
+    settings = {**settings, "out": None, "progress": False, "resume": False}
+    settings["method_settings"] = {k: v for k, v in settings["method_settings"].items()
+                                   if k not in ("budget", "seed")}
+    return json.dumps(settings, sort_keys=True)
 
 
 @dataclass
@@ -134,12 +138,12 @@ class Comparison:
         if log.exists():
             for line in log.read_text().splitlines():
                 record = json.loads(line)
-                done[record["key"]] = record
+                done[_key(record["settings"])] = record
         todo = [(replace(s, seed=seed, data_root=self.data_root), seed)
                 for s in self.preset.runs for seed in self.preset.seeds]
         start = time.perf_counter()
         for i, (s, _) in enumerate(todo, 1):
-            key = _key(s)
+            key = _key(asdict(s))
             if key not in done:
                 t0 = time.perf_counter()
                 result = train(s)

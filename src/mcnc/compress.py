@@ -20,9 +20,9 @@ from torch import nn
 from mcnc import rng
 from mcnc.config import MCNCConfig
 from mcnc.errors import FormatError
-from mcnc.fileformat import MAX_NUMBERS, check_work
-from mcnc.generator import Generator, GeneratorSpec, seeded_weights_shapes
+from mcnc.generator import Generator, GeneratorSpec, initial_alpha, seeded_weights_shapes
 from mcnc.layout import Layout, plan_layout
+from mcnc.limits import MAX_NUMBERS, check_work
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
 
@@ -42,40 +42,6 @@ def _spec_from_meta(meta: dict) -> tuple[GeneratorSpec, bool]:
     if missing:
         raise FormatError(f"the generator spec lacks {sorted(missing)}")
     return GeneratorSpec.from_dict(g), fitted
-
-
-ALPHA_INIT_STREAM = 0xA1FA
-"""Philox stream of the initial alphas (the generator's layers use streams 0, 1, 2, ...)."""
-
-
-def fold_into_cube(alpha: torch.Tensor, L: float) -> torch.Tensor:
-    """Reflect alpha into [-L, L] (a triangle wave of period 4L); values inside pass unchanged.
-
-    This is how alpha stays in the cube whatever optimiser is used: the map is continuous,
-    has slope +-1 everywhere, and :meth:`MCNCModel.fold_alphas_` can apply it to the stored
-    parameter at any time without changing the model's output.
-    """
-    reflected = L - (torch.remainder(alpha + L, 4 * L) - 2 * L).abs()
-    return torch.where(alpha.abs() <= L, alpha, reflected)
-
-
-def generate_flat(generator: Generator, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """All chunks in one generator call.
-
-    Args:
-        alpha: (n, m, k); beta: (n, m).
-
-    Returns:
-        (n * d,) the chunks laid end to end.
-    """
-    generator.check_dtype(alpha)  # before the fold, which needs a real type too
-    return generator.combine(fold_into_cube(alpha, generator.spec.L), beta).reshape(-1)
-
-
-def initial_alpha(config: MCNCConfig, n_chunks: int) -> torch.Tensor:
-    """Uniform on the whole cube, from the seed: the same start on every machine."""
-    shape = (n_chunks, config.m, config.k)
-    return rng.uniform(config.seed, ALPHA_INIT_STREAM, shape, config.L)
 
 
 def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig
@@ -122,7 +88,7 @@ class MCNCModel(Reparameterized):
         super().__init__(base, layout, config, theta0)
         n_chunks = layout.n_chunks(config.d)
         self.generator = generator
-        self.alpha = nn.Parameter(initial_alpha(config, n_chunks))
+        self.alpha = nn.Parameter(initial_alpha(generator.spec, n_chunks, config.m))
         self.beta = nn.Parameter(initial_beta(layout, params, config))
         self._refresh()
 
@@ -130,7 +96,7 @@ class MCNCModel(Reparameterized):
         return {"alpha": self.alpha, "beta": self.beta}
 
     def generated_flat(self) -> torch.Tensor:
-        return generate_flat(self.generator, self.alpha, self.beta)
+        return self.generator.chunks(self.alpha, self.beta).reshape(-1)
 
     def after_step(self) -> None:
         self.fold_alphas_()
@@ -138,12 +104,12 @@ class MCNCModel(Reparameterized):
     @torch.no_grad()
     def fold_alphas_(self) -> MCNCModel:
         """Reflect the stored alphas into [-L, L] in place; the model's output is unchanged."""
-        self.alpha.copy_(fold_into_cube(self.alpha, self.config.L))
+        self.alpha.copy_(self.generator.fold(self.alpha))
         return self
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            alpha = fold_into_cube(self.alpha, self.config.L)
+            alpha = self.generator.fold(self.alpha)
         tensors = {"mcnc.alpha": alpha, "mcnc.beta": self.beta}
         if self.generator.fitted:
             tensors |= {f"generator.{i}": w for i, w in enumerate(self.generator.weights)}

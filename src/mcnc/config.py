@@ -9,6 +9,7 @@ from typing import ClassVar
 from torch import nn
 
 from mcnc.generator import GeneratorSpec
+from mcnc.limits import check_positive_ints
 
 DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -17,13 +18,6 @@ DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv3d,
     nn.Embedding,
 )
-
-
-def check_positive_ints(**values: object) -> None:
-    """Raise a ValueError naming the first value that is not a positive integer."""
-    for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,9 @@ from mcnc.compress import MCNCModel, compress
 from mcnc.config import MCNCConfig
 from mcnc.data.mnist import mnist_tensors
 from mcnc.fileformat import STORAGE_DTYPES, load, save
+from mcnc.loop import EpochResult, predict, train_classifier
 from mcnc.machine import machine_info, machine_line
 from mcnc.summary import summarize
-from mcnc.training import EpochResult, predict, train_classifier
 
 
 @dataclass

@@ -17,7 +17,8 @@ before it changes anything.
 Files may come from anyone, so a reader trusts nothing in them: every metadata value has its
 type and range checked (JSON booleans are not integers), every floating-point tensor must be
 finite, and a file may describe at most ``MAX_NUMBERS`` weights and ask for at most
-``MAX_WORK`` operations to regenerate them; anything else is a :class:`FormatError`.
+``MAX_WORK`` operations to regenerate them (:mod:`mcnc.limits`); anything else is a
+:class:`FormatError`.
 """
 
 from __future__ import annotations
@@ -35,23 +36,13 @@ from torch import nn
 
 from mcnc.errors import FormatError
 from mcnc.layout import Layout, layout_mismatches
+from mcnc.limits import MAX_NUMBERS, VALUE_ERRORS, check_finite, is_int
 from mcnc.reparam import METHODS, Reparameterized, flat_values
 
 FORMAT_NAME = "mcnc"
 FORMAT_VERSION = 1
 MAX_HEADER_BYTES = 64 << 20
 STORAGE_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-MAX_NUMBERS = 1 << 36
-"""Most weights a file may describe (its layout's parameters, or MCNC's padded chunks):
-256 GiB of float32, far above any model mcnc compresses, far below what breaks arithmetic."""
-MAX_WORK = 1 << 36
-"""Most random numbers (PRANC, NOLA: coefficients x weights of the streamed bases) or
-multiply-adds (MCNC: chunks x m x generator weights) a file may need to be regenerated; a
-file asking for more is refused as corrupt or hostile instead of running for hours."""
-VALUE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError,
-                RuntimeError, MemoryError)
-"""What a bad value in a file can make Python or torch raise (RecursionError is a
-RuntimeError); readers turn these into :class:`FormatError`."""
 T = TypeVar("T")
 __all__ = ["FormatError", "load", "read", "reconstruct", "save", "to_bytes"]
 
@@ -163,20 +154,6 @@ def _check_version(meta: dict) -> None:
                           f"version {FORMAT_VERSION}); {hint}")
 
 
-def check_work(work: int, what: str) -> None:
-    """Refuse a file whose regeneration needs more than ``MAX_WORK`` operations; ``what``
-    says what is counted ("random numbers", "multiply-adds")."""
-    if work > MAX_WORK:
-        raise FormatError(f"regenerating it takes {work:,} {what}, more than the {MAX_WORK:,} "
-                          "a file may ask for; the file is corrupt or hostile")
-
-
-def is_int(value: object, low: int = 0, high: int | None = None) -> bool:
-    """``value`` is a JSON integer (not a boolean) in ``[low, high]`` (no upper bound: None)."""
-    return (isinstance(value, int) and not isinstance(value, bool) and value >= low
-            and (high is None or value <= high))
-
-
 def method_class(meta: dict) -> type[Reparameterized]:
     """The class of the method that wrote a file (files without ``method`` are MCNC)."""
     name = meta.get("method", "mcnc")
@@ -202,15 +179,7 @@ def _expect_shape(tensors: dict, name: str, shape: tuple[int, ...], floating: bo
         raise FormatError(f"tensor {name!r} is {t.dtype}; method tensors are float32, float16 "
                           "or bfloat16")
     else:
-        expect_finite(name, t)
-
-
-def expect_finite(name: str, t: torch.Tensor) -> None:
-    """Floating-point and complex tensors may hold no NaN or infinity."""
-    if t.is_floating_point() and t.dtype not in (torch.float64, *STORAGE_DTYPES):
-        t = t.double()  # float8 types: isfinite is not implemented for them everywhere
-    if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
-        raise FormatError(f"tensor {name!r} holds NaN or infinite values")
+        check_finite(name, t)
 
 
 def _string_list(value: object, what: str) -> list[str]:
@@ -288,7 +257,7 @@ def _check_contents(meta: dict, tensors: dict[str, torch.Tensor]) -> None:
     for name, shape in shapes.items():
         _expect_shape(tensors, name, shape, floating=not name.endswith("_index"))
     for key in meta["dense"]:
-        expect_finite(f"dense.{key}", tensors[f"dense.{key}"])
+        check_finite(f"dense.{key}", tensors[f"dense.{key}"])
     cls.check_tensors(config, layout, tensors)
 
 

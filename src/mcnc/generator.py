@@ -8,7 +8,7 @@ are regenerated from an integer seed by :mod:`mcnc.rng`::
     y   = W_out h_depth                         W_out ~ U(+-sqrt(6/width))
     phi(alpha) = y / ||y||
 
-Design notes (the measurements behind them are in the README, "Generator design"):
+Design notes (the measurements behind them are in docs/design.md, "Generator design"):
 
 * alpha is used raw, in [-L, L]. With ``W_1 ~ U(+-1/k)`` the first layer is a SIREN first
   layer whose frequency is L (Sitzmann et al. 2020 scale inputs in [-1, 1] by omega_0 = 30):
@@ -34,30 +34,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcnc import rng
+from mcnc.limits import (
+    MAX_D,
+    MAX_DEPTH,
+    MAX_GENERATOR_WEIGHTS,
+    MAX_K,
+    MAX_SEED,
+    MAX_WIDTH,
+    is_int,
+    is_number,
+)
 
 ACTIVATIONS = ("sine", "relu")
-# Hard limits that keep a generator spec (possibly read from an untrusted file) allocatable.
-MAX_K = 4096
-MAX_D = 1 << 20
-MAX_WIDTH = 8192
-MAX_DEPTH = 16
-MAX_WEIGHTS = 1 << 24
-"""Most numbers all of a generator's tensors may hold together (64 MiB of float32): the
-per-field limits alone would allow a 32 GB ``W_out``."""
 GENERATOR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 """The floating-point types the generator computes in (sine and matrix products need them)."""
 NORM_EPS = 1e-12
 """Smallest output norm divided by (as in ``F.normalize``)."""
-
-
-def _int_in(value: object, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
-def _number_in(value: object, low: float, high: float) -> bool:
-    """A finite real strictly between ``low`` and ``high``."""
-    return (isinstance(value, int | float) and not isinstance(value, bool)
-            and math.isfinite(value) and low < value < high)
 
 
 @dataclass(frozen=True)
@@ -86,23 +78,23 @@ class GeneratorSpec:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field to change if the spec is unusable."""
-        k_ok, d_ok = _int_in(self.k, 1, MAX_K), _int_in(self.d, 2, MAX_D)
-        sized = (k_ok and d_ok and _int_in(self.width, 1, MAX_WIDTH)
-                 and _int_in(self.depth, 1, MAX_DEPTH))
+        k_ok, d_ok = is_int(self.k, 1, MAX_K), is_int(self.d, 2, MAX_D)
+        sized = (k_ok and d_ok and is_int(self.width, 1, MAX_WIDTH)
+                 and is_int(self.depth, 1, MAX_DEPTH))
         checks = [
             (k_ok, f"k must be an integer in [1, {MAX_K}]"),
             (d_ok, f"d must be an integer in [2, {MAX_D}]"),
             (not (k_ok and d_ok) or self.k < self.d,
              "k must be smaller than d (otherwise nothing is compressed): raise d or lower k"),
-            (_number_in(self.L, 0, 1e6), "L must be a positive finite number below 1e6"),
-            (_int_in(self.width, 1, MAX_WIDTH), f"width must be an integer in [1, {MAX_WIDTH}]"),
-            (_int_in(self.depth, 1, MAX_DEPTH), f"depth must be an integer in [1, {MAX_DEPTH}]"),
-            (not sized or self.weight_count() <= MAX_WEIGHTS,
-             f"the generator would have more than {MAX_WEIGHTS:,} weights; lower width, depth "
-             "or d"),
+            (is_number(self.L, 0, 1e6), "L must be a positive finite number below 1e6"),
+            (is_int(self.width, 1, MAX_WIDTH), f"width must be an integer in [1, {MAX_WIDTH}]"),
+            (is_int(self.depth, 1, MAX_DEPTH), f"depth must be an integer in [1, {MAX_DEPTH}]"),
+            (not sized or self.weight_count() <= MAX_GENERATOR_WEIGHTS,
+             f"the generator would have more than {MAX_GENERATOR_WEIGHTS:,} weights; lower "
+             "width, depth or d"),
             (self.activation in ACTIVATIONS, f"activation must be one of {ACTIVATIONS}"),
-            (_number_in(self.hidden_gain, 0, 1e3), "hidden_gain must be a positive number"),
-            (_int_in(self.seed, 0, rng.MAX_SEED), "seed must be an integer in [0, 2**64)"),
+            (is_number(self.hidden_gain, 0, 1e3), "hidden_gain must be a positive number"),
+            (is_int(self.seed, 0, MAX_SEED), "seed must be an integer in [0, 2**64)"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -136,6 +128,23 @@ class GeneratorSpec:
         return cls(**data)
 
 
+def fold_into_cube(alpha: torch.Tensor, L: float) -> torch.Tensor:
+    """Reflect alpha into [-L, L] (a triangle wave of period 4L); values inside pass unchanged.
+
+    This is how alpha stays in the cube whatever optimiser is used: the map is continuous,
+    has slope +-1 everywhere, and it can be applied to a stored alpha at any time without
+    changing the chunks it generates.
+    """
+    reflected = L - (torch.remainder(alpha + L, 4 * L) - 2 * L).abs()
+    return torch.where(alpha.abs() <= L, alpha, reflected)
+
+
+def initial_alpha(spec: GeneratorSpec, n_chunks: int, m: int = 1) -> torch.Tensor:
+    """(n_chunks, m, k) starting points uniform on the whole cube, drawn from the spec's seed:
+    the same start on every machine and every data-parallel process."""
+    return rng.uniform(spec.seed, rng.ALPHA_INIT_STREAM, (n_chunks, m, spec.k), spec.L)
+
+
 def seeded_weights(spec: GeneratorSpec) -> list[torch.Tensor]:
     """Regenerate the generator's tensors from ``spec.seed``.
 
@@ -151,9 +160,10 @@ def seeded_weights(spec: GeneratorSpec) -> list[torch.Tensor]:
             bound = spec.hidden_gain * math.sqrt(6.0 / fan_in)
         else:
             bound = math.sqrt(6.0 / fan_in)
-        tensors.append(rng.uniform(spec.seed, 2 * t, (fan_out, fan_in), bound))
+        stream = rng.GENERATOR_LAYER_STREAM + 2 * t
+        tensors.append(rng.uniform(spec.seed, stream, (fan_out, fan_in), bound))
         if t < spec.depth:
-            tensors.append(rng.uniform(spec.seed, 2 * t + 1, (fan_out,), math.pi))
+            tensors.append(rng.uniform(spec.seed, stream + 1, (fan_out,), math.pi))
     return tensors
 
 
@@ -232,8 +242,26 @@ class Generator(nn.Module):
             self._factor_cache = (key, r)
         return self._factor_cache[1]
 
+    def fold(self, alpha: torch.Tensor) -> torch.Tensor:
+        """``alpha`` reflected into this generator's cube ``[-L, L]^k``."""
+        return fold_into_cube(alpha, self.spec.L)
+
+    def chunks(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        """The chunks ``sum_i beta[:, i] * phi(fold(alpha[:, i]))`` in one batched call.
+
+        Args:
+            alpha: (n, m, k) points, anywhere (they are folded into the cube first).
+            beta: (n, m) amplitudes.
+
+        Returns:
+            (n, d) tensor.
+        """
+        self.check_dtype(alpha)  # before the fold, which needs a real type too
+        return self.combine(self.fold(alpha), beta)
+
     def combine(self, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-        """``sum_i beta[:, i] * phi(alpha[:, i])`` for (n, m, k) alphas and (n, m) betas: (n, d).
+        """``sum_i beta[:, i] * phi(alpha[:, i])`` for (n, m, k) alphas already in the cube
+        and (n, m) betas: (n, d).
 
         The output layer is linear, so the whole sum is one product with ``W_out``::
 

@@ -35,8 +35,8 @@ from mcnc.baselines import (
 from mcnc.baselines.basis import DEFAULT_MAX_BYTES
 from mcnc.compress import compress
 from mcnc.config import MCNCConfig
-from mcnc.generator import MAX_D
 from mcnc.layout import plan_layout
+from mcnc.limits import MAX_D
 
 METHOD_NAMES = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "lora", "pruning")
 
@@ -52,9 +52,9 @@ MLP. PyTorch's usual 1e-3 for dense and LoRA, which the sweep does not cover."""
 
 @dataclass(frozen=True)
 class MethodSettings:
-    """Knobs of :func:`build_method`; ``None`` means the method's default."""
+    """A method's own knobs for :func:`build_method` (the budget and the seed are arguments of
+    their own: they belong to the run, not to one method)."""
 
-    budget: int | None = None
     k: int = 16
     d: int | None = None
     """MCNC chunk size; derived from the budget when None."""
@@ -63,37 +63,37 @@ class MethodSettings:
     rank: int = 64
     """Rank of the factors of mcnc-lowrank and NOLA (the paper uses 64)."""
     activation: str = "sine"
-    seed: int = 0
     max_basis_bytes: int = DEFAULT_MAX_BYTES
 
 
-def _mcnc_config(model: nn.Module, s: MethodSettings, mode: str) -> MCNCConfig:
+def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: int,
+                 mode: str) -> MCNCConfig:
     config = MCNCConfig(k=s.k, d=s.d or s.k + 1, L=s.L, m=s.m, rank=s.rank, mode=mode,
-                        activation=s.activation, seed=s.seed)
+                        activation=s.activation, seed=seed)
     per_chunk = s.m * (s.k + 1)
     total = plan_layout(model, config).total
     if s.d is not None:
         cost = -(-total // s.d) * per_chunk
-        if s.budget is not None and cost > s.budget:
+        if budget is not None and cost > budget:
             raise ValueError(f"with d={s.d}, the {-(-total // s.d)} chunks train {cost} numbers,"
-                             f" more than the budget of {s.budget}; raise d or the budget, or "
+                             f" more than the budget of {budget}; raise d or the budget, or "
                              "leave d unset to derive it from the budget")
         return config
-    if _need_budget(s) < per_chunk:
-        raise ValueError(f"a budget of {s.budget} cannot pay for one chunk of m * (k + 1) = "
+    if _need_budget(budget) < per_chunk:
+        raise ValueError(f"a budget of {budget} cannot pay for one chunk of m * (k + 1) = "
                          f"{per_chunk} numbers; raise the budget or lower k or m")
-    chunks = _need_budget(s) // per_chunk
+    chunks = budget // per_chunk
     d = -(-total // chunks)
     if d > MAX_D:
-        raise ValueError(f"a budget of {s.budget} needs chunks of d={d} > {MAX_D}; raise the "
+        raise ValueError(f"a budget of {budget} needs chunks of d={d} > {MAX_D}; raise the "
                          "budget or k, or use m > 1")
     return MCNCConfig(**{**config.__dict__, "d": max(d, s.k + 1)})
 
 
-def _need_budget(s: MethodSettings) -> int:
-    if s.budget is None or s.budget < 1:
+def _need_budget(budget: int | None) -> int:
+    if budget is None or budget < 1:
         raise ValueError("this method needs a positive --budget (trained numbers to store)")
-    return s.budget
+    return budget
 
 
 def lora_rank_for(model: nn.Module, budget: int) -> int:
@@ -109,25 +109,32 @@ def lora_rank_for(model: nn.Module, budget: int) -> int:
     return rank
 
 
-def build_method(name: str, model: nn.Module, settings: MethodSettings) -> nn.Module:
+def build_method(name: str, model: nn.Module, budget: int | None = None, seed: int = 0,
+                 settings: MethodSettings | None = None) -> nn.Module:
     """Reparameterise ``model`` (in place) with method ``name``; ``dense`` returns it as is.
+
+    Args:
+        budget: trained numbers the method may store for the selected weights (every method
+            but ``dense``, and ``mcnc`` with ``settings.d`` set, needs one).
+        seed: seeds the method's frozen random parts and its initial values.
+        settings: the method's own knobs (defaults: :class:`MethodSettings()`).
 
     ``pruning`` prunes the model as it is now: train it dense first (``mcnc train`` does).
     """
-    s = settings
+    s = settings or MethodSettings()
     if name == "dense":
         return model
     if name in ("mcnc", "mcnc-lowrank"):
-        return compress(model, _mcnc_config(model, s, "lowrank" if name == "mcnc-lowrank"
-                                            else "scratch"))
+        mode = "lowrank" if name == "mcnc-lowrank" else "scratch"
+        return compress(model, _mcnc_config(model, s, budget, seed, mode))
     if name == "pranc":
-        return pranc(model, PRANCConfig(coefficients=_need_budget(s), seed=s.seed),
+        return pranc(model, PRANCConfig(coefficients=_need_budget(budget), seed=seed),
                      s.max_basis_bytes)
     if name == "nola":
-        return nola(model, NOLAConfig(coefficients=_need_budget(s), rank=s.rank, seed=s.seed),
+        return nola(model, NOLAConfig(coefficients=_need_budget(budget), rank=s.rank, seed=seed),
                     s.max_basis_bytes)
     if name == "lora":
-        return lora(model, LoRAConfig(rank=lora_rank_for(model, _need_budget(s)), seed=s.seed))
+        return lora(model, LoRAConfig(rank=lora_rank_for(model, _need_budget(budget)), seed=seed))
     if name == "pruning":
-        return prune(model, PruningConfig(nonzeros=_need_budget(s)))
+        return prune(model, PruningConfig(nonzeros=_need_budget(budget)))
     raise ValueError(f"unknown method {name!r}; choose one of {', '.join(METHOD_NAMES)}")

@@ -48,7 +48,44 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from mcnc.limits import check_seed, is_int
+
 PRNG_NAME = "philox4x32-10"
+
+# --------------------------------------------------------------------------------------------
+# Which stream of a seed each random tensor of mcnc is drawn from (docs/format.md, 4.4; a test
+# checks that the two tables agree). Frozen tensors are part of the file format: changing a
+# stream changes every file. Streams marked "init" only draw starting values.
+GENERATOR_LAYER_STREAM = 0
+"""MCNC generator layer t (output layer last): weights from stream ``2t``, bias ``2t + 1``."""
+ALPHA_INIT_STREAM = 0xA1FA
+"""init: MCNC's initial alphas (also of MCNC adapters)."""
+THETA0_STREAM = 0x7E7A0000
+"""PRANC's seeded starting point theta0 (scratch mode)."""
+PRANC_BASIS_STREAM = 0x9A4C0000
+"""PRANC's one random basis."""
+NOLA_BASIS_STREAM = 0x401A0000
+"""NOLA piece p: basis stream ``NOLA_BASIS_STREAM + p``."""
+COEFFICIENT_INIT_STREAM = 0xC0EF0000
+"""init: NOLA's initial coefficients."""
+LORA_FACTOR_INIT_STREAM = 0x10AA0000
+"""init: LoRA's initial factors."""
+ADAPTER_A_INIT_STREAM = 0x0ADA0000
+"""init: the A factors of adapters (and NOLA adapters' initial coefficients)."""
+NOLA_ADAPTER_STREAM = 0x0ADB0000
+"""NOLA adapter factor p: basis stream ``NOLA_ADAPTER_STREAM + p``."""
+STREAMS = {
+    "generator layer t: weights 2t, bias 2t + 1": GENERATOR_LAYER_STREAM,
+    "MCNC initial alpha (init)": ALPHA_INIT_STREAM,
+    "PRANC theta0": THETA0_STREAM,
+    "PRANC basis": PRANC_BASIS_STREAM,
+    "NOLA basis of piece p (+ p)": NOLA_BASIS_STREAM,
+    "NOLA initial coefficients (init)": COEFFICIENT_INIT_STREAM,
+    "LoRA initial factors (init)": LORA_FACTOR_INIT_STREAM,
+    "adapter initial A factors and NOLA coefficients (init)": ADAPTER_A_INIT_STREAM,
+    "NOLA adapter basis of factor p (+ p)": NOLA_ADAPTER_STREAM,
+}
+"""The table above by purpose, as docs/format.md lists it."""
 
 _M0 = np.uint64(0xD2511F53)
 _M1 = np.uint64(0xCD9E8D57)
@@ -57,7 +94,6 @@ _W1 = np.uint64(0xBB67AE85)
 _MASK32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 ROUNDS = 10
-MAX_SEED = 2**64 - 1
 MAX_STREAM = 2**32 - 1
 STREAM_WORDS = 2**66  # 2**64 blocks of 4 words
 
@@ -98,9 +134,8 @@ def philox4x32(counters: np.ndarray, key: tuple[int, int], rounds: int = ROUNDS)
 
 
 def _check_seed_stream(seed: int, stream: int) -> None:
-    if not (isinstance(seed, int | np.integer) and 0 <= int(seed) <= MAX_SEED):
-        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed!r}")
-    if not (isinstance(stream, int | np.integer) and 0 <= int(stream) <= MAX_STREAM):
+    check_seed(seed)
+    if not is_int(stream, 0, MAX_STREAM):
         raise ValueError(f"stream must be an integer in [0, 2**32), got {stream!r}")
 
 
@@ -273,8 +308,19 @@ def _nb_to_float(w, bound):
     return np.float32(bound * t)
 
 
-def _nb_uniform_range(out, block0, offset, k0, k1, stream, bound, lo, hi):
-    count = out.shape[0]
+def _nb_store(words, values, floats, pos, w, bound):
+    """Output position ``pos`` gets word ``w`` (into ``words``) or its float (into
+    ``values``): the one step in which the two kinds of request differ."""
+    if floats:
+        values[pos] = _nb_to_float(w, bound)
+    else:
+        words[pos] = w
+
+
+def _nb_fill_range(words, values, floats, block0, offset, k0, k1, stream, bound, lo, hi):
+    """Batches ``lo .. hi - 1`` of the window; the output is ``values`` (float32) if
+    ``floats``, else ``words`` (uint32), and the other array is not touched."""
+    count = values.shape[0] if floats else words.shape[0]
     nblocks = (offset + count + 3) // 4
     s = np.empty((4, _NB_BATCH), np.uint32)
     for bt in range(lo, hi):
@@ -285,56 +331,29 @@ def _nb_uniform_range(out, block0, offset, k0, k1, stream, bound, lo, hi):
         if base >= 0 and base + 4 * m <= count:
             for j in range(m):
                 for q in range(4):
-                    out[base + 4 * j + q] = _nb_to_float(s[q, j], bound)
+                    _nb_store(words, values, floats, base + 4 * j + q, s[q, j], bound)
         else:
             for j in range(m):
                 for q in range(4):
                     pos = base + 4 * j + q
                     if 0 <= pos < count:
-                        out[pos] = _nb_to_float(s[q, j], bound)
+                        _nb_store(words, values, floats, pos, s[q, j], bound)
 
 
-def _nb_words_range(out, block0, offset, k0, k1, stream, lo, hi):
-    count = out.shape[0]
-    nblocks = (offset + count + 3) // 4
-    s = np.empty((4, _NB_BATCH), np.uint32)
-    for bt in range(lo, hi):
-        i0 = bt * _NB_BATCH
-        m = min(_NB_BATCH, nblocks - i0)
-        _nb_batch(s, block0 + np.uint64(i0), m, k0, k1, stream)
-        base = 4 * i0 - offset
-        if base >= 0 and base + 4 * m <= count:
-            for j in range(m):
-                for q in range(4):
-                    out[base + 4 * j + q] = s[q, j]
-        else:
-            for j in range(m):
-                for q in range(4):
-                    pos = base + 4 * j + q
-                    if 0 <= pos < count:
-                        out[pos] = s[q, j]
-
-
-def _nb_uniform_parallel(out, block0, offset, k0, k1, stream, bound, nbatches, parts):
+def _nb_fill_parallel(words, values, floats, block0, offset, k0, k1, stream, bound, nbatches,
+                      parts):
     for t in _prange(parts):
         lo, hi = nbatches * t // parts, nbatches * (t + 1) // parts
-        _nb_uniform_range(out, block0, offset, k0, k1, stream, bound, lo, hi)
-
-
-def _nb_words_parallel(out, block0, offset, k0, k1, stream, nbatches, parts):
-    for t in _prange(parts):
-        lo, hi = nbatches * t // parts, nbatches * (t + 1) // parts
-        _nb_words_range(out, block0, offset, k0, k1, stream, lo, hi)
+        _nb_fill_range(words, values, floats, block0, offset, k0, k1, stream, bound, lo, hi)
 
 
 _NB_FUNCTIONS = {
     "_nb_block": {"inline": "always"},
     "_nb_batch": {},
     "_nb_to_float": {"inline": "always"},
-    "_nb_uniform_range": {},
-    "_nb_words_range": {},
-    "_nb_uniform_parallel": {"parallel": True},
-    "_nb_words_parallel": {"parallel": True},
+    "_nb_store": {"inline": "always"},
+    "_nb_fill_range": {},
+    "_nb_fill_parallel": {"parallel": True},
 }
 _nb_state: dict = {}  # "numba": the module, or None where it cannot be used
 _nb_load_lock = threading.Lock()
@@ -368,7 +387,9 @@ def _load_numba():
 
 def _nb_run(numba, out, floats, block0, offset, seed, stream, bound, nblocks, threads) -> None:
     keys = (np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32), np.uint64(stream))
-    args = (out, np.uint64(block0), offset, *keys, *((bound,) if floats else ()))
+    unused = np.empty(0, np.uint32 if floats else np.float32)
+    words, values = (unused, out) if floats else (out, unused)
+    args = (words, values, floats, np.uint64(block0), offset, *keys, float(bound))
     nbatches = (nblocks + _NB_BATCH - 1) // _NB_BATCH
     threads = min(threads, numba.config.NUMBA_NUM_THREADS, nbatches)
     # OpenMP thread pools do not survive fork(): a child of a process that ran a parallel
@@ -382,15 +403,13 @@ def _nb_run(numba, out, floats, block0, offset, seed, stream, bound, nblocks, th
             before = numba.get_num_threads()
             numba.set_num_threads(threads)
             try:
-                kernel = _nb_uniform_parallel if floats else _nb_words_parallel
-                kernel(*args, nbatches, threads)
+                _nb_fill_parallel(*args, nbatches, threads)
             finally:
                 numba.set_num_threads(before)
         finally:
             _nb_parallel_lock.release()
     else:
-        kernel = _nb_uniform_range if floats else _nb_words_range
-        kernel(*args, 0, nbatches)
+        _nb_fill_range(*args, 0, nbatches)
 
 
 # --------------------------------------------------------------------------------------------

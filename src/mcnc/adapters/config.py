@@ -16,13 +16,12 @@ and differs only in where ``A`` and ``B`` come from:
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
-from mcnc.config import check_positive_ints
 from mcnc.generator import GeneratorSpec
+from mcnc.limits import check_positive_ints, check_seed, is_number
 
 ALL_LINEAR = "all-linear"
 
@@ -60,13 +59,11 @@ class AdapterConfig:
             raise ValueError("target_modules must be 'all-linear', a regex string or a non-empty"
                              f" list of layer names, got {self.target_modules!r}")
         check_positive_ints(rank=self.rank)
-        if not (isinstance(self.scaling, int | float) and math.isfinite(self.scaling)):
+        if not is_number(self.scaling):
             raise ValueError(f"scaling must be a finite number, got {self.scaling!r}")
         if not (isinstance(self.dropout, int | float) and 0 <= self.dropout < 1):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if not (isinstance(self.seed, int) and not isinstance(self.seed, bool)
-                and 0 <= self.seed < 2**64):
-            raise ValueError(f"seed must be an integer in [0, 2**64), got {self.seed!r}")
+        check_seed(self.seed)
 
     def to_dict(self) -> dict:
         """JSON-ready fields plus the method name."""

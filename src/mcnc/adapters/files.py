@@ -21,7 +21,6 @@ Both files are written atomically; a load checks everything before it changes th
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -37,14 +36,14 @@ from mcnc.adapters.config import (
 from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.errors import FormatError
-from mcnc.fileformat import (
+from mcnc.fileformat import atomic_write, metadata_digest, tensor_digest
+from mcnc.limits import (
+    MAX_ADAPTER_FACTOR_NUMBERS,
     VALUE_ERRORS,
-    atomic_write,
+    check_finite,
     check_work,
-    expect_finite,
     is_int,
-    metadata_digest,
-    tensor_digest,
+    is_number,
 )
 
 FORMAT = "mcnc-adapter"
@@ -52,8 +51,6 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 16 << 20
-MAX_FACTOR_NUMBERS = 1 << 31
-"""Refuse layouts whose factors would exceed 8 GB of float32 (a corrupt or hostile file)."""
 
 
 def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model: str | None,
@@ -114,8 +111,7 @@ def _check_types(meta: dict) -> None:
         if key in _INTEGERS:
             ok = is_int(value, -(1 << 64), 1 << 64)
         elif key in _NUMBERS:
-            ok = (isinstance(value, int | float) and not isinstance(value, bool)
-                  and math.isfinite(value))
+            ok = is_number(value)
         elif key in _STRINGS:
             ok = isinstance(value, str)
         elif key == "target_modules":
@@ -185,7 +181,7 @@ def read_adapter(directory: str | os.PathLike
         _check_types(meta)
         config = config_from_dict(fields)
         layout = FactorLayout(_targets(meta.get("targets")), config.rank)
-        if layout.total_a + layout.total_b > MAX_FACTOR_NUMBERS:
+        if layout.total_a + layout.total_b > MAX_ADAPTER_FACTOR_NUMBERS:
             raise FormatError(f"the adapter's factors would have "
                               f"{layout.total_a + layout.total_b:,} numbers; refusing")
         shapes = _expected_shapes(config, layout)
@@ -210,7 +206,7 @@ def read_adapter(directory: str | os.PathLike
     for name, t in tensors.items():
         if not t.is_floating_point():
             raise FormatError(f"tensor {name!r} must hold floating-point numbers, not {t.dtype}")
-        expect_finite(name, t)
+        check_finite(name, t)
     return config, layout, {k: v.float() for k, v in tensors.items()}, meta
 
 

@@ -27,12 +27,7 @@ from mcnc.adapters.config import (
 )
 from mcnc.baselines.basis import UNIT_BOUND, RandomBasis
 from mcnc.baselines.subspace import split_coefficients
-from mcnc.compress import fold_into_cube, generate_flat, initial_alpha
-from mcnc.generator import Generator
-
-A_INIT_STREAM = 0xADA0000
-NOLA_ADAPTER_STREAM = 0xADB0000
-"""NOLA factor p uses basis stream ``NOLA_ADAPTER_STREAM + p``."""
+from mcnc.generator import Generator, initial_alpha
 
 
 @dataclass(frozen=True)
@@ -128,7 +123,7 @@ class LoRASource(FactorSource):
 
     def __init__(self, config: LoRAAdapterConfig, layout: FactorLayout):
         super().__init__(config, layout)
-        unit = rng.uniform(config.seed, A_INIT_STREAM, (layout.total_a,), UNIT_BOUND)
+        unit = rng.uniform(config.seed, rng.ADAPTER_A_INIT_STREAM, (layout.total_a,), UNIT_BOUND)
         self.A = nn.Parameter(unit * layout.a_std())
         self.B = nn.Parameter(torch.zeros(layout.total_b))
 
@@ -152,10 +147,10 @@ class NOLASource(FactorSource):
         extra = {} if max_basis_bytes is None else {"max_bytes": max_basis_bytes}
         self.bases, offset = [], 0
         for p, (size, n) in enumerate(zip(sizes, counts, strict=True)):
-            self.bases.append(RandomBasis(config.seed, NOLA_ADAPTER_STREAM + p, size, n,
+            self.bases.append(RandomBasis(config.seed, rng.NOLA_ADAPTER_STREAM + p, size, n,
                                           std[offset : offset + size], **extra))
             offset += size
-        c = rng.uniform(config.seed, A_INIT_STREAM, (config.coefficients,), UNIT_BOUND)
+        c = rng.uniform(config.seed, rng.ADAPTER_A_INIT_STREAM, (config.coefficients,), UNIT_BOUND)
         c[sum(counts[: len(layout.targets)]) :] = 0  # B's coefficients
         self.coefficients = nn.Parameter(c)
 
@@ -184,7 +179,8 @@ class MCNCSource(FactorSource):
         self.generator = generator or Generator(config.generator_spec())
         d = config.d
         self.chunks_a, self.chunks_b = layout.chunks(d)
-        self.alpha = nn.Parameter(initial_alpha(config, self.chunks_a + self.chunks_b))
+        self.alpha = nn.Parameter(initial_alpha(self.generator.spec, self.chunks_a + self.chunks_b,
+                                                 config.m))
         self.beta = nn.Parameter(self._initial_beta())
 
     def _initial_beta(self) -> torch.Tensor:
@@ -209,7 +205,7 @@ class MCNCSource(FactorSource):
         return a, b
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split(generate_flat(self.generator, self.alpha, self.beta))
+        return self.split(self.generator.chunks(self.alpha, self.beta).reshape(-1))
 
     def generation_flops(self) -> int:
         spec = self.generator.spec
@@ -218,7 +214,7 @@ class MCNCSource(FactorSource):
 
     def after_step(self) -> None:
         with torch.no_grad():
-            self.alpha.copy_(fold_into_cube(self.alpha, self.config.L))
+            self.alpha.copy_(self.generator.fold(self.alpha))
 
 
 def build_source(config: AdapterConfig, layout: FactorLayout, **options) -> FactorSource:
@@ -251,7 +247,7 @@ def generate_all(sources: dict[str, FactorSource]
         members = [sources[n] for n in names]
         alpha = torch.cat([s.alpha for s in members])
         beta = torch.cat([s.beta for s in members])
-        flat = generate_flat(members[0].generator, alpha, beta)
+        flat = members[0].generator.chunks(alpha, beta).reshape(-1)
         parts = torch.split(flat, [s.generated_size for s in members])
         for name, s, part in zip(names, members, parts, strict=True):
             out[name] = s.split(part)

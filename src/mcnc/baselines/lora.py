@@ -15,11 +15,9 @@ from mcnc import rng
 from mcnc.baselines.basis import seeded_init
 from mcnc.config import FactoredSelection
 from mcnc.errors import FormatError
-from mcnc.fileformat import is_int
 from mcnc.layout import Layout, plan_layout
+from mcnc.limits import MAX_SEED, is_int
 from mcnc.reparam import Reparameterized, check_float32, flat_values
-
-FACTOR_INIT_STREAM = 0x10AA0000
 
 
 @dataclass(frozen=True)
@@ -35,7 +33,7 @@ class LoRAConfig(FactoredSelection):
 def initial_factors(layout: Layout, config: LoRAConfig) -> torch.Tensor:
     """Scratch: every entry at its default scale (so ``B @ A`` starts like a default init).
     Delta: ``A`` as in scratch, ``B`` and whole parameters 0, so the model starts at the base."""
-    flat = seeded_init(layout, config.seed, FACTOR_INIT_STREAM)
+    flat = seeded_init(layout, config.seed, rng.LORA_FACTOR_INIT_STREAM)
     if config.mode == "delta":
         for t in layout.targets:
             a = 0 if t.rank is None else t.rank * t.matrix_shape[1]
@@ -68,7 +66,7 @@ class LoRAModel(Reparameterized):
 
     @classmethod
     def config_from_file(cls, meta: dict) -> LoRAConfig:
-        if not is_int(meta["seed"], 0, rng.MAX_SEED):
+        if not is_int(meta["seed"], 0, MAX_SEED):
             raise FormatError(f"seed must be an integer in [0, 2**64), got {meta['seed']!r}")
         return LoRAConfig(mode=meta["mode"], rank=meta["rank"], seed=meta["seed"],
                           train_dense=meta["train_dense"])

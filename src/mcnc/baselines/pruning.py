@@ -13,9 +13,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mcnc.config import Selection, check_positive_ints
+from mcnc.config import Selection
 from mcnc.errors import FormatError
 from mcnc.layout import Layout, plan_layout
+from mcnc.limits import check_positive_ints
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
 

@@ -27,17 +27,11 @@ from mcnc.baselines.basis import (
     element_std,
     seeded_init,
 )
-from mcnc.config import FactoredSelection, Selection, check_positive_ints
+from mcnc.config import FactoredSelection, Selection
 from mcnc.errors import FormatError
-from mcnc.fileformat import check_work, is_int
 from mcnc.layout import Layout, plan_layout
+from mcnc.limits import MAX_SEED, check_positive_ints, check_work, is_int
 from mcnc.reparam import Reparameterized, check_float32, flat_values
-
-PRANC_BASIS_STREAM = 0x9A4C0000
-NOLA_BASIS_STREAM = 0x401A0000
-"""NOLA piece p uses stream ``NOLA_BASIS_STREAM + p``."""
-THETA0_STREAM = 0x7E7A0000
-COEFFICIENT_INIT_STREAM = 0xC0EF0000
 
 
 @dataclass(frozen=True)
@@ -129,7 +123,7 @@ class SubspaceModel(Reparameterized):
     def config_from_file(cls, meta: dict) -> PRANCConfig:
         if meta["prng"] != rng.PRNG_NAME:
             raise FormatError(f"unknown pseudo-random generator {meta['prng']!r}")
-        if not is_int(meta["seed"], 0, rng.MAX_SEED):
+        if not is_int(meta["seed"], 0, MAX_SEED):
             raise FormatError(f"seed must be an integer in [0, 2**64), got {meta['seed']!r}")
         return cls.config_class(mode=meta["mode"], coefficients=meta["coefficients"],
                                 seed=meta["seed"], train_dense=meta["train_dense"])
@@ -161,7 +155,7 @@ class PRANCModel(SubspaceModel):
 
     method = "pranc"
     config_class = PRANCConfig
-    basis_stream = PRANC_BASIS_STREAM
+    basis_stream = rng.PRANC_BASIS_STREAM
 
     @staticmethod
     def pieces(layout, config):
@@ -171,7 +165,7 @@ class PRANCModel(SubspaceModel):
     def _theta0(layout, config, params):
         if config.mode == "delta":
             return flat_values(layout, params)
-        return seeded_init(layout, config.seed, THETA0_STREAM)
+        return seeded_init(layout, config.seed, rng.THETA0_STREAM)
 
 
 class NOLAModel(SubspaceModel):
@@ -181,7 +175,7 @@ class NOLAModel(SubspaceModel):
 
     method = "nola"
     config_class = NOLAConfig
-    basis_stream = NOLA_BASIS_STREAM
+    basis_stream = rng.NOLA_BASIS_STREAM
 
     @staticmethod
     def pieces(layout, config):
@@ -196,7 +190,7 @@ class NOLAModel(SubspaceModel):
         return [(o, s, n) for (o, s), n in zip(spans, counts, strict=True)]
 
     def _initial_coefficients(self) -> torch.Tensor:
-        c = rng.uniform(self.config.seed, COEFFICIENT_INIT_STREAM, (self.config.coefficients,),
+        c = rng.uniform(self.config.seed, rng.COEFFICIENT_INIT_STREAM, (self.config.coefficients,),
                         UNIT_BOUND)
         if self.config.mode == "delta":
             start = 0

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 
 import mcnc
+from mcnc import rng
 from mcnc.adapters.config import MCNCAdapterConfig, NOLAAdapterConfig
 from mcnc.adapters.sources import FactorLayout, MCNCSource, NOLASource, TargetShape
 from mcnc.baselines.basis import UNIT_BOUND, RandomBasis
-from mcnc.baselines.subspace import PRANC_BASIS_STREAM
 from mcnc.bench.cases import Case
-from mcnc.methods import MethodSettings, build_method
+from mcnc.methods import build_method
 from mcnc.reparam import Reparameterized
 
 PRANC_SLICE_COEFFICIENTS = 256
@@ -80,7 +80,7 @@ def model_cases(workload: str, build: Callable[[], torch.nn.Module], budget: int
     warm, cold = [], []
     for method in ("mcnc", "nola", "pranc"):
         torch.manual_seed(0)
-        model = build_method(method, build(), MethodSettings(budget=budget))
+        model = build_method(method, build(), budget)
         info = {"trained": _trained(model),
                 "generation_flops_per_weight": _generation_flops(model) / model.layout.total}
         path = folder / f"{workload}-{method}.mcnc"
@@ -107,7 +107,7 @@ def adapter_cases(targets: tuple[TargetShape, ...], workload: str, rank: int = 1
     nola_source = NOLASource(NOLAAdapterConfig(rank=rank, coefficients=budget), layout,
                              max_basis_bytes=0)
     columns = min(budget, pranc_columns)
-    pranc_basis = RandomBasis(0, PRANC_BASIS_STREAM, weights, columns,
+    pranc_basis = RandomBasis(0, rng.PRANC_BASIS_STREAM, weights, columns,
                               torch.full((weights,), 1 / UNIT_BOUND), max_bytes=0)
     coefficients = torch.ones(columns)
     cases = []

@@ -86,7 +86,7 @@ def _reconstruction_groups(w: Workloads, folder: Path, quick: bool) -> list[list
 
 
 def _training_groups(w: Workloads, load_llm) -> list[list[Case]]:
-    from mcnc.bench.training import adapter_training_cases, classifier_cases
+    from mcnc.bench.step_time import adapter_training_cases, classifier_cases
     from mcnc.models import mlp, resnet20
 
     b = w.classifier_batch

@@ -141,15 +141,3 @@ def load_cifar(
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return torch.from_numpy(images), torch.from_numpy(labels), class_names(layout, directory)
-
-
-def load_cifar10(split: str, root: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-10 ``split`` (``"train"``: 50000, ``"test"``: 10000) as uint8 (N, 3, 32, 32)
-    images and int64 (N,) labels in 0..9."""
-    return load_cifar(CIFAR10, split, root)[:2]
-
-
-def load_cifar100(split: str, root: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """CIFAR-100 ``split`` (``"train"``: 50000, ``"test"``: 10000) as uint8 (N, 3, 32, 32)
-    images and int64 fine labels (N,) in 0..99."""
-    return load_cifar(CIFAR100, split, root)[:2]

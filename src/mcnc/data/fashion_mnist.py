@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from mcnc.data.errors import DataNotFoundError, missing_message
-from mcnc.data.idx import check_counts, find_variant, read_idx
+from mcnc.data.idx import IdxDataset
+from mcnc.data.mnist import FILES  # Fashion-MNIST keeps MNIST's file names
 
 DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530
@@ -28,10 +27,6 @@ SOURCE = ("Run `apt-get install dataset-fashion-mnist` (files land in "
           "/usr/share/datasets/fashion-mnist/) or download the four .gz files from "
           "https://github.com/zalandoresearch/fashion-mnist (data/fashion) and pass "
           "root=<that directory>.")
-FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
 CONTENT_MD5 = {
     "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
     "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
@@ -39,25 +34,7 @@ CONTENT_MD5 = {
     "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
 }
 """md5 of each file's uncompressed IDX contents (the same for upstream and Debian)."""
-DEBIAN_GZ_MD5 = {
-    "train-images-idx3-ubyte.gz": "cf8536b0aa1a6ac5fa3f23001093305c",
-    "train-labels-idx1-ubyte.gz": "10bea18fdb374794d4bb42e356e600c9",
-    "t10k-images-idx3-ubyte.gz": "f78720b4224f21cce2f2ccf2d7a94c9a",
-    "t10k-labels-idx1-ubyte.gz": "0d30e22e447f3c33dab9ed536400ac01",
-}
-"""md5 of the ``.gz`` files in Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1
-(for reference; upstream's ``.gz`` files have other checksums)."""
-
-
-def _locate(directory: Path, split: str) -> tuple[Path, Path]:
-    """Paths of the split's image and label files (``.gz`` or unpacked) in ``directory``."""
-    found = [find_variant(directory, name) for name in FILES[split]]
-    missing = [name for name, path in zip(FILES[split], found, strict=True) if path is None]
-    if missing:
-        expected = [n for pair in FILES.values() for n in pair]
-        raise DataNotFoundError(
-            missing_message("Fashion-MNIST", directory, expected, SOURCE, missing))
-    return found[0], found[1]
+FASHION_MNIST = IdxDataset("Fashion-MNIST", FILES, SOURCE, content_md5=CONTENT_MD5)
 
 
 def load_fashion_mnist(
@@ -74,16 +51,5 @@ def load_fashion_mnist(
     Returns:
         ``images``: uint8 tensor (N, 28, 28); ``labels``: int64 tensor (N,) in 0..9.
     """
-    if split not in FILES:
-        raise ValueError(f"split must be one of {sorted(FILES)}, got {split!r}")
     directory = DEFAULT_DIR if root is None else Path(root)
-    verify = root is None if verify is None else verify
-    image_path, label_path = _locate(directory, split)
-    image_name, label_name = FILES[split]
-    options = {"label": "Fashion-MNIST", "hint": SOURCE}
-    images = read_idx(image_path, 3, content_md5=CONTENT_MD5[image_name] if verify else None,
-                      **options)
-    labels = read_idx(label_path, 1, content_md5=CONTENT_MD5[label_name] if verify else None,
-                      **options)
-    check_counts(images, labels, image_path, label_path, "Fashion-MNIST")
-    return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
+    return FASHION_MNIST.load(directory, split, root is None if verify is None else verify)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from mcnc.data.errors import GENERIC, ErrorKinds
+from mcnc.data.errors import GENERIC, ErrorKinds, missing_message
 
 DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 """IDX type byte -> numpy dtype of the stored values."""
@@ -118,3 +120,49 @@ def check_counts(images: np.ndarray, labels: np.ndarray, image_path: Path, label
             f"{label} files {image_path.name} ({len(images)} images) and {label_path.name} "
             f"({len(labels)} labels) in {image_path.parent} disagree; replace them."
         )
+
+
+@dataclass(frozen=True)
+class IdxDataset:
+    """A data set stored as a pair of IDX files (images, labels) per split, e.g. MNIST."""
+
+    label: str
+    """Name used in messages, e.g. ``"MNIST"``."""
+    files: dict[str, tuple[str, str]]
+    """split -> (image file, label file), as named in the original release (``*.gz``)."""
+    hint: str
+    """Where to get the files, appended to error messages."""
+    file_md5: dict[str, str] | None = None
+    """md5 of each file as stored (the ``.gz``), checked when verifying; or None."""
+    content_md5: dict[str, str] | None = None
+    """md5 of each file's uncompressed contents, checked when verifying; or None."""
+    errors: ErrorKinds = GENERIC
+    """Exception classes for missing and corrupt files."""
+
+    def locate(self, directory: Path, split: str) -> tuple[Path, Path]:
+        """Paths of the split's image and label files (``.gz`` or unpacked) in ``directory``;
+        ``errors.missing`` naming every expected file if one is not there."""
+        found = [find_variant(directory, name) for name in self.files[split]]
+        missing = [n for n, path in zip(self.files[split], found, strict=True) if path is None]
+        if missing:
+            expected = [n for pair in self.files.values() for n in pair]
+            raise self.errors.missing(
+                missing_message(self.label, directory, expected, self.hint, missing))
+        return found[0], found[1]
+
+    def load(self, directory: Path, split: str, verify: bool
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The split as uint8 images (N, rows, cols) and int64 labels (N,), checking the md5
+        sums when ``verify``."""
+        if split not in self.files:
+            raise ValueError(f"split must be one of {sorted(self.files)}, got {split!r}")
+        paths = self.locate(directory, split)
+        arrays = []
+        for path, name, ndim in zip(paths, self.files[split], (3, 1), strict=True):
+            sums = {"file_md5": self.file_md5, "content_md5": self.content_md5}
+            checks = {k: v[name] for k, v in sums.items() if verify and v is not None}
+            arrays.append(read_idx(path, ndim, label=self.label, hint=self.hint,
+                                   errors=self.errors, **checks))
+        images, labels = arrays
+        check_counts(images, labels, *paths, self.label, self.errors)
+        return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))

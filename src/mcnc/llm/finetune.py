@@ -29,9 +29,9 @@ from mcnc.adapters import (
 from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.sources import FactorLayout, d_for_budget
+from mcnc.distributed import Context, init_distributed, sum_over_processes
 from mcnc.errors import DivergedError
 from mcnc.machine import machine_line
-from mcnc.train import Context, init_distributed
 
 ADAPTER_METHODS = ("mcnc", "nola", "lora")
 DEFAULT_LR = {"mcnc": 0.2, "nola": 0.1, "lora": 3e-3}
@@ -124,15 +124,6 @@ def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[t
     return loss, int((labels != -100).sum())
 
 
-def _sum_over_processes(values: list[float], ctx: Context) -> list[float]:
-    """``values`` summed over all processes (unchanged in a single process)."""
-    if ctx.world == 1:
-        return [float(v) for v in values]
-    t = torch.tensor(values, dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
 @torch.no_grad()
 def evaluate(model: AdapterModel, examples: list[dict], s: FinetuneSettings, pad_id: int,
              ctx: Context) -> tuple[float, float]:
@@ -152,7 +143,7 @@ def evaluate(model: AdapterModel, examples: list[dict], s: FinetuneSettings, pad
         loss, n = _token_loss_sum(model, batch)
         seconds += time.perf_counter() - t0
         total, count, tokens = total + loss.item(), count + n, tokens + count_tokens(batch)
-    total, count, tokens, seconds = _sum_over_processes([total, count, tokens, seconds], ctx)
+    total, count, tokens, seconds = sum_over_processes([total, count, tokens, seconds], ctx)
     return total / max(count, 1), tokens / max(seconds, 1e-9)
 
 
@@ -215,7 +206,7 @@ class FinetuneRun:
             batch = next(data)
             t0 = time.perf_counter()
             loss_sum, n = _token_loss_sum(self.ddp, batch)
-            (count,) = _sum_over_processes([n], self.ctx)
+            (count,) = sum_over_processes([n], self.ctx)
             # Every process divides by the global token count; DDP averages over processes.
             loss = loss_sum * self.ctx.world / count
             self.optimizer.zero_grad(set_to_none=True)
@@ -225,7 +216,7 @@ class FinetuneRun:
             self.model.after_step()
             seconds += time.perf_counter() - t0
             tokens += count_tokens(batch)
-            (global_loss,) = _sum_over_processes([loss.item() / self.ctx.world], self.ctx)
+            (global_loss,) = sum_over_processes([loss.item() / self.ctx.world], self.ctx)
             if not math.isfinite(global_loss):
                 bar.close()
                 raise DivergedError(
@@ -235,7 +226,7 @@ class FinetuneRun:
                     "--batch-size or another --seed.")
             losses.append(global_loss)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        seconds, tokens = _sum_over_processes([seconds, tokens], self.ctx)
+        seconds, tokens = sum_over_processes([seconds, tokens], self.ctx)
         return losses, seconds / self.ctx.world, int(tokens)
 
     def run(self) -> dict:

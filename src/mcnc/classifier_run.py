@@ -22,8 +22,6 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -31,13 +29,14 @@ from mcnc.baselines import PruningConfig, prune
 from mcnc.checkpoint import read_checkpoint, restore, save_checkpoint
 from mcnc.data.dataset import ImageDataset, collate_batch, subset
 from mcnc.data.registry import load_dataset
+from mcnc.distributed import Context, init_distributed, sum_over_processes
 from mcnc.errors import DivergedError
 from mcnc.fileformat import atomic_write, save, to_bytes
+from mcnc.loop import param_groups, train_step
 from mcnc.machine import machine_line
 from mcnc.methods import DEFAULT_LR, METHOD_NAMES, MethodSettings, build_method
 from mcnc.models import build_model
 from mcnc.reparam import Reparameterized
-from mcnc.training import param_groups
 
 
 @dataclass
@@ -80,34 +79,6 @@ class TrainSettings:
         return asdict(self)
 
 
-@dataclass
-class Context:
-    """Where this process sits in a (possibly) distributed run."""
-
-    rank: int = 0
-    world: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed() -> Context:
-    """Join the process group torchrun set up (gloo on CPU, nccl on GPU); single process else."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if world == 1:
-        return Context(device=device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda:
-        torch.cuda.set_device(device)
-    return Context(rank=dist.get_rank(), world=dist.get_world_size(), device=device)
-
-
 def _datasets(s: TrainSettings) -> tuple[ImageDataset, ImageDataset]:
     train = load_dataset(s.dataset, "train", s.data_root, augment=s.augment,
                          generator=torch.Generator())
@@ -130,17 +101,15 @@ def _epoch_batches(n: int, s: TrainSettings, epoch: int, ctx: Context) -> list[l
 def evaluate(model: nn.Module, test: ImageDataset, ctx: Context, batch_size: int = 500) -> float:
     """Top-1 accuracy on the test set, shared out over the processes."""
     model.eval()
-    correct = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+    correct = count = 0
     index = list(range(ctx.rank, len(test), ctx.world))
     for i in range(0, len(index), batch_size):
         x, y = test.__getitems__(index[i : i + batch_size])
         pred = model(x.to(ctx.device)).argmax(1)
-        correct += torch.tensor([(pred == y.to(ctx.device)).sum().item(), len(y)],
-                                dtype=torch.float64, device=ctx.device)
-    if ctx.world > 1:
-        dist.all_reduce(correct)
+        correct, count = correct + (pred == y.to(ctx.device)).sum().item(), count + len(y)
+    correct, count = sum_over_processes([correct, count], ctx)
     model.train()
-    return (correct[0] / correct[1]).item()
+    return correct / count
 
 
 @torch.no_grad()
@@ -193,13 +162,13 @@ class Run:
             self.phase = "dense"
             self.model = self.base
         else:
-            self.model = build_method(s.method, self.base, self._method_settings())
+            self.model = self._build(s.method)
         self.model.to(ctx.device)
         self._new_optimizer()
 
-    def _method_settings(self) -> MethodSettings:
-        return MethodSettings(**{**asdict(self.s.method_settings), "budget": self.s.budget,
-                                 "seed": self.s.seed})
+    def _build(self, method: str) -> nn.Module:
+        return build_method(method, self.base, self.s.budget, self.s.seed,
+                            self.s.method_settings)
 
     @property
     def lr(self) -> float:
@@ -222,7 +191,7 @@ class Run:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)
 
     def _prune(self) -> None:
-        self.model = build_method("pruning", self.base, self._method_settings())
+        self.model = self._build("pruning")
         self.phase = "train"
         self._new_optimizer()
 
@@ -260,23 +229,14 @@ class Run:
                    disable=not (self.s.progress and self.ctx.main))
         for step, (x, y) in enumerate(bar, 1):
             x, y = x.to(self.ctx.device), y.to(self.ctx.device)
-            loss = F.cross_entropy(self.ddp(x), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            value = train_step(self.model, self.optimizer, x, y, forward=self.ddp).item()
             self.scheduler.step()
-            if isinstance(self.model, Reparameterized):
-                self.model.after_step()
-            value = loss.item()
             if not math.isfinite(value):
                 bar.close()
                 raise self._diverged(value, step, len(batches))
             total, count = total + value * len(y), count + len(y)
             bar.set_postfix(loss=f"{total / count:.4f}")
-        if self.ctx.world > 1:  # the mean over every process's samples
-            sums = torch.tensor([total, count], dtype=torch.float64, device=self.ctx.device)
-            dist.all_reduce(sums)
-            total, count = sums.tolist()
+        total, count = sum_over_processes([total, count], self.ctx)  # every process's samples
         return total / max(count, 1)
 
     def _diverged(self, loss: float, step: int, steps: int) -> DivergedError:

@@ -2,7 +2,7 @@
 (classifiers) or with a LoRA adapter (language models), on fixed synthetic batches.
 
 Each step is a whole training step: forward, loss, backward, optimiser update and MCNC's
-alpha folding, as :func:`mcnc.training.train_step` and ``mcnc finetune`` do it.
+alpha folding, as :func:`mcnc.loop.train_step` and ``mcnc finetune`` do it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from mcnc.adapters import AdapterModel, LoRAAdapterConfig, MCNCAdapterConfig, NO
 from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.sources import FactorLayout, d_for_budget
 from mcnc.bench.cases import Case
-from mcnc.methods import DEFAULT_LR, MethodSettings, build_method
-from mcnc.training import param_groups, train_step
+from mcnc.loop import param_groups, train_step
+from mcnc.methods import DEFAULT_LR, build_method
 
 
 def classifier_cases(workload: str, build: Callable[[], nn.Module], budget: int,
@@ -29,7 +29,7 @@ def classifier_cases(workload: str, build: Callable[[], nn.Module], budget: int,
     cases = []
     for method in ("dense", "mcnc"):
         torch.manual_seed(0)
-        model = build_method(method, build(), MethodSettings(budget=budget)).train()
+        model = build_method(method, build(), budget).train()
         optimizer = torch.optim.Adam(param_groups(model, DEFAULT_LR[method], 1e-3))
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 

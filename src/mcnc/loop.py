@@ -1,4 +1,5 @@
-"""A plain supervised training loop for classifiers held in memory, with a progress bar."""
+"""The optimiser step every classifier loop shares (:func:`train_step`, :func:`param_groups`)
+and a plain training loop for data held in memory, with a progress bar (the demo's)."""
 
 from __future__ import annotations
 
@@ -58,10 +59,15 @@ def param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               y: torch.Tensor) -> torch.Tensor:
+               y: torch.Tensor, forward: nn.Module | None = None) -> torch.Tensor:
     """One optimiser step on cross-entropy; a compressed model's alphas are folded back into
-    the cube afterwards. Returns the (detached) loss."""
-    loss = F.cross_entropy(model(x), y)
+    the cube afterwards. Returns the (detached) loss.
+
+    Args:
+        forward: the module to call on ``x`` when it is not ``model`` itself, e.g. a
+            ``DistributedDataParallel`` wrapper of ``model``.
+    """
+    loss = F.cross_entropy((forward or model)(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
