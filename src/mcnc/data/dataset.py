@@ -19,7 +19,8 @@ the dataset, so an explicit generator would repeat the same draws in every worke
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -28,19 +29,34 @@ from mcnc.data.errors import DataError
 from mcnc.data.imagefolder import decode_image
 from mcnc.data.transforms import BatchAugment, Generator, normalize
 
-if TYPE_CHECKING:
-    from mcnc.data.registry import DatasetInfo
-
 Batch = tuple[torch.Tensor, torch.Tensor]
 ImageStep = Callable[[torch.Tensor, Generator], torch.Tensor]
 """Per-image step (C, H, W) uint8 -> (C, S, S) uint8, e.g. a random-resized crop."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a model needs to know about a data set, and where to get it."""
+
+    name: str
+    num_classes: int
+    """Number of classes; for ``imagefolder`` 0 in :data:`DATASETS`, set once a folder is read."""
+    in_channels: int
+    image_size: int | None
+    """Side of the square images served; None: the folder's own image size."""
+    mean: tuple[float, ...]
+    """Per-channel mean of pixels scaled to [0, 1], subtracted before dividing by ``std``."""
+    std: tuple[float, ...]
+    source: str
+    """Where to get the files."""
+    splits: tuple[str, ...] = ("train", "test")
 
 
 class ImageDataset(Dataset):
     """Images with integer labels, served as normalised float32.
 
     Attributes:
-        info: the :class:`~mcnc.data.registry.DatasetInfo` (mean/std used for normalisation).
+        info: the :class:`DatasetInfo` (mean/std used for normalisation).
         split: the split name.
         labels: int64 (N,).
         classes: class names; ``classes[y]`` names label ``y``.

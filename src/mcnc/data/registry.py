@@ -19,12 +19,12 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
 from mcnc.data import cifar, fashion_mnist, mnist
-from mcnc.data.dataset import FolderImageDataset, ImageDataset, TensorImageDataset
+from mcnc.data.dataset import DatasetInfo, FolderImageDataset, ImageDataset, TensorImageDataset
 from mcnc.data.errors import DataCorruptError, DataNotFoundError
 from mcnc.data.imagefolder import scan_folder, split_dir
 from mcnc.data.transforms import (
@@ -46,24 +46,6 @@ IMAGENET100_SOURCE = (
     "https://image-net.org/download.php, copy or link those 100 class folders of train/ and "
     "val/ (val sorted into class folders) and pass root=<folder with train/ and val/>."
 )
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a data set, and where to get it."""
-
-    name: str
-    num_classes: int
-    """Number of classes; for ``imagefolder`` 0 in :data:`DATASETS`, set once a folder is read."""
-    in_channels: int
-    image_size: int | None
-    """Side of the square images served; None: the folder's own image size."""
-    mean: tuple[float, ...]
-    """Per-channel mean of pixels scaled to [0, 1], subtracted before dividing by ``std``."""
-    std: tuple[float, ...]
-    source: str
-    """Where to get the files."""
-    splits: tuple[str, ...] = ("train", "test")
 
 
 DATASETS: dict[str, DatasetInfo] = {
