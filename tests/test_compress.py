@@ -30,15 +30,18 @@ def test_accounting_with_tail_chunk_conv_embedding_and_no_bias():
     assert "total" in s.table()
 
 
-def test_lowrank_factors_only_where_they_save():
+@pytest.mark.parametrize(("rule", "second"), [("when-smaller", None), ("always", 2)])
+def test_lowrank_rank_rule(rule, second):
     model = nn.Sequential(nn.Linear(100, 80), nn.Linear(80, 2), nn.Conv2d(16, 32, 3))
-    layout = plan_layout(model, mcnc.MCNCConfig(mode="lowrank", rank=4, d=128))
+    config = mcnc.MCNCConfig(mode="lowrank", rank=4, d=128, factor_rule=rule)
+    layout = plan_layout(model, config)
     ranks = {t.name: t.rank for t in layout.targets}
-    assert ranks == {"0.weight": 4, "0.bias": None, "1.weight": None, "1.bias": None,
+    assert ranks == {"0.weight": 4, "0.bias": None, "1.weight": second, "1.bias": None,
                      "2.weight": 4, "2.bias": None}
     sizes = {t.name: t.size for t in layout.targets}
     assert sizes["0.weight"] == 4 * (80 + 100) and sizes["2.weight"] == 4 * (32 + 144)
-    m = mcnc.compress(model, mcnc.MCNCConfig(mode="lowrank", rank=4, d=128, width=8))
+    m = mcnc.compress(model, mcnc.MCNCConfig(mode="lowrank", rank=4, d=128, width=8,
+                                             factor_rule=rule))
     assert torch.linalg.matrix_rank(m.base[0].weight.detach()) == 4
     assert m.base[2].weight.shape == (32, 16, 3, 3)
 
@@ -165,3 +168,17 @@ def test_regex_selection_and_dtype_moves():
     m = m.double()
     assert m.base.head.weight.dtype == torch.float64
     assert m(example_input("odd")).dtype == torch.float64
+
+
+def test_lowrank_factors_every_kernel_by_default_and_when_smaller_on_request():
+    from mcnc.models import build_model
+
+    def ranks(rule):
+        model = build_model("resnet20", 1, 28, 10)
+        config = mcnc.MCNCConfig(mode="lowrank", rank=64, k=8, d=400, factor_rule=rule)
+        return [t.rank for t in mcnc.compress(model, config).layout.targets]
+
+    always, smaller = ranks("always"), ranks("when-smaller")
+    assert always[-1] is None and None not in always[:-1]  # 21 kernels and fc; fc.bias direct
+    assert always[0] == 9 and max(always[:-1]) == 64  # stem 16 x (1*3*3): min(64, 16, 9)
+    assert all(r is None for r in smaller)  # rank 64 saves numbers on no ResNet-20 tensor

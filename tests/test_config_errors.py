@@ -24,7 +24,7 @@ def small() -> nn.Sequential:
     (lambda: build_method("mcnc", small(), 20, settings=MethodSettings(k=4, d=10)),
      "with d=10, the 79 chunks train 395 numbers, more than the budget of 20; raise d"),
     (lambda: build_method("nola", small(), 2),
-     "2 coefficients cannot cover 4 pieces.*use at least 4"),
+     "2 coefficients cannot cover 6 pieces.*use at least 6"),
     (lambda: mcnc.compress(small(), mcnc.MCNCConfig(k=4, d=100, target_regex="conv")),
      "target_regex='conv' matched no parameter of Sequential; set target_types or target_regex"),
     (lambda: mcnc.get_adapter_model(tiny_llama(), mcnc.MCNCAdapterConfig(

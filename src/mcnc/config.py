@@ -11,6 +11,8 @@ from torch import nn
 from mcnc.generator import GeneratorSpec
 from mcnc.limits import check_positive_ints
 
+FACTOR_RULES = ("always", "when-smaller")
+"""How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
 DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -45,10 +47,18 @@ class Selection:
     train_dense: bool | None = None
     """Whether parameters left dense (e.g. normalisation layers) are trained. ``None``: yes in
     ``scratch``/``lowrank``, no in ``delta`` (they belong to the frozen base)."""
+    factor_rule: str = "always"
+    """Which matrices and conv kernels a low-rank method factors: ``"always"`` (every one, at
+    ``min(rank, out, in)``, even where the factors hold more numbers than the tensor, as in
+    the paper's "w/ LoRA") or ``"when-smaller"`` (only where ``rank * (out + in) < out * in``).
+    Vectors (biases) are never factored. Unused by methods that do not factor."""
 
     def __post_init__(self) -> None:
         if self.mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {self.mode!r}")
+        if self.factor_rule not in FACTOR_RULES:
+            raise ValueError(f"factor_rule must be one of {FACTOR_RULES}, got "
+                             f"{self.factor_rule!r}")
 
     @property
     def trains_dense(self) -> bool:

@@ -116,17 +116,27 @@ def _selected_names(model: nn.Module, config: Selection) -> set[str]:
     return names
 
 
-def _uses_low_rank(shape: tuple[int, ...], rank: int) -> bool:
-    """Factor only where it saves numbers: a matrix or kernel with rank*(out+in) < out*in."""
-    if len(shape) < 2:
-        return False
+def target_rank(shape: tuple[int, ...], rank: int | None, rule: str) -> int | None:
+    """The rank a parameter of ``shape`` is factored at, or None to generate it directly.
+
+    Only matrices and kernels (two or more dimensions, viewed as ``out x prod(rest)``) are
+    factored. ``"always"``: every one of them, at ``min(rank, out, in)`` (a higher rank adds
+    numbers but no expressive power), even where the factors hold more numbers than the
+    tensor: the method compresses the factors, so the stored budget is what counts (the
+    paper's "w/ LoRA"). ``"when-smaller"``: only where ``rank * (out + in) < out * in``.
+    """
+    if rank is None or len(shape) < 2:
+        return None
     rows, cols = shape[0], math.prod(shape[1:])
-    return rank * (rows + cols) < rows * cols
+    if rule == "always":
+        return min(rank, rows, cols)
+    return rank if rank * (rows + cols) < rows * cols else None
 
 
 def plan_layout(model: nn.Module, config: Selection) -> Layout:
     """Select the parameters ``config`` asks for and lay them out in a flat vector (as low-rank
-    factors where ``config.factor_rank`` is set and factoring saves numbers).
+    factors where ``config.factor_rank`` is set, by ``config.factor_rule``: see
+    :func:`target_rank`).
 
     Raises:
         ValueError: if the selection matches no parameter.
@@ -139,9 +149,7 @@ def plan_layout(model: nn.Module, config: Selection) -> Layout:
         if not selected.intersection(names):
             continue
         shape = tuple(param.shape)
-        rank = config.factor_rank
-        if rank is not None and not _uses_low_rank(shape, rank):
-            rank = None
+        rank = target_rank(shape, config.factor_rank, config.factor_rule)
         target = Target(name=name, shape=shape, offset=offset, rank=rank,
                         aliases=tuple(n for n in names if n != name))
         targets.append(target)
