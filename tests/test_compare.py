@@ -21,7 +21,8 @@ def tiny_preset(monkeypatch):
 
 
 def test_compare_writes_table_plot_and_resumes(tiny_preset, tmp_path, monkeypatch):
-    table = cmp.compare("tiny", tmp_path, progress=False, command="mcnc compare --preset tiny")
+    table = cmp.compare("tiny", tmp_path, progress=False, command="mcnc compare --preset tiny",
+                        jobs=2)
     text = table.read_text()
     assert "| mcnc | 500 |" in text and "| pranc | 500 |" in text and "| dense | - |" in text
     assert "mcnc compare --preset tiny" in text and "Machine:" in text
@@ -45,7 +46,8 @@ def test_rows_give_mean_and_std_over_seeds():
         comparison.results.append({"settings": {"dataset": "mnist", "model": "mlp",
                                                 "method": "mcnc", "budget": 10},
                                    "test_accuracy": acc, "stored_numbers": 10,
-                                   "file_bytes": 100, "train_seconds": 1.0})
+                                   "file_bytes": 100, "train_seconds": 1.0,
+                                   "train_loss": 0.1})
     (row,) = comparison.rows()
     assert row["mean"] == pytest.approx(60.0)
     assert row["std"] == pytest.approx(14.142, abs=1e-3)
@@ -54,3 +56,54 @@ def test_rows_give_mean_and_std_over_seeds():
 def test_unknown_preset_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="quick"):
         cmp.compare("nope", tmp_path)
+
+
+def _row(label, mean, std, seeds=3, budget=1000):
+    return {"dataset": "mnist", "model": "mlp", "label": label, "budget": budget,
+            "mean": mean, "std": std, "seeds": seeds}
+
+
+@pytest.mark.parametrize(("mean", "verdict"), [(91.0, "win"), (89.0, "loss"), (90.3, "tie")])
+def test_win_only_beyond_twice_the_standard_error(mean, verdict):
+    from mcnc.comparison_report import versus_subspace
+
+    rows = [_row("nola", 90.0, 0.3), _row("pranc", 85.0, 0.3), _row("mcnc", mean, 0.3)]
+    text = versus_subspace(rows[2], rows)
+    assert f"**{verdict}**" in text and "vs nola" in text  # the better subspace
+    assert versus_subspace(_row("mcnc", 95.0, 0.0, seeds=1), rows).endswith("(1 seed: no test)")
+
+
+def test_late_change_is_the_gain_over_the_last_fifth():
+    from mcnc.comparison_report import late_change
+
+    history = [{"test_accuracy": a} for a in (0.5, 0.8, 0.9, 0.91, 0.915)]
+    assert late_change(history) == pytest.approx(0.5)  # 0.91 -> 0.915 over the last 1 of 5
+    assert late_change(history[:1]) is None
+
+
+def test_curves_and_table_columns(tiny_preset, tmp_path):
+    table = cmp.compare("tiny", tmp_path, progress=False)
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+    header = next(line for line in table.read_text().splitlines() if line.startswith("| method"))
+    assert "late" in header and "vs subspace" in header and "train loss" in header
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert all(len(r["history"]) == 1 and "train_loss" in r["history"][0] for r in runs)
+
+
+def test_converged_presets_describe_their_grid():
+    from mcnc.baselines import PRANCConfig
+    from mcnc.layout import plan_layout
+    from mcnc.models import build_model
+    from mcnc.presets import PRANC_MAX_BASIS, PRESETS, SELECTED_WEIGHTS
+
+    for model, weights in SELECTED_WEIGHTS.items():
+        layout = plan_layout(build_model(model, 1, 28, 10), PRANCConfig(coefficients=1))
+        assert layout.total == weights
+    runs = PRESETS["converged"].runs
+    assert all(SELECTED_WEIGHTS[s.model] * s.budget <= PRANC_MAX_BASIS
+               for s in runs if s.method == "pranc")
+    assert {s.budget for s in runs if s.method == "mcnc"} == {300, 1_000, 3_000, 10_000}
+    assert PRESETS["converged"].seeds == (0, 1, 2)
+    sweep = PRESETS["converged-lr"].runs
+    assert {s.dense_lr for s in sweep if s.method == "dense"} == {1e-4, 3e-4, 1e-3, 3e-3, 1e-2}
+    assert {s.lr for s in sweep if s.method == "mcnc"} == {0.01, 0.03, 0.1, 0.3, 1.0}

@@ -178,6 +178,8 @@ def _kill_in_epoch_2(out: Path, steps: int = 8) -> int:
 
 def _last_result(out: Path) -> dict:
     result = json.loads((out / "results.jsonl").read_text().splitlines()[-1])
+    for epoch in result["history"]:
+        epoch.pop("seconds")
     return {k: v for k, v in result.items() if k not in VOLATILE}
 
 

@@ -309,6 +309,7 @@ class Run:
             "train_seconds": seconds, "world_size": self.ctx.world,
             "lr": self.lr, "train_samples": len(self.train_set),
             "test_samples": len(self.test_set), "machine": machine_line(),
+            "history": self.history,
         }
 
 

@@ -269,6 +269,9 @@ def _add_compare(sub: _Subparsers) -> None:
     p.add_argument("--out", help="output directory (default mcnc-compare-<preset>); runs "
                    "already in its runs.jsonl are not repeated")
     p.add_argument("--data-root", help="data directory for presets on CIFAR or ImageNet-100")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own "
+                   "process with cores/jobs threads (on a CPU, 2 single-threaded runs of a "
+                   "small model finish sooner than 1 two-threaded run)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_compare)
 
@@ -279,9 +282,11 @@ def _compare(args: argparse.Namespace) -> None:
     out = args.out or f"mcnc-compare-{args.preset}"
     command = " ".join(["mcnc compare", *sys.argv[2:]]) if sys.argv[1:2] == ["compare"] \
         else f"mcnc compare --preset {args.preset} --out {out}"
-    table = compare(args.preset, out, args.data_root, not args.no_progress, command)
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    table = compare(args.preset, out, args.data_root, not args.no_progress, command, args.jobs)
     print(table.read_text())
-    print(f"wrote {table}, {table.with_name('plot.png')} and {table.with_name('runs.jsonl')}")
+    print(f"wrote {table}, plot.png, curves.png and runs.jsonl in {table.parent}")
 
 
 def _add_inspect(sub: _Subparsers) -> None:

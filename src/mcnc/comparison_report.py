@@ -1,0 +1,162 @@
+"""What ``mcnc compare`` writes: the markdown table, accuracy against stored numbers, and the
+learning curves of every cell.
+
+In the table each compressed method's row is compared with the best linear random subspace
+(PRANC or NOLA) of the same cell: the difference of the means and its standard error
+``sqrt(s1**2 / n1 + s2**2 / n2)`` (Welch). A difference is called a win or a loss only when it
+is larger than twice that standard error; otherwise the row says "tie".
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from mcnc.machine import machine_line
+
+SUBSPACES = ("pranc", "nola")
+"""The linear random subspaces MCNC is measured against."""
+
+
+def row_label(settings: dict, axis: str) -> str:
+    """What tells a row apart from the others of its cell: the method, or the value of the
+    preset's ablation axis."""
+    if axis == "method":
+        return settings["method"]
+    if axis == "lr":
+        lr = settings["dense_lr"] if settings["method"] == "dense" else settings["lr"]
+        return f"{settings['method']} lr={lr:g}"
+    return f"{axis}={settings['method_settings'][axis]}"
+
+
+def late_change(history: list[dict]) -> float | None:
+    """Test accuracy (points) gained over the last fifth of the epochs: how far from flat a
+    run still was (None without a history of at least 2 epochs)."""
+    if len(history) < 2:
+        return None
+    start = history[-1 - max(1, math.ceil(len(history) / 5))]
+    return 100 * (history[-1]["test_accuracy"] - start["test_accuracy"])
+
+
+def versus_subspace(row: dict, rows: list[dict]) -> str:
+    """``row`` (a compressed method) against the best PRANC or NOLA row of its cell."""
+    rivals = [r for r in rows if r["label"] in SUBSPACES and r["label"] != row["label"]
+              and (r["dataset"], r["model"], r["budget"]) == (row["dataset"], row["model"],
+                                                             row["budget"])]
+    if not rivals or row["budget"] is None:
+        return ""
+    best = max(rivals, key=lambda r: r["mean"])
+    diff = row["mean"] - best["mean"]
+    if row["seeds"] < 2 or best["seeds"] < 2:
+        return f"{diff:+.2f} vs {best['label']} (1 seed: no test)"
+    se = math.sqrt(row["std"] ** 2 / row["seeds"] + best["std"] ** 2 / best["seeds"])
+    verdict = "win" if diff > 2 * se else "loss" if diff < -2 * se else "tie"
+    return f"{diff:+.2f} ± {se:.2f} vs {best['label']}: **{verdict}**"
+
+
+def markdown_table(rows: list[dict], preset, command: str, seconds: float) -> str:
+    """The table of a finished (or partly finished) preset, one section per data set and
+    model."""
+    lines = [f"# mcnc compare --preset {preset.name}", "", preset.description, "",
+             f"Command: `{command}`  ", f"Machine: {machine_line()}  ",
+             f"Training time summed over all runs: {seconds / 60:.1f} min", "",
+             "Accuracy is top-1 on the test set, mean ± std over n seeds. *stored* counts every "
+             "number in the file: the method's trained numbers (the budget) plus the dense "
+             "leftovers (normalisation layers); pruning files also hold a 4-byte index per "
+             "kept weight, included in *bytes*. *late* is the test accuracy gained over the "
+             "last fifth of the epochs (mean over seeds): near 0 when training has flattened. "
+             "*vs subspace*: the difference to the best of PRANC and NOLA in the same cell ± its "
+             "standard error (Welch); a win or loss only beyond twice the standard error.", ""]
+    for (dataset, model) in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
+        lines += [f"## {dataset}, {model}", "",
+                  "| method | budget | stored | bytes | accuracy % | n | late | train loss | "
+                  "vs subspace | s/run |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for r in rows:
+            if (r["dataset"], r["model"]) != (dataset, model):
+                continue
+            budget = "-" if r["budget"] is None else f"{r['budget']:,}"
+            late = "" if r["late"] is None else f"{r['late']:+.2f}"
+            lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {r['bytes']:,} | "
+                         f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | {late} | "
+                         f"{r['train_loss']:.4f} | {versus_subspace(r, rows)} | "
+                         f"{r['seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Accuracy against stored numbers (log x), one panel per data set and model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
+    cols = min(3, len(panels))
+    fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols, squeeze=False,
+                             figsize=(5 * cols, 3.8 * math.ceil(len(panels) / cols)))
+    for ax, (dataset, model) in zip(axes.flat, panels, strict=False):
+        mine = [r for r in rows if (r["dataset"], r["model"]) == (dataset, model)]
+        for label in dict.fromkeys(r["label"] for r in mine):
+            pts = sorted((r["stored"], r["mean"], r["std"]) for r in mine if r["label"] == label)
+            xs, ys, es = zip(*pts, strict=True)
+            if len(xs) == 1 and label == "dense":
+                ax.axhline(ys[0], color="k", ls="--", lw=1, label=f"dense ({xs[0]:,})")
+            else:
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("stored numbers")
+        ax.set_ylabel("test accuracy %")
+        ax.set_title(f"{dataset}, {model}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(results: list[dict], path: Path, axis: str = "method") -> None:
+    """Test accuracy (top) and training loss (bottom) per epoch, mean over seeds, one column
+    per cell (data set, model, budget; one per data set and model for an ablation)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: dict[tuple, dict[str, list[list[dict]]]] = {}
+    for r in results:
+        s = r["settings"]
+        budget = s["budget"] if axis == "method" else None
+        cell = curves.setdefault((s["dataset"], s["model"], budget), {})
+        cell.setdefault(row_label(s, axis), []).append(r.get("history") or [])
+    cells = [c for c in curves if c[2] is not None or axis != "method"]
+    if not cells:
+        return
+    fig, axes = plt.subplots(2, len(cells), squeeze=False, figsize=(4 * len(cells), 6.5))
+    for col, cell in enumerate(cells):
+        runs = dict(curves[cell])
+        if axis == "method":  # the dense reference belongs to every budget's cell
+            runs |= curves.get((cell[0], cell[1], None), {})
+        for label, histories in runs.items():
+            epochs = min(len(h) for h in histories)
+            if epochs == 0:
+                continue
+            for row, key, scale in ((0, "test_accuracy", 100), (1, "train_loss", 1)):
+                mean = [scale * sum(h[e][key] for h in histories) / len(histories)
+                        for e in range(epochs)]
+                axes[row, col].plot(range(1, epochs + 1), mean, label=label)
+        title = f"{cell[0]}, {cell[1]}" + ("" if cell[2] is None else f", budget {cell[2]:,}")
+        axes[0, col].set_title(title, fontsize=9)
+        axes[0, col].set_ylabel("test accuracy %")
+        axes[1, col].set_ylabel("train loss")
+        axes[1, col].set_yscale("log")
+        axes[1, col].set_xlabel("epoch")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+        axes[0, col].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,189 @@
+"""The named grids of ``mcnc compare``: which runs a preset trains and with which seeds.
+
+A preset is data: a tuple of :class:`~mcnc.classifier_run.TrainSettings`, each trained once per
+seed. ``converged`` is the comparison behind the README's table; ``converged-lr`` is its
+learning-rate sweep; ``quick`` and ``lr`` are the short first comparison and its sweep; the
+``ablation-*`` presets vary one MCNC setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from mcnc.classifier_run import TrainSettings
+from mcnc.methods import MethodSettings
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named grid: every setting in ``runs`` is trained once per seed."""
+
+    name: str
+    description: str
+    runs: tuple[TrainSettings, ...]
+    seeds: tuple[int, ...] = (0, 1)
+    label: str = "method"
+    """Which field tells the rows apart in the table (``method`` or an ablation axis)."""
+
+
+def _grid(datasets, models, methods, budgets, **common) -> list[TrainSettings]:
+    runs = []
+    for dataset in datasets:
+        for model, model_options in models:
+            options = {**common, **model_options}
+            for method in methods:
+                for budget in ([None] if method == "dense" else budgets):
+                    runs.append(TrainSettings(model=model, dataset=dataset, method=method,
+                                              budget=budget, **options))
+    return runs
+
+
+QUICK_METHODS = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "pruning")
+
+
+def _paper_runs() -> list[TrainSettings]:
+    runs = []
+    for dataset in ("cifar10", "cifar100"):
+        for model, d in (("resnet20", 1600), ("resnet56", 3200)):
+            common = dict(model=model, dataset=dataset, epochs=400, augment=True)
+            mcnc = MethodSettings(k=16, d=d, L=20.0)
+            runs += [TrainSettings(method=m, lr=0.05, method_settings=mcnc, **common)
+                     for m in ("mcnc", "mcnc-lowrank")]
+            runs += [TrainSettings(method="nola", budget=b, lr=1e-3, **common)
+                     for b in (5_000, 10_000)]
+            runs += [TrainSettings(method="pranc", budget=b, **common) for b in (5_000, 10_000)]
+    common = dict(model="resnet18", dataset="imagenet100", epochs=100, augment=True,
+                  batch_size=256, workers=8)
+    runs += [TrainSettings(method="mcnc-lowrank", lr=0.05,
+                           method_settings=MethodSettings(k=16, d=1600, L=20.0, m=m), **common)
+             for m in (1, 2, 4)]
+    runs += [TrainSettings(method=method, budget=b, lr=1e-3 if method == "nola" else None,
+                           **common) for method in ("nola", "pranc") for b in (100_000, 200_000)]
+    return runs
+
+
+def _ablation(axis: str, values, base: TrainSettings) -> list[TrainSettings]:
+    return [replace(base, method_settings=replace(base.method_settings, **{axis: v}))
+            for v in values]
+
+
+_ABLATION_BASE = TrainSettings(model="mlp", dataset="mnist", method="mcnc", budget=1000,
+                               epochs=2, train_subset=20_000, progress=False)
+"""The quick preset's MNIST MLP at budget 1000, where MCNC trails NOLA and PRANC."""
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("quick", "MNIST and Fashion-MNIST; MLP and LeNet-5 (20k training images, 2 "
+           "epochs), ResNet-20 (3k images, 2 epochs, 2k test images); budgets of 300, 1000 "
+           "and 3000 trained numbers; 2 seeds",
+           tuple(_grid(("mnist", "fashion-mnist"),
+                       (("mlp", {"epochs": 2, "train_subset": 20_000}),
+                        ("lenet5", {"epochs": 2, "train_subset": 20_000}),
+                        ("resnet20", {"epochs": 2, "train_subset": 3_000,
+                                      "test_subset": 2_000})),
+                       QUICK_METHODS, (300, 1_000, 3_000), progress=False))),
+    Preset("lr", "learning rate of each method's own numbers: MLP on MNIST (20k training "
+           "images, 2 epochs as in quick), budget 1000, 1 seed",
+           tuple(replace(s, lr=lr) for s in _grid(("mnist",), (("mlp", {"epochs": 2,
+                                                                      "train_subset": 20_000}),),
+                                                   QUICK_METHODS[1:], (1_000,), progress=False)
+                 for lr in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)),
+           seeds=(0,), label="lr"),
+    Preset("paper", "the paper's settings: Table 1 (ResNet-20/56 on CIFAR-10/100, 400 "
+           "epochs with augmentation, Adam; MCNC k=16, L=20, d=1600 (R20) or 3200 (R56), "
+           "lr 0.05; NOLA rank 64, lr 1e-3; PRANC at 5,000 and 10,000 coefficients) and "
+           "Table 2 (ResNet-18 on ImageNet-100, MCNC w/ LoRA with m = 1, 2, 4; NOLA and PRANC "
+           "at 100k and 200k; 100 epochs, our choice: the paper does not say). Cosine decay "
+           "replaces the paper's reduce-on-plateau. For a GPU; --data-root must hold the "
+           "data set the run names", tuple(_paper_runs())),
+    Preset("ablation-kd", "k and d at a fixed compression ratio (the paper's Table 6): the "
+           "budget is fixed, so d grows with k (d ~ 203.5 (k + 1)); MNIST MLP as in quick, "
+           "budget 1000",
+           tuple(_ablation("k", (2, 4, 8, 16, 32, 64), _ABLATION_BASE)), label="k"),
+    Preset("ablation-L", "L, the side of the cube (Table 7): MNIST MLP as in quick, budget "
+           "1000", tuple(_ablation("L", (1.0, 5.0, 20.0, 60.0, 200.0), _ABLATION_BASE)),
+           label="L"),
+    Preset("ablation-m", "m = 1 vs m > 1 at the same budget (Table 5): MNIST MLP as in quick, "
+           "budget 1000", tuple(_ablation("m", (1, 2, 4), _ABLATION_BASE)), label="m"),
+    Preset("ablation-activation", "sine vs ReLU generator: MNIST MLP as in quick, budget 1000",
+           tuple(_ablation("activation", ("sine", "relu"), _ABLATION_BASE)),
+           label="activation"),
+]}
+
+
+CONVERGED_METHODS = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "pruning")
+CONVERGED_BUDGETS = (300, 1_000, 3_000, 10_000)
+CONVERGED_MODELS = {"mlp": (("mnist", "fashion-mnist"), 20),
+                    "lenet5": (("mnist", "fashion-mnist"), 10),
+                    "resnet20": (("fashion-mnist",), 15)}
+"""model -> (data sets, epochs on the full 60k training images)."""
+SELECTED_WEIGHTS = {"mlp": 203_530, "lenet5": 61_706, "resnet20": 270_618}
+"""Weights every method compresses in each model (28 x 28 grey images, 10 classes; a test
+checks these against the models)."""
+SWEEP_DATASET = {"mlp": "mnist", "lenet5": "mnist", "resnet20": "fashion-mnist"}
+SWEEP_BUDGET = 1_000
+LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+"""Adam learning rates of a compressed method's own numbers, in steps of about 3."""
+DENSE_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+"""Adam learning rates of the dense model (``dense_lr``: every parameter is dense)."""
+PRANC_MAX_BASIS = 100_000_000
+"""PRANC runs only where its basis (weights x coefficients) has at most this many entries:
+every step reads the whole basis twice (forward and backward). At 1,000 coefficients the MLP's
+basis is 0.8 GB and one epoch took over 4 minutes on 2 CPU cores, so larger PRANC cells are
+left to a GPU."""
+CONVERGED_LR: dict[tuple[str, str], float] = {}
+"""(model, method) -> the best rate of ``converged-lr`` (results/converged/sweep.md); a pair
+not listed trains at the method's default."""
+
+
+def _pranc_fits(model: str, budget: int | None) -> bool:
+    return budget is None or SELECTED_WEIGHTS[model] * budget <= PRANC_MAX_BASIS
+
+
+def _converged_runs() -> list[TrainSettings]:
+    runs = []
+    for model, (datasets, epochs) in CONVERGED_MODELS.items():
+        for s in _grid(datasets, ((model, {"epochs": epochs}),), CONVERGED_METHODS,
+                       CONVERGED_BUDGETS, progress=False):
+            if s.method == "pranc" and not _pranc_fits(model, s.budget):
+                continue
+            lr = CONVERGED_LR.get((model, s.method))
+            runs.append(s if lr is None else _with_lr(s, lr))
+    return runs
+
+
+def _with_lr(s: TrainSettings, lr: float) -> TrainSettings:
+    """``s`` at learning rate ``lr``: of every parameter for ``dense``, else of the method's
+    own numbers."""
+    return replace(s, dense_lr=lr) if s.method == "dense" else replace(s, lr=lr)
+
+
+def _sweep_budget(model: str, method: str) -> int:
+    """``SWEEP_BUDGET``, or for PRANC the largest converged budget its basis limit allows."""
+    if method != "pranc":
+        return SWEEP_BUDGET
+    return max(b for b in CONVERGED_BUDGETS if _pranc_fits(model, b))
+
+
+def _sweep_runs() -> list[TrainSettings]:
+    runs = []
+    for model, (_, epochs) in CONVERGED_MODELS.items():
+        for s in _grid((SWEEP_DATASET[model],), ((model, {"epochs": epochs}),),
+                       CONVERGED_METHODS, (SWEEP_BUDGET,), progress=False):
+            s = replace(s, budget=s.budget and _sweep_budget(model, s.method))
+            grid = DENSE_LR_GRID if s.method == "dense" else LR_GRID
+            runs += [_with_lr(s, lr) for lr in grid]
+    return runs
+
+
+PRESETS["converged"] = Preset(
+    "converged", "MNIST and Fashion-MNIST, full 60k training images: MLP (20 epochs) and LeNet-5 "
+    "(10 epochs) on both, ResNet-20 (15 epochs) on Fashion-MNIST; budgets 300, 1,000, 3,000 "
+    "and 10,000; dense, MCNC, MCNC w/ LoRA, PRANC (where its basis has at most 1e8 entries), "
+    "NOLA, pruning; each method at its rate from converged-lr; 3 seeds",
+    tuple(_converged_runs()), seeds=(0, 1, 2))
+PRESETS["converged-lr"] = Preset(
+    "converged-lr", "the learning-rate sweep of converged: every method and model at budget "
+    "1,000 (PRANC: the largest budget it runs at) at the converged length (MLP and LeNet-5 on "
+    "MNIST, ResNet-20 on Fashion-MNIST), rates 0.01 to 1 in steps of ~3 (dense: 1e-4 to "
+    "1e-2), 1 seed",
+    tuple(_sweep_runs()), seeds=(0,), label="lr")
