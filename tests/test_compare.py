@@ -107,3 +107,13 @@ def test_converged_presets_describe_their_grid():
     sweep = PRESETS["converged-lr"].runs
     assert {s.dense_lr for s in sweep if s.method == "dense"} == {1e-4, 3e-4, 1e-3, 3e-3, 1e-2}
     assert {s.lr for s in sweep if s.method == "mcnc"} == {0.01, 0.03, 0.1, 0.3, 1.0}
+
+
+def test_report_only_writes_a_partial_table(tiny_preset, tmp_path, monkeypatch):
+    def no_training(settings):
+        raise AssertionError("--report-only trained a run")
+
+    monkeypatch.setattr(cmp, "train", no_training)
+    (tmp_path / "runs.jsonl").write_text("")
+    table = cmp.compare("tiny", tmp_path, progress=False, train=False).read_text()
+    assert "Partial: 0 of 6 runs finished" in table

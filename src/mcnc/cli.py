@@ -272,6 +272,8 @@ def _add_compare(sub: _Subparsers) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own "
                    "process with cores/jobs threads (on a CPU, 2 single-threaded runs of a "
                    "small model finish sooner than 1 two-threaded run)")
+    p.add_argument("--report-only", action="store_true", help="train nothing: write the "
+                   "table and plots from the runs already in runs.jsonl (a partial table)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_compare)
 
@@ -280,11 +282,13 @@ def _compare(args: argparse.Namespace) -> None:
     from mcnc.compare import compare
 
     out = args.out or f"mcnc-compare-{args.preset}"
-    command = " ".join(["mcnc compare", *sys.argv[2:]]) if sys.argv[1:2] == ["compare"] \
+    given = [a for a in sys.argv[2:] if a != "--report-only"]  # the command that trains
+    command = " ".join(["mcnc compare", *given]) if sys.argv[1:2] == ["compare"] \
         else f"mcnc compare --preset {args.preset} --out {out}"
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
-    table = compare(args.preset, out, args.data_root, not args.no_progress, command, args.jobs)
+    table = compare(args.preset, out, args.data_root, not args.no_progress, command, args.jobs,
+                    train=not args.report_only)
     print(table.read_text())
     print(f"wrote {table}, plot.png, curves.png and runs.jsonl in {table.parent}")
 

@@ -38,10 +38,11 @@ class Comparison:
     data_root: str | None = None
     results: list[dict] = field(default_factory=list)
 
-    def run(self, progress: bool = True, jobs: int = 1) -> None:
+    def run(self, progress: bool = True, jobs: int = 1, train: bool = True) -> None:
         """Train every run of the preset not yet in ``runs.jsonl``, appending each result as
         it finishes; ``jobs`` runs at a time, each in its own process with
-        ``cores // jobs`` torch threads (``jobs=1``: in this process)."""
+        ``cores // jobs`` torch threads (``jobs=1``: in this process). With ``train=False``
+        only the finished runs are collected (a partial table)."""
         self.out.mkdir(parents=True, exist_ok=True)
         log = self.out / "runs.jsonl"
         done = {}
@@ -51,7 +52,7 @@ class Comparison:
                 done[_key(record["settings"])] = record
         runs = [replace(s, seed=seed, data_root=self.data_root)
                 for s in self.preset.runs for seed in self.preset.seeds]
-        todo = [s for s in runs if _key(asdict(s)) not in done]
+        todo = [s for s in runs if _key(asdict(s)) not in done] if train else []
         start = time.perf_counter()
         for i, (s, result) in enumerate(_train_all(todo, jobs), 1):
             key = _key(asdict(s))
@@ -63,7 +64,7 @@ class Comparison:
                       f"{s.method} budget={s.budget} lr={s.lr} seed={s.seed}: "
                       f"{100 * result['test_accuracy']:.2f}% ({result['train_seconds']:.0f} s; "
                       f"{time.perf_counter() - start:.0f} s so far)", flush=True)
-        self.results = [done[_key(asdict(s))] for s in runs]
+        self.results = [done[key] for key in map(_key, map(asdict, runs)) if key in done]
 
     def rows(self) -> list[dict]:
         """One row per setting: mean and std over seeds."""
@@ -112,19 +113,22 @@ def _train_all(todo: list[TrainSettings], jobs: int):
 
 
 def compare(preset: str, out: str | Path, data_root: str | None = None,
-            progress: bool = True, command: str = "", jobs: int = 1) -> Path:
+            progress: bool = True, command: str = "", jobs: int = 1, train: bool = True
+            ) -> Path:
     """Run a preset (resuming from ``out/runs.jsonl``, ``jobs`` runs at a time) and write
-    ``table.md``, ``plot.png`` and ``curves.png``."""
+    ``table.md``, ``plot.png`` and ``curves.png``; with ``train=False`` write them from the
+    runs finished so far."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     comparison = Comparison(PRESETS[preset], Path(out), data_root)
-    comparison.run(progress, jobs)
+    comparison.run(progress, jobs, train)
     rows = comparison.rows()
     seconds = sum(r["train_seconds"] for r in comparison.results)
     out = Path(out)
-    (out / "table.md").write_text(markdown_table(rows, comparison.preset,
-                                                 command or f"mcnc compare --preset {preset}",
-                                                 seconds))
+    expected = len(comparison.preset.runs) * len(comparison.preset.seeds)
+    (out / "table.md").write_text(markdown_table(
+        rows, comparison.preset, command or f"mcnc compare --preset {preset}", seconds,
+        finished=(len(comparison.results), expected)))
     plot(rows, out / "plot.png")
     plot_curves(comparison.results, out / "curves.png", comparison.preset.label)
     return out / "table.md"

@@ -54,12 +54,16 @@ def versus_subspace(row: dict, rows: list[dict]) -> str:
     return f"{diff:+.2f} ± {se:.2f} vs {best['label']}: **{verdict}**"
 
 
-def markdown_table(rows: list[dict], preset, command: str, seconds: float) -> str:
+def markdown_table(rows: list[dict], preset, command: str, seconds: float,
+                   finished: tuple[int, int] | None = None) -> str:
     """The table of a finished (or partly finished) preset, one section per data set and
-    model."""
+    model; ``finished``: (runs done, runs in the preset)."""
+    done = "" if finished is None or finished[0] == finished[1] else (
+        f"**Partial: {finished[0]} of {finished[1]} runs finished** (the command resumes "
+        "the rest).  ")
     lines = [f"# mcnc compare --preset {preset.name}", "", preset.description, "",
              f"Command: `{command}`  ", f"Machine: {machine_line()}  ",
-             f"Training time summed over all runs: {seconds / 60:.1f} min", "",
+             f"Training time summed over all runs: {seconds / 60:.1f} min  ", done, "",
              "Accuracy is top-1 on the test set, mean ± std over n seeds. *stored* counts every "
              "number in the file: the method's trained numbers (the budget) plus the dense "
              "leftovers (normalisation layers); pruning files also hold a 4-byte index per "
@@ -93,6 +97,8 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = list(dict.fromkeys((r["dataset"], r["model"]) for r in rows))
+    if not panels:
+        return
     cols = min(3, len(panels))
     fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols, squeeze=False,
                              figsize=(5 * cols, 3.8 * math.ceil(len(panels) / cols)))
