@@ -18,8 +18,9 @@ from mcnc.baselines import (
     pranc,
     prune,
 )
-from mcnc.baselines.basis import RandomBasis, element_std
+from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
+from mcnc.initialisation import element_std
 
 BUILDERS = {
     "pranc": lambda m, mode="scratch": pranc(m, PRANCConfig(coefficients=40, mode=mode)),

@@ -28,10 +28,11 @@ from mcnc.baselines import (
     pranc,
     prune,
 )
-from mcnc.baselines.basis import RandomBasis, element_std, seeded_init
+from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.fileformat import FORMAT_VERSION, MAX_HEADER_BYTES, metadata_digest, tensor_digest
 from mcnc.generator import Generator, GeneratorSpec, fold_into_cube, seeded_weights
+from mcnc.initialisation import element_std, seeded_init
 from mcnc.layout import Layout, materialize
 from mcnc.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_WIDTH
 

@@ -32,7 +32,7 @@ from mcnc.data.registry import load_dataset
 from mcnc.distributed import Context, init_distributed, sum_over_processes
 from mcnc.errors import DivergedError
 from mcnc.fileformat import atomic_write, save, to_bytes
-from mcnc.loop import param_groups, train_step
+from mcnc.loop import param_groups, train_step, warmup_cosine
 from mcnc.machine import machine_line
 from mcnc.methods import DEFAULT_LR, METHOD_NAMES, MethodSettings, build_method
 from mcnc.models import build_model
@@ -54,6 +54,11 @@ class TrainSettings:
     """Learning rate of the method's own numbers; None: the method's default."""
     dense_lr: float = 1e-3
     """Learning rate of dense parameters (normalisation layers; everything for ``dense``)."""
+    beta_lr_scale: float = 1.0
+    """MCNC: beta trains at ``lr * beta_lr_scale`` (alpha at ``lr``)."""
+    warmup: float = 0.0
+    """Share of the steps over which the learning rates rise linearly from 0 before the
+    cosine decay (0: cosine decay from the first step)."""
     seed: int = 0
     method_settings: MethodSettings = field(default_factory=MethodSettings)
     data_root: str | None = None
@@ -182,10 +187,11 @@ class Run:
 
     def _new_optimizer(self) -> None:
         lr = self.s.dense_lr if self.phase == "dense" else self.lr
-        self.optimizer = torch.optim.Adam(param_groups(self.model, lr, self.s.dense_lr))
+        scales = {"beta": self.s.beta_lr_scale} if self.s.beta_lr_scale != 1.0 else None
+        self.optimizer = torch.optim.Adam(param_groups(self.model, lr, self.s.dense_lr, scales))
         steps_per_epoch = -(-len(self.train_set) // self.s.batch_size)
         steps = max(1, self._phase_length() * steps_per_epoch)
-        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, steps)
+        self.scheduler = warmup_cosine(self.optimizer, steps, self.s.warmup)
         self.ddp = self.model
         if self.ctx.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model, broadcast_buffers=False)

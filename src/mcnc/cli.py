@@ -272,6 +272,9 @@ def _add_compare(sub: _Subparsers) -> None:
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own "
                    "process with cores/jobs threads (on a CPU, 2 single-threaded runs of a "
                    "small model finish sooner than 1 two-threaded run)")
+    p.add_argument("--where", nargs="+", default=[], metavar="FIELD=VALUE",
+                   help="train only the runs whose settings match, e.g. model=lenet5 "
+                   "method=mcnc (the table still shows every finished run)")
     p.add_argument("--report-only", action="store_true", help="train nothing: write the "
                    "table and plots from the runs already in runs.jsonl (a partial table)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -287,8 +290,9 @@ def _compare(args: argparse.Namespace) -> None:
         else f"mcnc compare --preset {args.preset} --out {out}"
     if args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    where = dict(item.partition("=")[::2] for item in args.where)
     table = compare(args.preset, out, args.data_root, not args.no_progress, command, args.jobs,
-                    train=not args.report_only)
+                    train=not args.report_only, where=where)
     print(table.read_text())
     print(f"wrote {table}, plot.png, curves.png and runs.jsonl in {table.parent}")
 

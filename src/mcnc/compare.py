@@ -19,16 +19,18 @@ import torch
 
 from mcnc.classifier_run import TrainSettings, train
 from mcnc.comparison_report import late_change, markdown_table, plot, plot_curves, row_label
+from mcnc.methods import MethodSettings
 from mcnc.presets import PRESETS, Preset
 
 
 def _key(settings: dict) -> str:
     """What identifies a run: its settings without where it writes and how it shows progress.
-    Records written before the budget and seed left ``method_settings`` keep their keys."""
-    settings = {**settings, "out": None, "progress": False, "resume": False}
-    settings["method_settings"] = {k: v for k, v in settings["method_settings"].items()
-                                   if k not in ("budget", "seed")}
-    return json.dumps(settings, sort_keys=True)
+    Settings added since a record was written take their defaults (records written before the
+    budget and seed left ``method_settings`` keep their keys)."""
+    method = {k: v for k, v in settings["method_settings"].items() if k not in ("budget", "seed")}
+    full = TrainSettings(**{**settings, "method_settings": MethodSettings(**method)})
+    return json.dumps(asdict(replace(full, out=None, progress=False, resume=False)),
+                      sort_keys=True)
 
 
 @dataclass
@@ -38,11 +40,13 @@ class Comparison:
     data_root: str | None = None
     results: list[dict] = field(default_factory=list)
 
-    def run(self, progress: bool = True, jobs: int = 1, train: bool = True) -> None:
+    def run(self, progress: bool = True, jobs: int = 1, train: bool = True,
+            where: dict[str, str] | None = None) -> None:
         """Train every run of the preset not yet in ``runs.jsonl``, appending each result as
         it finishes; ``jobs`` runs at a time, each in its own process with
         ``cores // jobs`` torch threads (``jobs=1``: in this process). With ``train=False``
-        only the finished runs are collected (a partial table)."""
+        only the finished runs are collected (a partial table). ``where`` (field -> value as
+        text, e.g. ``{"model": "lenet5"}``) trains only the runs that match."""
         self.out.mkdir(parents=True, exist_ok=True)
         log = self.out / "runs.jsonl"
         done = {}
@@ -52,7 +56,8 @@ class Comparison:
                 done[_key(record["settings"])] = record
         runs = [replace(s, seed=seed, data_root=self.data_root)
                 for s in self.preset.runs for seed in self.preset.seeds]
-        todo = [s for s in runs if _key(asdict(s)) not in done] if train else []
+        todo = [s for s in runs if _key(asdict(s)) not in done and _matches(s, where or {})
+                ] if train else []
         start = time.perf_counter()
         for i, (s, result) in enumerate(_train_all(todo, jobs), 1):
             key = _key(asdict(s))
@@ -88,6 +93,15 @@ class Comparison:
         return rows
 
 
+def _matches(settings: TrainSettings, where: dict[str, str]) -> bool:
+    values = asdict(settings)
+    unknown = set(where) - set(values)
+    if unknown:
+        raise ValueError(f"--where names unknown settings {sorted(unknown)}; use fields of "
+                         f"TrainSettings such as model, method, budget, dataset, seed")
+    return all(str(values[k]) == v for k, v in where.items())
+
+
 def _mean_or_none(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return statistics.fmean(known) if known else None
@@ -113,15 +127,15 @@ def _train_all(todo: list[TrainSettings], jobs: int):
 
 
 def compare(preset: str, out: str | Path, data_root: str | None = None,
-            progress: bool = True, command: str = "", jobs: int = 1, train: bool = True
-            ) -> Path:
+            progress: bool = True, command: str = "", jobs: int = 1, train: bool = True,
+            where: dict[str, str] | None = None) -> Path:
     """Run a preset (resuming from ``out/runs.jsonl``, ``jobs`` runs at a time) and write
     ``table.md``, ``plot.png`` and ``curves.png``; with ``train=False`` write them from the
     runs finished so far."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     comparison = Comparison(PRESETS[preset], Path(out), data_root)
-    comparison.run(progress, jobs, train)
+    comparison.run(progress, jobs, train, where)
     rows = comparison.rows()
     seconds = sum(r["train_seconds"] for r in comparison.results)
     out = Path(out)

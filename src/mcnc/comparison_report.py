@@ -18,11 +18,26 @@ SUBSPACES = ("pranc", "nola")
 """The linear random subspaces MCNC is measured against."""
 
 
+VARIANT_FIELDS = {"beta_lr_scale": 1.0, "warmup": 0.0}
+"""Training settings a ``variant`` row may change, with their defaults."""
+VARIANT_METHOD_FIELDS = {"offset": "none", "layer_scale": False, "alpha_init_scale": 1.0,
+                         "width": 64, "depth": 2, "hidden_gain": 4.0, "L": 20.0, "k": 16,
+                         "m": 1, "rank": 64}
+"""MCNC settings a ``variant`` row may change, with their defaults."""
+
+
 def row_label(settings: dict, axis: str) -> str:
-    """What tells a row apart from the others of its cell: the method, or the value of the
-    preset's ablation axis."""
+    """What tells a row apart from the others of its cell: the method, the value of the
+    preset's ablation axis, or (``variant``) every candidate setting changed from its default."""
     if axis == "method":
         return settings["method"]
+    if axis == "variant":
+        method = settings["method_settings"]
+        changed = [f"{k}={settings.get(k, v)}" for k, v in VARIANT_FIELDS.items()
+                   if settings.get(k, v) != v]
+        changed += [f"{k}={method.get(k, v)}" for k, v in VARIANT_METHOD_FIELDS.items()
+                    if method.get(k, v) != v]
+        return f"{settings['method']} " + (", ".join(changed) or "default")
     if axis == "lr":
         lr = settings["dense_lr"] if settings["method"] == "dense" else settings["lr"]
         return f"{settings['method']} lr={lr:g}"

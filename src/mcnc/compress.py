@@ -12,7 +12,7 @@ before the wrapped model runs, so the result behaves as an ordinary module.
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 from torch import nn
@@ -21,6 +21,7 @@ from mcnc import rng
 from mcnc.config import MCNCConfig
 from mcnc.errors import FormatError
 from mcnc.generator import Generator, GeneratorSpec, initial_alpha, seeded_weights_shapes
+from mcnc.initialisation import element_std, seeded_init
 from mcnc.layout import Layout, plan_layout
 from mcnc.limits import MAX_NUMBERS, check_work
 from mcnc.reparam import Reparameterized, check_float32, flat_values
@@ -44,8 +45,8 @@ def _spec_from_meta(meta: dict) -> tuple[GeneratorSpec, bool]:
     return GeneratorSpec.from_dict(g), fitted
 
 
-def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig
-                 ) -> torch.Tensor:
+def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
     """Amplitudes that give every chunk the norm the model's own initialisation would have.
 
     For a directly generated parameter each element should have the mean square of the
@@ -53,7 +54,9 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
     with element variance ``s`` has element variance ``r * s**2``, so factor elements get
     ``s = sqrt(ms / r)``. beta of chunk j is ``sqrt(sum of those over the chunk / m)``, since
     m random unit directions add up to a norm of about ``sqrt(m) * beta``.
-    In ``delta`` mode beta starts at 0, so training starts from the pretrained model.
+    In ``delta`` mode beta starts at 0, so training starts from the pretrained model. With a
+    per-entry ``scale`` (``layer_scale``) each entry's mean square is divided by its scale
+    squared, since the generated entry is multiplied by it.
 
     Returns:
         (n_chunks, m) tensor.
@@ -67,7 +70,10 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
         per_element = ms if t.rank is None else (ms / t.rank).sqrt()
         pieces.append(per_element.expand(t.size))
     pieces.append(torch.zeros(n * d - layout.total))
-    per_chunk = torch.cat(pieces).view(n, d).sum(dim=1)
+    mean_squares = torch.cat(pieces)
+    if scale is not None:
+        mean_squares = mean_squares / scale.pow(2)
+    per_chunk = mean_squares.view(n, d).sum(dim=1)
     return (per_chunk / config.m).sqrt().unsqueeze(1).expand(n, config.m).clone()
 
 
@@ -85,18 +91,29 @@ class MCNCModel(Reparameterized):
                  generator: Generator):
         params = dict(base.named_parameters())
         theta0 = flat_values(layout, params) if config.mode == "delta" else None
+        if config.offset == "seeded":
+            direct = Layout(tuple(replace(t, rank=None) for t in layout.targets),
+                            layout.state_keys)  # theta0 has the weights' own shapes
+            theta0 = seeded_init(direct, config.seed, rng.MCNC_OFFSET_STREAM)
         super().__init__(base, layout, config, theta0)
         n_chunks = layout.n_chunks(config.d)
         self.generator = generator
-        self.alpha = nn.Parameter(initial_alpha(generator.spec, n_chunks, config.m))
-        self.beta = nn.Parameter(initial_beta(layout, params, config))
+        scale = None
+        if config.layer_scale:
+            scale = torch.cat([element_std(layout),
+                               torch.ones(n_chunks * config.d - layout.total)])
+        self.register_buffer("entry_scale", scale, persistent=False)
+        self.alpha = nn.Parameter(initial_alpha(generator.spec, n_chunks, config.m,
+                                                config.alpha_init_scale))
+        self.beta = nn.Parameter(initial_beta(layout, params, config, scale))
         self._refresh()
 
     def method_tensors(self) -> dict[str, torch.Tensor]:
         return {"alpha": self.alpha, "beta": self.beta}
 
     def generated_flat(self) -> torch.Tensor:
-        return self.generator.chunks(self.alpha, self.beta).reshape(-1)
+        flat = self.generator.chunks(self.alpha, self.beta).reshape(-1)
+        return flat if self.entry_scale is None else flat * self.entry_scale
 
     def after_step(self) -> None:
         self.fold_alphas_()
@@ -117,6 +134,9 @@ class MCNCModel(Reparameterized):
 
     def file_metadata(self) -> dict:
         c = self.config
+        if c.experimental:
+            raise ValueError(f"{', '.join(c.experimental)} are experimental training options "
+                             "that an .mcnc file cannot record yet; train without them to save")
         return {"generator": {**self.generator.spec.to_dict(), "prng": rng.PRNG_NAME,
                               "fitted": self.generator.fitted},
                 "mode": c.mode, "m": c.m, "rank": c.rank, "alpha_bounds": "reflect"}

@@ -9,9 +9,10 @@ from typing import ClassVar
 from torch import nn
 
 from mcnc.generator import GeneratorSpec
-from mcnc.limits import check_positive_ints
+from mcnc.limits import check_positive_ints, is_number
 
 FACTOR_RULES = ("always", "when-smaller")
+OFFSETS = ("none", "seeded")
 """How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
 DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -105,11 +106,33 @@ class MCNCConfig(GeneratorSpec, Selection):
     """Generator outputs summed per chunk (the paper's m)."""
     rank: int = 64
     """Rank of the factors in ``"lowrank"`` mode (paper: 64 for ResNets, 32 for DeiT)."""
+    offset: str = "none"
+    """Experimental (training only; such models cannot be saved yet): ``"seeded"`` adds a
+    frozen default initialisation theta0, regenerated from the seed, to the generated weights
+    in ``scratch``/``lowrank`` mode (theta = theta0 + generated), as PRANC does."""
+    layer_scale: bool = False
+    """Experimental (training only): multiply every generated entry by the standard deviation
+    of its layer's default initialisation, so that one chunk spanning layers of different
+    scales is not dominated by one of them; beta then starts near ``sqrt(d / m)``."""
+    alpha_init_scale: float = 1.0
+    """Initial alphas are uniform on ``[-s L, s L]^k`` for this ``s`` (1: the whole cube)."""
 
     def __post_init__(self) -> None:
         GeneratorSpec.__post_init__(self)
         Selection.__post_init__(self)
         check_positive_ints(m=self.m, rank=self.rank)
+        if self.offset not in OFFSETS or (self.offset != "none" and self.mode == "delta"):
+            raise ValueError(f"offset must be one of {OFFSETS} (and 'none' in delta mode, "
+                             f"whose offset is the pretrained model), got {self.offset!r}")
+        if not is_number(self.alpha_init_scale, 0, 1 + 1e-12):
+            raise ValueError(f"alpha_init_scale must be in (0, 1], got "
+                             f"{self.alpha_init_scale!r}")
+
+    @property
+    def experimental(self) -> list[str]:
+        """The experimental options this config turns on (a file cannot record them yet)."""
+        return [name for name, on in (("offset", self.offset != "none"),
+                                      ("layer_scale", self.layer_scale)) if on]
 
     def generator_spec(self) -> GeneratorSpec:
         """The :class:`GeneratorSpec` part of this config."""

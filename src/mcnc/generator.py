@@ -139,10 +139,12 @@ def fold_into_cube(alpha: torch.Tensor, L: float) -> torch.Tensor:
     return torch.where(alpha.abs() <= L, alpha, reflected)
 
 
-def initial_alpha(spec: GeneratorSpec, n_chunks: int, m: int = 1) -> torch.Tensor:
-    """(n_chunks, m, k) starting points uniform on the whole cube, drawn from the spec's seed:
-    the same start on every machine and every data-parallel process."""
-    return rng.uniform(spec.seed, rng.ALPHA_INIT_STREAM, (n_chunks, m, spec.k), spec.L)
+def initial_alpha(spec: GeneratorSpec, n_chunks: int, m: int = 1, scale: float = 1.0
+                  ) -> torch.Tensor:
+    """(n_chunks, m, k) starting points uniform on ``[-scale L, scale L]^k`` (the whole cube
+    by default), drawn from the spec's seed: the same start on every machine and every
+    data-parallel process."""
+    return rng.uniform(spec.seed, rng.ALPHA_INIT_STREAM, (n_chunks, m, spec.k), spec.L * scale)
 
 
 def seeded_weights(spec: GeneratorSpec) -> list[torch.Tensor]:

@@ -48,14 +48,37 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predict(model, x) == y).float().mean().item()
 
 
-def param_groups(model: nn.Module, lr: float, dense_lr: float) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, dense_lr: float,
+                 scales: dict[str, float] | None = None) -> list[dict]:
     """A compressed model's own numbers (MCNC: alpha and beta) at ``lr``, every other trainable
-    parameter at ``dense_lr``."""
-    own = list(model.method_tensors().values()) if isinstance(model, Reparameterized) else []
-    ids = {id(p) for p in own}
+    parameter at ``dense_lr``; ``scales`` multiplies the rate of named method tensors (e.g.
+    ``{"beta": 0.3}``), each then in a group of its own."""
+    own = model.method_tensors() if isinstance(model, Reparameterized) else {}
+    scales = scales or {}
+    unknown = set(scales) - set(own)
+    if unknown:
+        raise ValueError(f"no method tensor named {sorted(unknown)}; this model trains "
+                         f"{sorted(own)}")
+    ids = {id(p) for p in own.values()}
     dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    return [g for g in ({"params": own, "lr": lr}, {"params": dense, "lr": dense_lr})
-            if g["params"]]
+    groups = [{"params": [t for n, t in own.items() if n not in scales], "lr": lr}]
+    groups += [{"params": [own[n]], "lr": lr * s} for n, s in scales.items()]
+    groups.append({"params": dense, "lr": dense_lr})
+    return [g for g in groups if g["params"]]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float = 0.0
+                  ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Cosine decay to 0 over ``steps``, after a linear rise over the first ``warmup`` share
+    of them (``warmup=0``: PyTorch's plain ``CosineAnnealingLR``)."""
+    if not 0 <= warmup < 1:
+        raise ValueError(f"warmup must be a share of the steps in [0, 1), got {warmup!r}")
+    rise = round(steps * warmup)
+    if rise == 0:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    first = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0 / rise, 1.0, rise)
+    then = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps - rise)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [first, then], [rise])
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,

@@ -63,13 +63,27 @@ class MethodSettings:
     rank: int = 64
     """Rank of the factors of mcnc-lowrank and NOLA (the paper uses 64)."""
     activation: str = "sine"
+    width: int = 64
+    """MCNC generator: hidden width."""
+    depth: int = 2
+    """MCNC generator: hidden (sine) layers."""
+    hidden_gain: float = 4.0
+    """MCNC generator: scale of the hidden layers' initialisation."""
+    offset: str = "none"
+    """MCNC: ``"seeded"`` adds a frozen seeded initialisation (experimental, see MCNCConfig)."""
+    layer_scale: bool = False
+    """MCNC: scale generated entries by their layer's initial spread (experimental)."""
+    alpha_init_scale: float = 1.0
+    """MCNC: initial alphas uniform on this fraction of the cube."""
     max_basis_bytes: int = DEFAULT_MAX_BYTES
 
 
 def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: int,
                  mode: str) -> MCNCConfig:
     config = MCNCConfig(k=s.k, d=s.d or s.k + 1, L=s.L, m=s.m, rank=s.rank, mode=mode,
-                        activation=s.activation, seed=seed)
+                        activation=s.activation, width=s.width, depth=s.depth,
+                        hidden_gain=s.hidden_gain, offset=s.offset, layer_scale=s.layer_scale,
+                        alpha_init_scale=s.alpha_init_scale, seed=seed)
     per_chunk = s.m * (s.k + 1)
     total = plan_layout(model, config).total
     if s.d is not None:

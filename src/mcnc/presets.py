@@ -130,7 +130,7 @@ PRANC_MAX_BASIS = 100_000_000
 every step reads the whole basis twice (forward and backward). At 1,000 coefficients the MLP's
 basis is 0.8 GB and one epoch took over 4 minutes on 2 CPU cores, so larger PRANC cells are
 left to a GPU."""
-CONVERGED_LR: dict[tuple[str, str], float] = {}
+CONVERGED_LR: dict[tuple[str, str], float] = {("mlp", "mcnc"): 0.3}
 """(model, method) -> the best rate of ``converged-lr`` (results/converged/sweep.md); a pair
 not listed trains at the method's default."""
 
@@ -187,3 +187,45 @@ PRESETS["converged-lr"] = Preset(
     "MNIST, ResNet-20 on Fashion-MNIST), rates 0.01 to 1 in steps of ~3 (dense: 1e-4 to "
     "1e-2), 1 seed",
     tuple(_sweep_runs()), seeds=(0,), label="lr")
+
+
+HELD_IN_MODELS = ("mlp", "lenet5")
+HELD_IN_BUDGETS = (300, 1_000)
+HELD_IN_VARIANTS: tuple[tuple[dict, dict], ...] = (
+    ({}, {}),
+    ({}, {"offset": "seeded"}),
+    ({}, {"layer_scale": True}),
+    ({}, {"alpha_init_scale": 0.1}),
+    ({"warmup": 0.05}, {}),
+    ({"beta_lr_scale": 0.3}, {}),
+    ({"beta_lr_scale": 3.0}, {}),
+    ({}, {"hidden_gain": 8.0}),
+    ({}, {"width": 128}),
+)
+"""(training settings, MCNC settings) of every candidate change; the first is today's MCNC."""
+LOWRANK_RANKS = (4, 8, 16, 32, 64)
+
+
+def _held_in_runs(method: str, variants) -> list[TrainSettings]:
+    runs = []
+    for model in HELD_IN_MODELS:
+        epochs = CONVERGED_MODELS[model][1]
+        for budget in HELD_IN_BUDGETS:
+            base = TrainSettings(model=model, dataset="mnist", method=method, budget=budget,
+                                 epochs=epochs, progress=False)
+            lr = CONVERGED_LR.get((model, method))
+            base = base if lr is None else _with_lr(base, lr)
+            runs += [replace(base, **train, method_settings=MethodSettings(**mcnc))
+                     for train, mcnc in variants]
+    return runs
+
+
+PRESETS["held-in"] = Preset(
+    "held-in", "candidate changes to MCNC on the held-in set: MNIST MLP (20 epochs) and "
+    "LeNet-5 (10 epochs) at budgets 300 and 1,000, MCNC at its converged-lr rate; 3 seeds",
+    tuple(_held_in_runs("mcnc", HELD_IN_VARIANTS)), seeds=(0, 1, 2), label="variant")
+PRESETS["lowrank-rank"] = Preset(
+    "lowrank-rank", "the rank of MCNC w/ LoRA (every matrix and kernel factored) at a fixed "
+    "budget: MNIST MLP and LeNet-5 at budgets 300 and 1,000 as in held-in; 3 seeds",
+    tuple(_held_in_runs("mcnc-lowrank", tuple(({}, {"rank": r}) for r in LOWRANK_RANKS))),
+    seeds=(0, 1, 2), label="variant")

@@ -74,6 +74,8 @@ ADAPTER_A_INIT_STREAM = 0x0ADA0000
 """init: the A factors of adapters (and NOLA adapters' initial coefficients)."""
 NOLA_ADAPTER_STREAM = 0x0ADB0000
 """NOLA adapter factor p: basis stream ``NOLA_ADAPTER_STREAM + p``."""
+MCNC_OFFSET_STREAM = 0x7E7A0001
+"""MCNC's experimental seeded offset theta0 (training only; not in files yet)."""
 STREAMS = {
     "generator layer t: weights 2t, bias 2t + 1": GENERATOR_LAYER_STREAM,
     "MCNC initial alpha (init)": ALPHA_INIT_STREAM,
@@ -84,6 +86,7 @@ STREAMS = {
     "LoRA initial factors (init)": LORA_FACTOR_INIT_STREAM,
     "adapter initial A factors and NOLA coefficients (init)": ADAPTER_A_INIT_STREAM,
     "NOLA adapter basis of factor p (+ p)": NOLA_ADAPTER_STREAM,
+    "MCNC seeded offset theta0 (experimental: not in files yet)": MCNC_OFFSET_STREAM,
 }
 """The table above by purpose, as docs/format.md lists it."""
 

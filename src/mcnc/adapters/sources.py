@@ -25,9 +25,10 @@ from mcnc.adapters.config import (
     MCNCAdapterConfig,
     NOLAAdapterConfig,
 )
-from mcnc.baselines.basis import UNIT_BOUND, RandomBasis
+from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.generator import Generator, initial_alpha
+from mcnc.initialisation import UNIT_BOUND
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,8 @@ import math
 import torch
 
 from mcnc import rng
-from mcnc.layout import Layout, Target
+from mcnc.initialisation import UNIT_BOUND
 
-UNIT_BOUND = math.sqrt(3.0)
 DEFAULT_MAX_BYTES = 4 << 30
 BLOCK_BYTES = 64 << 20
 
@@ -92,41 +91,3 @@ class _BasisProduct(torch.autograd.Function):
         scaled = grad.float() * basis.scale
         pieces = [u.to(grad.device) @ scaled for _, u in basis.column_blocks()]
         return torch.cat(pieces).to(grad.dtype), None
-
-
-def init_bound(layout: Layout, target: Target) -> float:
-    """PyTorch's default bound ``1/sqrt(fan_in)`` for a target, from its shape alone.
-
-    Weights (2-d or more) use ``prod(shape[1:])``; a 1-d parameter uses the fan-in of the
-    weight beside it in the same module (``<module>.weight``), or its own length if none.
-    """
-    if len(target.shape) >= 2:
-        return 1 / math.sqrt(math.prod(target.shape[1:]))
-    module = target.name.rpartition(".")[0]
-    for t in layout.targets:
-        if t.name == (f"{module}.weight" if module else "weight") and len(t.shape) >= 2:
-            return 1 / math.sqrt(math.prod(t.shape[1:]))
-    return 1 / math.sqrt(target.numel)
-
-
-def element_std(layout: Layout) -> torch.Tensor:
-    """Standard deviation of every entry of the layout's flat vector at initialisation, (total,).
-
-    A directly stored target gets the std of ``U(-b, b)``, ``b / sqrt(3)``. A rank-r product
-    ``B @ A`` of factors whose entries have variance ``s`` has entries of variance ``r * s**2``,
-    so factor entries get variance ``s = sqrt(var / r)``.
-    """
-    pieces = []
-    for t in layout.targets:
-        var = init_bound(layout, t) ** 2 / 3
-        if t.rank is not None:
-            var = math.sqrt(var / t.rank)
-        pieces.append(torch.full((t.size,), math.sqrt(var)))
-    return torch.cat(pieces)
-
-
-def seeded_init(layout: Layout, seed: int, stream: int) -> torch.Tensor:
-    """A default-style initialisation of the flat vector, regenerated from ``seed``: entry i is
-    ``U(-sqrt(3) std_i, sqrt(3) std_i)`` (see :func:`element_std`), word i of ``stream``."""
-    unit = rng.uniform(seed, stream, (layout.total,), UNIT_BOUND)
-    return unit * element_std(layout)

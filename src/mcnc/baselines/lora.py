@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from mcnc import rng
-from mcnc.baselines.basis import seeded_init
 from mcnc.config import FactoredSelection
 from mcnc.errors import FormatError
+from mcnc.initialisation import seeded_init
 from mcnc.layout import Layout, plan_layout
 from mcnc.limits import MAX_SEED, is_int
 from mcnc.reparam import Reparameterized, check_float32, flat_values

@@ -20,15 +20,10 @@ import torch
 from torch import nn
 
 from mcnc import rng
-from mcnc.baselines.basis import (
-    DEFAULT_MAX_BYTES,
-    UNIT_BOUND,
-    RandomBasis,
-    element_std,
-    seeded_init,
-)
+from mcnc.baselines.basis import DEFAULT_MAX_BYTES, RandomBasis
 from mcnc.config import FactoredSelection, Selection
 from mcnc.errors import FormatError
+from mcnc.initialisation import UNIT_BOUND, element_std, seeded_init
 from mcnc.layout import Layout, plan_layout
 from mcnc.limits import MAX_SEED, check_positive_ints, check_work, is_int
 from mcnc.reparam import Reparameterized, check_float32, flat_values

@@ -28,8 +28,9 @@ import mcnc
 from mcnc import rng
 from mcnc.adapters.config import MCNCAdapterConfig, NOLAAdapterConfig
 from mcnc.adapters.sources import FactorLayout, MCNCSource, NOLASource, TargetShape
-from mcnc.baselines.basis import UNIT_BOUND, RandomBasis
+from mcnc.baselines.basis import RandomBasis
 from mcnc.bench.cases import Case
+from mcnc.initialisation import UNIT_BOUND
 from mcnc.methods import build_method
 from mcnc.reparam import Reparameterized
 
