@@ -38,27 +38,50 @@ def _grid(datasets, models, methods, budgets, **common) -> list[TrainSettings]:
     return runs
 
 
+CONVERGED_METHODS = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "pruning")
+CONVERGED_BUDGETS = (300, 1_000, 3_000, 10_000)
+CONVERGED_MODELS = {"mlp": (("mnist", "fashion-mnist"), 20),
+                    "lenet5": (("mnist", "fashion-mnist"), 10),
+                    "resnet20": (("fashion-mnist",), 15)}
+"""model -> (data sets, epochs on the full 60k training images)."""
+SELECTED_WEIGHTS = {"mlp": 203_530, "lenet5": 61_706, "resnet20": 270_618}
+"""Weights every method compresses in each model (28 x 28 grey images, 10 classes; a test
+checks these against the models)."""
+SWEEP_DATASET = {"mlp": "mnist", "lenet5": "mnist", "resnet20": "fashion-mnist"}
+SWEEP_BUDGET = 1_000
+LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+"""Adam learning rates of a compressed method's own numbers, in steps of about 3."""
+DENSE_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+"""Adam learning rates of the dense model (``dense_lr``: every parameter is dense)."""
+PRANC_MAX_BASIS = 100_000_000
+"""PRANC runs only where its basis (weights x coefficients) has at most this many entries:
+every step reads the whole basis twice (forward and backward). At 1,000 coefficients the MLP's
+basis is 0.8 GB and one epoch took over 4 minutes on 2 CPU cores, so larger PRANC cells are
+left to a GPU."""
+CONVERGED_LR: dict[tuple[str, str], float] = {("mlp", "mcnc"): 0.3}
+"""(model, method) -> the best rate of ``converged-lr`` (results/converged/sweep.md); a pair
+not listed trains at the method's default."""
+
+
 QUICK_METHODS = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "pruning")
 
 
 def _paper_runs() -> list[TrainSettings]:
+    """The paper's Tables 1 and 2 with every method at the same budget and its own swept
+    rate (the ResNet-20 rates of converged-lr where known, else the method's default)."""
     runs = []
     for dataset in ("cifar10", "cifar100"):
-        for model, d in (("resnet20", 1600), ("resnet56", 3200)):
+        for model in ("resnet20", "resnet56"):
             common = dict(model=model, dataset=dataset, epochs=400, augment=True)
-            mcnc = MethodSettings(k=16, d=d, L=20.0)
-            runs += [TrainSettings(method=m, lr=0.05, method_settings=mcnc, **common)
-                     for m in ("mcnc", "mcnc-lowrank")]
-            runs += [TrainSettings(method="nola", budget=b, lr=1e-3, **common)
-                     for b in (5_000, 10_000)]
-            runs += [TrainSettings(method="pranc", budget=b, **common) for b in (5_000, 10_000)]
+            runs += [TrainSettings(method=m, budget=b, lr=CONVERGED_LR.get(("resnet20", m)),
+                                   **common)
+                     for b in (5_000, 10_000) for m in ("mcnc", "mcnc-lowrank", "nola", "pranc")]
     common = dict(model="resnet18", dataset="imagenet100", epochs=100, augment=True,
                   batch_size=256, workers=8)
-    runs += [TrainSettings(method="mcnc-lowrank", lr=0.05,
-                           method_settings=MethodSettings(k=16, d=1600, L=20.0, m=m), **common)
-             for m in (1, 2, 4)]
-    runs += [TrainSettings(method=method, budget=b, lr=1e-3 if method == "nola" else None,
-                           **common) for method in ("nola", "pranc") for b in (100_000, 200_000)]
+    for budget in (100_000, 200_000):
+        runs += [TrainSettings(method="mcnc-lowrank", budget=budget,
+                               method_settings=MethodSettings(m=m), **common) for m in (1, 2, 4)]
+        runs += [TrainSettings(method=m, budget=budget, **common) for m in ("nola", "pranc")]
     return runs
 
 
@@ -88,13 +111,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                                                    QUICK_METHODS[1:], (1_000,), progress=False)
                  for lr in (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)),
            seeds=(0,), label="lr"),
-    Preset("paper", "the paper's settings: Table 1 (ResNet-20/56 on CIFAR-10/100, 400 "
-           "epochs with augmentation, Adam; MCNC k=16, L=20, d=1600 (R20) or 3200 (R56), "
-           "lr 0.05; NOLA rank 64, lr 1e-3; PRANC at 5,000 and 10,000 coefficients) and "
-           "Table 2 (ResNet-18 on ImageNet-100, MCNC w/ LoRA with m = 1, 2, 4; NOLA and PRANC "
-           "at 100k and 200k; 100 epochs, our choice: the paper does not say). Cosine decay "
-           "replaces the paper's reduce-on-plateau. For a GPU; --data-root must hold the "
-           "data set the run names", tuple(_paper_runs())),
+    Preset("paper", "the paper's settings at equal budgets: Table 1 (ResNet-20/56 on "
+           "CIFAR-10/100, 400 epochs with augmentation, Adam; MCNC, MCNC w/ LoRA, NOLA and "
+           "PRANC each at 5,000 and 10,000 trained numbers, MCNC's d derived from the budget) "
+           "and Table 2 (ResNet-18 on ImageNet-100, 100 epochs, our choice: the paper does not "
+           "say; MCNC w/ LoRA with m = 1, 2, 4, NOLA and PRANC at 100k and 200k). Each method "
+           "at its swept rate. Cosine decay replaces the paper's reduce-on-plateau. For a GPU; "
+           "--data-root must hold the data set the run names", tuple(_paper_runs())),
     Preset("ablation-kd", "k and d at a fixed compression ratio (the paper's Table 6): the "
            "budget is fixed, so d grows with k (d ~ 203.5 (k + 1)); MNIST MLP as in quick, "
            "budget 1000",
@@ -108,31 +131,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            tuple(_ablation("activation", ("sine", "relu"), _ABLATION_BASE)),
            label="activation"),
 ]}
-
-
-CONVERGED_METHODS = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "pruning")
-CONVERGED_BUDGETS = (300, 1_000, 3_000, 10_000)
-CONVERGED_MODELS = {"mlp": (("mnist", "fashion-mnist"), 20),
-                    "lenet5": (("mnist", "fashion-mnist"), 10),
-                    "resnet20": (("fashion-mnist",), 15)}
-"""model -> (data sets, epochs on the full 60k training images)."""
-SELECTED_WEIGHTS = {"mlp": 203_530, "lenet5": 61_706, "resnet20": 270_618}
-"""Weights every method compresses in each model (28 x 28 grey images, 10 classes; a test
-checks these against the models)."""
-SWEEP_DATASET = {"mlp": "mnist", "lenet5": "mnist", "resnet20": "fashion-mnist"}
-SWEEP_BUDGET = 1_000
-LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
-"""Adam learning rates of a compressed method's own numbers, in steps of about 3."""
-DENSE_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
-"""Adam learning rates of the dense model (``dense_lr``: every parameter is dense)."""
-PRANC_MAX_BASIS = 100_000_000
-"""PRANC runs only where its basis (weights x coefficients) has at most this many entries:
-every step reads the whole basis twice (forward and backward). At 1,000 coefficients the MLP's
-basis is 0.8 GB and one epoch took over 4 minutes on 2 CPU cores, so larger PRANC cells are
-left to a GPU."""
-CONVERGED_LR: dict[tuple[str, str], float] = {("mlp", "mcnc"): 0.3}
-"""(model, method) -> the best rate of ``converged-lr`` (results/converged/sweep.md); a pair
-not listed trains at the method's default."""
 
 
 def _pranc_fits(model: str, budget: int | None) -> bool:
