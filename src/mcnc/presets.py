@@ -41,7 +41,7 @@ def _grid(datasets, models, methods, budgets, **common) -> list[TrainSettings]:
 CONVERGED_METHODS = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "pruning")
 CONVERGED_BUDGETS = (300, 1_000, 3_000, 10_000)
 CONVERGED_MODELS = {"mlp": (("mnist", "fashion-mnist"), 20),
-                    "lenet5": (("mnist", "fashion-mnist"), 10),
+                    "lenet5": (("mnist", "fashion-mnist"), 20),
                     "resnet20": (("fashion-mnist",), 15)}
 """model -> (data sets, epochs on the full 60k training images)."""
 SELECTED_WEIGHTS = {"mlp": 203_530, "lenet5": 61_706, "resnet20": 270_618}
@@ -175,7 +175,7 @@ def _sweep_runs() -> list[TrainSettings]:
 
 PRESETS["converged"] = Preset(
     "converged", "MNIST and Fashion-MNIST, full 60k training images: MLP (20 epochs) and LeNet-5 "
-    "(10 epochs) on both, ResNet-20 (15 epochs) on Fashion-MNIST; budgets 300, 1,000, 3,000 "
+    "(20 epochs) on both, ResNet-20 (15 epochs) on Fashion-MNIST; budgets 300, 1,000, 3,000 "
     "and 10,000; dense, MCNC, MCNC w/ LoRA, PRANC (where its basis has at most 1e8 entries), "
     "NOLA, pruning; each method at its rate from converged-lr; 3 seeds",
     tuple(_converged_runs()), seeds=(0, 1, 2))
@@ -219,8 +219,8 @@ def _held_in_runs(method: str, variants) -> list[TrainSettings]:
 
 
 PRESETS["held-in"] = Preset(
-    "held-in", "candidate changes to MCNC on the held-in set: MNIST MLP (20 epochs) and "
-    "LeNet-5 (10 epochs) at budgets 300 and 1,000, MCNC at its converged-lr rate; 3 seeds",
+    "held-in", "candidate changes to MCNC on the held-in set: MNIST MLP and LeNet-5 (20 "
+    "epochs each) at budgets 300 and 1,000, MCNC at its converged-lr rate; 3 seeds",
     tuple(_held_in_runs("mcnc", HELD_IN_VARIANTS)), seeds=(0, 1, 2), label="variant")
 PRESETS["lowrank-rank"] = Preset(
     "lowrank-rank", "the rank of MCNC w/ LoRA (every matrix and kernel factored) at a fixed "
