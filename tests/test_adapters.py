@@ -314,3 +314,35 @@ def test_adapters_train_and_serve_on_a_4bit_base(tmp_path):
     with pytest.raises(ValueError, match="4-bit base"):
         model.merge_adapter()
     assert model.state.merged == []
+
+
+def test_training_resumes_after_a_no_grad_evaluation(method):
+    """train, evaluate under no_grad (factors cached without a graph), train again: the cached
+    factors must not be reused where a gradient is needed (every Trainer run with evaluation
+    steps does this)."""
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS[method])
+    ids = tokens(4, 8, seed=5)
+    for _ in range(2):
+        model.train()
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = [p.grad for p in model.parameters() if p.requires_grad]
+        assert grads and all(g is not None for g in grads)
+        model.zero_grad()
+        model.eval()
+        with torch.no_grad():
+            model(input_ids=ids)
+
+
+def test_mixed_batches_train_after_evaluation():
+    model = several_adapters()
+    names = ["mcnc", "nola", "lora", "mcnc2"]
+    ids = tokens(len(names), 5, seed=3)
+    for name in names:
+        model.adapters[name].requires_grad_(True)
+    for _ in range(2):
+        with torch.no_grad():
+            model(input_ids=ids, adapter_names=names)
+        model(input_ids=ids, labels=ids, adapter_names=names).loss.backward()
+        assert all(p.grad is not None for n in names for p in model.adapters[n].parameters())
+        model.zero_grad()

@@ -43,10 +43,21 @@ class AdapterState:
     def _key(self, source: FactorSource) -> tuple:
         return tensor_versions([*source.parameters(), *source.buffers()])
 
+    @staticmethod
+    def _needs_graph(source: FactorSource) -> bool:
+        """Whether factors computed now must carry a graph back to the source's parameters."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in source.parameters())
+
     def _valid(self, name: str) -> bool:
+        """A cached entry serves while its source is unchanged: one without a graph (computed
+        under ``no_grad`` or for frozen parameters) only when no graph is needed now, one with
+        a graph only within the forward pass that made it."""
         entry = self._cache.get(name)
-        return (entry is not None and entry[1] in (None, self._forward_id)
-                and entry[0] == self._key(self.sources[name]))
+        if entry is None or entry[0] != self._key(self.sources[name]):
+            return False
+        if entry[1] is None:
+            return not self._needs_graph(self.sources[name])
+        return entry[1] == self._forward_id
 
     def matrices(self, names: list[str]
                  ) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
@@ -54,8 +65,7 @@ class AdapterState:
         missing = [n for n in names if not self._valid(n)]
         if missing:
             sources = {n: self.sources[n] for n in missing}
-            grad = torch.is_grad_enabled() and any(
-                p.requires_grad for s in sources.values() for p in s.parameters())
+            grad = any(self._needs_graph(s) for s in sources.values())
             with torch.set_grad_enabled(grad):
                 computed = generate_all(sources)
                 tag = self._forward_id if grad else None
