@@ -3,6 +3,7 @@ settings (:class:`MCNCConfig`)."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
@@ -14,13 +15,22 @@ from mcnc.limits import check_positive_ints, is_number
 FACTOR_RULES = ("always", "when-smaller")
 OFFSETS = ("none", "seeded")
 """How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
-DEFAULT_TARGET_TYPES: tuple[type[nn.Module], ...] = (
+BASE_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
     nn.Embedding,
 )
+
+
+def default_target_types() -> tuple[type[nn.Module], ...]:
+    """The module types compressed by default: Linear, Conv1d/2d/3d, Embedding, and
+    transformers' ``Conv1D`` (GPT-2's linear layers) once transformers is loaded (a model
+    holding one cannot exist before; mcnc does not import transformers for it)."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    conv1d = getattr(utils, "Conv1D", None)
+    return BASE_TARGET_TYPES + ((conv1d,) if isinstance(conv1d, type) else ())
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,7 @@ class Selection:
     ``"delta"``: theta = theta0 + generated, theta0 frozen (fine-tuning).
     ``"lowrank"`` (where the method supports it): every matrix or conv kernel is ``B @ A`` of
     rank ``rank`` and the factors are generated (the paper's "w/ LoRA")."""
-    target_types: tuple[type[nn.Module], ...] = field(default=DEFAULT_TARGET_TYPES)
+    target_types: tuple[type[nn.Module], ...] = field(default_factory=default_target_types)
     """Module types whose ``weight`` (and ``bias``) are compressed; others stay dense."""
     target_regex: str | None = None
     """If set, compress exactly the parameters whose full name matches this regex

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -116,6 +117,26 @@ def _selected_names(model: nn.Module, config: Selection) -> set[str]:
     return names
 
 
+def _warn_uncovered(model: nn.Module, config: Selection, selected: set[str]) -> None:
+    """Warn about weight matrices (2 or more dimensions) the selection leaves dense, by module
+    type, naming the option that would cover them."""
+    if config.target_regex is not None:
+        return
+    uncovered: dict[str, list[str]] = {}
+    for module_name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        name = f"{module_name}.weight" if module_name else "weight"
+        if isinstance(weight, nn.Parameter) and weight.dim() >= 2 and name not in selected:
+            uncovered.setdefault(type(module).__name__, []).append(module_name)
+    if uncovered:
+        listed = "; ".join(f"{kind}: {', '.join(names[:3])}"
+                           + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                           for kind, names in uncovered.items())
+        warnings.warn(f"these weight matrices are not compressed and stay dense ({listed}"
+                      "); add their types to target_types (or select them with target_regex) "
+                      "to compress them", stacklevel=4)
+
+
 def target_rank(shape: tuple[int, ...], rank: int | None, rule: str) -> int | None:
     """The rank a parameter of ``shape`` is factored at, or None to generate it directly.
 
@@ -142,6 +163,7 @@ def plan_layout(model: nn.Module, config: Selection) -> Layout:
         ValueError: if the selection matches no parameter.
     """
     selected = _selected_names(model, config)
+    _warn_uncovered(model, config, selected)
     aliases = _parameter_aliases(model)
     targets, offset = [], 0
     for name, param in model.named_parameters():

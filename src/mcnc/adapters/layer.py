@@ -82,6 +82,29 @@ class AdapterState:
             self._cache.pop(name, None)
 
 
+def linear_shape(module: nn.Module) -> tuple[int, int, bool] | None:
+    """``(in_features, out_features, transposed)`` of a linear-like layer, or None.
+
+    Linear-like: ``nn.Linear``; a leaf module with integer ``in_features``/``out_features``
+    (e.g. a 4-bit linear layer); or a leaf with integer ``nx``/``nf`` and an ``(nx, nf)``
+    weight, which computes ``x @ weight + bias`` (transformers' ``Conv1D`` in GPT-2:
+    ``transposed``, so a merged delta goes in as its transpose).
+    """
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, False
+    if next(module.children(), None) is not None:
+        return None
+    features = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    if all(isinstance(f, int) for f in features):
+        return features[0], features[1], False
+    nx, nf = getattr(module, "nx", None), getattr(module, "nf", None)
+    weight = getattr(module, "weight", None)
+    if (isinstance(nx, int) and isinstance(nf, int) and isinstance(weight, torch.Tensor)
+            and tuple(weight.shape) == (nx, nf)):
+        return nx, nf, True
+    return None
+
+
 @dataclass(frozen=True)
 class Slot:
     """How one adapter applies to this layer."""
@@ -92,14 +115,16 @@ class Slot:
 
 
 class AdapterLinear(nn.Module):
-    """Wraps a linear layer (``nn.Linear`` or any module mapping (..., in) to (..., out) with
-    ``in_features``/``out_features`` attributes, such as a 4-bit layer) and adds the deltas of
-    its adapters."""
+    """Wraps a linear-like layer (see :func:`linear_shape`: ``nn.Linear``, a 4-bit layer,
+    GPT-2's ``Conv1D``) and adds the deltas of its adapters."""
 
     def __init__(self, base_layer: nn.Module, name: str, state: AdapterState):
         super().__init__()
+        shape = linear_shape(base_layer)
+        if shape is None:
+            raise TypeError(f"{name} ({type(base_layer).__name__}) is not a linear layer")
         self.base_layer, self.layer_name = base_layer, name
-        self.in_features, self.out_features = base_layer.in_features, base_layer.out_features
+        self.in_features, self.out_features, self.transposed = shape
         self.slots: dict[str, Slot] = {}
         self._state = [state]  # in a list so that nn.Module does not register it
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import nn
 
 from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
 from mcnc.adapters.files import check_tensors, read_adapter, write_adapter
-from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot
+from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot, linear_shape
 from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape, build_source
 from mcnc.errors import FormatError
 
@@ -34,13 +35,13 @@ _NAME = re.compile(r"[A-Za-z0-9_\-]+")
 
 
 def _is_linear(module: nn.Module) -> bool:
-    """``nn.Linear``, or a leaf module with integer ``in_features``/``out_features`` (e.g. a
-    quantised linear layer)."""
-    if isinstance(module, nn.Linear):
-        return True
-    return (not isinstance(module, AdapterLinear) and next(module.children(), None) is None
-            and isinstance(getattr(module, "in_features", None), int)
-            and isinstance(getattr(module, "out_features", None), int))
+    """A linear-like layer (:func:`~mcnc.adapters.layer.linear_shape`) not yet wrapped."""
+    return not isinstance(module, AdapterLinear) and linear_shape(module) is not None
+
+
+def _out_in(layer: nn.Module) -> tuple[int, int]:
+    in_features, out_features, _ = linear_shape(layer)
+    return out_features, in_features
 
 
 class AdapterModel(nn.Module):
@@ -109,8 +110,7 @@ class AdapterModel(nn.Module):
         if not names:
             raise ValueError(f"target_modules={spec!r} matched no linear layer; some layer "
                              f"names: {list(layers)[:8]}")
-        return tuple(TargetShape(n, layers[n].out_features, layers[n].in_features)
-                     for n in names)
+        return tuple(TargetShape(n, *_out_in(layers[n])) for n in names)
 
     def _adapted_layer(self, name: str) -> AdapterLinear:
         module = self.base_model.get_submodule(name)
@@ -242,9 +242,34 @@ class AdapterModel(nn.Module):
                              "float to merge, or serve the adapter unmerged")
         return weight
 
+    def _sharers(self, weight: torch.Tensor, layer: AdapterLinear) -> list[str]:
+        """The other names under which the base model holds ``weight`` (tied weights, e.g. an
+        output head tied to the input embeddings)."""
+        own = f"{layer.layer_name}.base_layer.weight"
+        return [n for n, p in self.base_model.named_parameters(remove_duplicate=False)
+                if p is weight and n != own]
+
+    def _untie(self, layer: AdapterLinear, sharers: list[str]) -> nn.Parameter:
+        """Give ``layer`` its own copy of a tied weight, and say so."""
+        weight = layer.base_layer.weight
+        layer.base_layer.weight = nn.Parameter(weight.detach().clone(),
+                                               requires_grad=weight.requires_grad)
+        config = getattr(self.base_model, "config", None)
+        if hasattr(config, "tie_word_embeddings"):
+            config.tie_word_embeddings = False  # so save/reload does not tie them again
+        warnings.warn(f"untied {layer.layer_name}.weight from {', '.join(sharers)} to merge "
+                      "into it: the merged model stores both matrices", stacklevel=3)
+        return layer.base_layer.weight
+
     @torch.no_grad()
-    def merge_adapter(self, adapter_name: str | None = None) -> None:
-        """Add ``scaling * B @ A`` of the adapter (default: the active one) to the base weights."""
+    def merge_adapter(self, adapter_name: str | None = None, untie: bool = False) -> None:
+        """Add ``scaling * B @ A`` of the adapter (default: the active one) to the base weights.
+
+        A weight the base model shares with another module (an output head tied to the input
+        embeddings) would change both: that is refused unless ``untie=True``, which first
+        gives the adapted layer its own copy (with a warning; the model then no longer ties
+        them, and ``config.tie_word_embeddings`` is set to False).
+        """
         name = adapter_name or self.state.active
         if name not in self.adapters:
             raise ValueError(f"no adapter named {name!r}; have {list(self.adapters)}")
@@ -252,9 +277,25 @@ class AdapterModel(nn.Module):
             return
         layers = [m for m in self._adapted_layers() if name in m.slots]
         weights = [self._float_weight(m) for m in layers]
+        tied = {m.layer_name: s for m, w in zip(layers, weights, strict=True)
+                if (s := self._sharers(w, m))}
+        if tied and not untie:
+            layer, sharers = next(iter(tied.items()))
+            raise ValueError(f"cannot merge adapter {name!r} into {layer}: its weight is tied "
+                             f"to {', '.join(sharers)}, which would change too. Pass "
+                             "untie=True to give the layer its own copy first, or serve the "
+                             "adapter unmerged")
+        for i, layer in enumerate(layers):
+            if layer.layer_name in tied:
+                weights[i] = self._untie(layer, tied[layer.layer_name])
         for layer, weight in zip(layers, weights, strict=True):
-            weight += layer.delta_weight(name).to(weight.dtype)
+            weight += self._oriented(layer, layer.delta_weight(name)).to(weight.dtype)
         self.state.merged.append(name)
+
+    @staticmethod
+    def _oriented(layer: AdapterLinear, delta: torch.Tensor) -> torch.Tensor:
+        """The (out, in) delta laid out as the layer stores its weight."""
+        return delta.T if layer.transposed else delta
 
     @torch.no_grad()
     def unmerge_adapter(self) -> None:
@@ -264,11 +305,12 @@ class AdapterModel(nn.Module):
             for layer in self._adapted_layers():
                 if name in layer.slots:
                     weight = self._float_weight(layer)
-                    weight -= layer.delta_weight(name).to(weight.dtype)
+                    weight -= self._oriented(layer, layer.delta_weight(name)).to(weight.dtype)
 
-    def merge_and_unload(self) -> nn.Module:
-        """Merge the active adapter and return the plain base model (adapter layers removed)."""
-        self.merge_adapter()
+    def merge_and_unload(self, untie: bool = False) -> nn.Module:
+        """Merge the active adapter and return the plain base model (adapter layers removed);
+        ``untie`` as in :meth:`merge_adapter`."""
+        self.merge_adapter(untie=untie)
         for layer_name, module in list(self.base_model.named_modules()):
             if isinstance(module, AdapterLinear):
                 parent, _, attr = layer_name.rpartition(".")
@@ -322,10 +364,10 @@ class AdapterModel(nn.Module):
             if layer is None:
                 raise FormatError(f"the adapter targets layer {t.name!r}, which the model does "
                                   "not have (or is not linear): wrong base model?")
-            if (layer.out_features, layer.in_features) != (t.out_features, t.in_features):
-                raise FormatError(f"layer {t.name!r} is {layer.out_features}x"
-                                  f"{layer.in_features} in the model, "
-                                  f"{t.out_features}x{t.in_features} in the adapter")
+            out_features, in_features = _out_in(layer)
+            if (out_features, in_features) != (t.out_features, t.in_features):
+                raise FormatError(f"layer {t.name!r} is {out_features}x{in_features} in the "
+                                  f"model, {t.out_features}x{t.in_features} in the adapter")
         source = build_source(config, layout, **options)
         check_tensors(source, tensors)
         with torch.no_grad():
