@@ -203,11 +203,20 @@ class AdapterModel(nn.Module):
         finally:
             self.state.batch_adapters = previous
 
-    def forward(self, *args, adapter_names: list[str] | None = None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, labels=None, *args,
+                adapter_names: list[str] | None = None, **kwargs):
         """The base model's forward. ``adapter_names``: one adapter name per sample (``"__base__"``
-        for none), to run a mixed batch; otherwise the active adapter is used."""
+        for none), to run a mixed batch; otherwise the active adapter is used.
+
+        ``input_ids``, ``attention_mask`` and ``labels`` are named so that tools that keep only
+        the inputs a model's ``forward`` names (``transformers.Trainer``) keep them; they are
+        passed on only when given (``input_ids`` positionally, as the first input of any model).
+        """
+        named = {k: v for k, v in (("attention_mask", attention_mask), ("labels", labels))
+                 if v is not None}
+        leading = () if input_ids is None else (input_ids,)
         with self._batch(adapter_names):
-            return self.base_model(*args, **kwargs)
+            return self.base_model(*leading, *args, **named, **kwargs)
 
     def generate(self, *args, adapter_names: list[str] | None = None, **kwargs):
         """The base model's ``generate``, with optional per-sample ``adapter_names``."""
@@ -377,6 +386,24 @@ class AdapterModel(nn.Module):
         if not is_trainable:
             source.requires_grad_(False)
         return source
+
+    @torch.no_grad()
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Replace the trained values of every adapter by those saved in ``path`` (as
+        :meth:`save_pretrained` wrote them: ``default`` in ``path``, others in sub-folders),
+        e.g. to resume from a checkpoint. Configs and layouts must match; everything is read
+        and checked before any value changes."""
+        root, loaded = Path(path), {}
+        for name, source in self.adapters.items():
+            config, layout, tensors, _ = read_adapter(root if name == DEFAULT else root / name)
+            if config != source.config or layout.targets != source.layout.targets:
+                raise FormatError(f"{path}: adapter {name!r} there has another config or "
+                                  "other layers than this model's; load it with load_adapter")
+            check_tensors(source, tensors)
+            loaded[name] = tensors
+        for name, tensors in loaded.items():
+            for key, p in self.adapters[name].stored_tensors().items():
+                p.copy_(tensors[key])
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | os.PathLike,
