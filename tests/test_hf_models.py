@@ -72,7 +72,7 @@ def test_merging_into_a_tied_head_is_refused_unless_untied():
     x = ids()
     with torch.no_grad():
         unmerged = model(input_ids=x).logits
-    with pytest.raises(ValueError, match="tied to model.embed_tokens.weight.*untie=True"):
+    with pytest.raises(ValueError, match=r"tied to model\.embed_tokens\.weight.*untie=True"):
         model.merge_adapter()
     assert torch.equal(embed.weight, before) and not model.state.merged  # nothing changed
     with pytest.warns(UserWarning, match="untied lm_head.weight"):
