@@ -164,3 +164,34 @@ def test_importing_the_cli_leaves_the_command_modules_unimported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_directories_and_adapter_folders(tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    assert main(["inspect", str(tmp_path)]) == 2
+    assert "is a directory; pass the path of a .mcnc file" in capsys.readouterr().err
+    assert main(["reconstruct", str(tmp_path), "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=24,
+                                        num_hidden_layers=1, num_attention_heads=2,
+                                        num_key_value_heads=1))
+    model = mcnc.get_adapter_model(base, mcnc.MCNCAdapterConfig(rank=2, d=200))
+    model.save_pretrained(tmp_path / "adapter")
+    assert main(["inspect", str(tmp_path / "adapter")]) == 0
+    out = capsys.readouterr().out
+    assert "mcnc adapter of rank 2 on 7 layers" in out and "mcnc.alpha" in out
+    assert main(["inspect", "--json", str(tmp_path / "adapter")]) == 0
+    assert json.loads(capsys.readouterr().out)["method"] == "mcnc"
+
+
+def test_errors_name_the_flag_the_user_typed(tmp_path, capsys):
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(mode="delta", k=3, d=64, width=8))
+    mcnc.save(m, tmp_path / "delta.mcnc")
+    assert main(["reconstruct", str(tmp_path / "delta.mcnc"), "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--base" in err and "base_state_dict" not in err
+    assert main(["train", "--dataset", "cifar10", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--data-root" in err and "root=" not in err

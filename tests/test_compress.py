@@ -182,3 +182,27 @@ def test_lowrank_factors_every_kernel_by_default_and_when_smaller_on_request():
     assert always[-1] is None and None not in always[:-1]  # 21 kernels and fc; fc.bias direct
     assert always[0] == 9 and max(always[:-1]) == 64  # stem 16 x (1*3*3): min(64, 16, 9)
     assert all(r is None for r in smaller)  # rank 64 saves numbers on no ResNet-20 tensor
+
+
+def test_torch_compile_fullgraph_trains_and_saves(tmp_path):
+    torch.manual_seed(0)
+    m = mcnc.compress(nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5)),
+                      mcnc.MCNCConfig(k=4, d=100, width=8))
+    x = torch.randn(3, 20)
+    compiled = torch.compile(m, fullgraph=True)  # no graph break in generation or caching
+    torch.testing.assert_close(compiled(x), m(x), atol=1e-5, rtol=1e-5)
+    compiled(x).sum().backward()
+    assert m.alpha.grad is not None
+    path = mcnc.save(compiled, tmp_path / "m.mcnc")  # the wrapper's _orig_mod is saved
+    skeleton = nn.Sequential(nn.Linear(20, 30), nn.ReLU(), nn.Linear(30, 5))
+    loaded = mcnc.load(path, skeleton, device="cpu")
+    assert torch.equal(loaded(x), m(x))
+
+
+def test_load_and_reconstruct_take_a_device(tmp_path):
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8))
+    path = mcnc.save(m, tmp_path / "m.mcnc")
+    state = mcnc.reconstruct(path, device="meta")
+    assert all(v.device.type == "meta" for v in state.values())
+    loaded = mcnc.load(path, make("odd"), device=torch.device("cpu"))
+    assert loaded.alpha.device.type == "cpu" and torch.equal(loaded.alpha, m.alpha)

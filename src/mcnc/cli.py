@@ -305,27 +305,51 @@ def _add_inspect(sub: _Subparsers) -> None:
     p.set_defaults(func=_inspect)
 
 
+def _print_tensors(tensors: dict, names: list[str]) -> None:
+    for name in names:
+        t = tensors[name]
+        print(f"  {name:<40} {str(t.dtype).removeprefix('torch.'):<9} {list(t.shape)}")
+    print(f"stored values: {sum(t.numel() for t in tensors.values()):,}")
+
+
+def _inspect_adapter(folder: Path, as_json: bool) -> None:
+    from mcnc.adapters.files import read_adapter
+
+    config, layout, tensors, raw = read_adapter(folder)
+    if as_json:
+        print(json.dumps(raw, indent=2))
+        return
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    print(f"{folder}: adapter folder, {size:,} bytes; {config.method} adapter of rank "
+          f"{config.rank} on {len(layout.targets)} layers (base model: "
+          f"{raw.get('base_model_name_or_path') or 'not recorded'})")
+    print(f"settings: {json.dumps({k: v for k, v in config.to_dict().items() if k != 'method'})}")
+    _print_tensors(tensors, sorted(tensors))
+
+
 def _inspect(args: argparse.Namespace) -> None:
     from mcnc.fileformat import read
 
-    tensors, meta = read(args.file)
+    path = Path(args.file)
+    if path.is_dir() and (path / "adapter_config.json").exists():
+        _inspect_adapter(path, args.json)
+        return
+    tensors, meta = read(path)
     if args.json:
         print(json.dumps(meta, indent=2))
         return
+    size = path.stat().st_size
     if meta.get("method", "mcnc") != "mcnc":
         settings = {k: v for k, v in meta.items() if k not in (
             "layout", "dense", "payload_sha256", "metadata_sha256", "base_sha256")}
-        print(f"{args.file}: {Path(args.file).stat().st_size:,} bytes, {meta['method']} "
-              f"file, format version {meta['format_version']}; {json.dumps(settings)}")
-        for name, t in tensors.items():
-            print(f"  {name:<40} {str(t.dtype).removeprefix('torch.'):<9} {list(t.shape)}")
-        print(f"stored values: {sum(t.numel() for t in tensors.values()):,}")
+        print(f"{path}: {size:,} bytes, {meta['method']} file, format version "
+              f"{meta['format_version']}; {json.dumps(settings)}")
+        _print_tensors(tensors, list(tensors))
         return
     g, targets = meta["generator"], meta["layout"]["targets"]
     original = sum(math.prod(t["shape"]) for t in targets)
     manifold = tensors["mcnc.alpha"].numel() + tensors["mcnc.beta"].numel()
-    print(f"{args.file}: {Path(args.file).stat().st_size:,} bytes, mcnc format version "
-          f"{meta['format_version']}")
+    print(f"{path}: {size:,} bytes, mcnc format version {meta['format_version']}")
     print(f"mode {meta['mode']}, m={meta['m']}; generator {g['activation']} k={g['k']} "
           f"d={g['d']} L={g['L']:g} width={g['width']} depth={g['depth']} "
           f"gain={g['hidden_gain']:g}, seed {g['seed']} ({g['prng']}"
@@ -333,10 +357,8 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"{len(targets)} compressed tensors, {original:,} values, generated from {manifold:,} "
           f"alphas and betas ({original / manifold:.1f}x)")
     order = {f"dense.{k}": i for i, k in enumerate(meta["layout"]["state_keys"])}
-    for name in sorted(tensors, key=lambda n: (not n.startswith("mcnc."), order.get(n, 0), n)):
-        t = tensors[name]
-        print(f"  {name:<40} {str(t.dtype).removeprefix('torch.'):<9} {list(t.shape)}")
-    print(f"stored values: {sum(t.numel() for t in tensors.values()):,}")
+    _print_tensors(tensors, sorted(tensors, key=lambda n: (not n.startswith("mcnc."),
+                                                            order.get(n, 0), n)))
 
 
 def _add_reconstruct(sub: _Subparsers) -> None:
@@ -374,12 +396,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+FLAG_NAMES = {
+    "train": (("root=", "--data-root "),),
+    "compare": (("root=", "--data-root "),),
+    "reconstruct": (("base_state_dict", "--base"),),
+}
+"""Per command: how the library's messages name an argument -> the flag the user typed."""
+
+
+def _in_flags(command: str, message: str) -> str:
+    """``message`` with the Python argument names of ``command``'s options replaced by flags."""
+    for python_name, flag in FLAG_NAMES.get(command, ()):
+        message = message.replace(python_name, flag)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (FormatError, FileNotFoundError, DataError, ValueError) as e:
-        print(f"mcnc {args.command}: error: {e}", file=sys.stderr)
+    except (FormatError, OSError, DataError, ValueError) as e:
+        print(f"mcnc {args.command}: error: {_in_flags(args.command, str(e))}", file=sys.stderr)
         return 2
     return 0
 

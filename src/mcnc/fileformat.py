@@ -86,6 +86,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
 
 def to_bytes(model: Reparameterized, dtype: torch.dtype = torch.float32) -> bytes:
     """The .mcnc file content for ``model`` (see :func:`save`)."""
+    model = getattr(model, "_orig_mod", model)  # the model inside a torch.compile wrapper
     if not isinstance(model, Reparameterized):
         raise TypeError(f"expected a compressed model (from mcnc.compress or a baseline), got "
                         f"{type(model)}")
@@ -117,7 +118,8 @@ def save(model: Reparameterized, path: str | os.PathLike, dtype: torch.dtype = t
     """Write ``model`` to ``path`` atomically.
 
     Args:
-        model: a model returned by :func:`mcnc.compress`, a baseline or :func:`mcnc.load`.
+        model: a model returned by :func:`mcnc.compress`, a baseline or :func:`mcnc.load`, or
+            a ``torch.compile`` wrapper of one (its ``_orig_mod`` is saved).
         dtype: storage type of the method's trained numbers (MCNC: alpha and beta): float32
             (exact), float16 or bfloat16.
     """
@@ -271,7 +273,7 @@ def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
         FormatError: truncated, corrupted, wrong version or malformed.
         FileNotFoundError: no such file.
     """
-    data = Path(path).read_bytes()
+    data = _file_bytes(path)
     meta = _parse_header(data)
     _check_version(meta)
     try:
@@ -295,6 +297,15 @@ def read(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+def _file_bytes(path: str | os.PathLike) -> bytes:
+    path = Path(path)
+    if path.is_dir():
+        adapter = " (it holds an adapter: AdapterModel.load_adapter reads it)" if (
+            path / "adapter_config.json").exists() else ""
+        raise FormatError(f"{path} is a directory{adapter}; pass the path of a .mcnc file")
+    return path.read_bytes()
+
+
 def _check_dense(tensors: dict, meta: dict, state: dict[str, torch.Tensor]) -> None:
     for key in meta["dense"]:
         if key not in state:
@@ -304,8 +315,8 @@ def _check_dense(tensors: dict, meta: dict, state: dict[str, torch.Tensor]) -> N
                               f"has {tuple(tensors[f'dense.{key}'].shape)}")
 
 
-def load(path: str | os.PathLike, model: nn.Module, verify_base: bool = True
-         ) -> Reparameterized:
+def load(path: str | os.PathLike, model: nn.Module, verify_base: bool = True,
+         device: str | torch.device | None = None) -> Reparameterized:
     """Load a .mcnc file (of any method) into ``model`` and return the compressed model.
 
     Args:
@@ -314,12 +325,16 @@ def load(path: str | os.PathLike, model: nn.Module, verify_base: bool = True
             of the same method and layout, whose values are replaced.
         verify_base: in ``delta`` mode, check that the skeleton's weights are the base the
             file was trained on.
+        device: where the returned model lives (default: where ``model`` is); the file's
+            tensors are read on the CPU and the weights regenerated there first, so they are
+            the same bits on every device.
 
     Raises:
         FormatError: the file is invalid or does not match ``model``; ``model`` is unchanged.
     """
     tensors, meta = read(path)
-    return _load_checked(path, tensors, meta, model, verify_base)
+    loaded = _load_checked(path, tensors, meta, model, verify_base)
+    return loaded if device is None else loaded.to(device)
 
 
 def _load_checked(path, tensors: dict[str, torch.Tensor], meta: dict, model: nn.Module,
@@ -412,12 +427,14 @@ def _skeleton(layout: Layout, tensors: dict[str, torch.Tensor], meta: dict,
 
 
 @torch.no_grad()
-def reconstruct(path: str | os.PathLike, base_state_dict: dict[str, torch.Tensor] | None = None
-                ) -> dict[str, torch.Tensor]:
+def reconstruct(path: str | os.PathLike, base_state_dict: dict[str, torch.Tensor] | None = None,
+                device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
     """The dense state dict of the original architecture, without building the model.
 
     ``load_state_dict(strict=True)`` on the uncompressed model accepts it, and the model then
     gives the same outputs as the compressed one. ``delta`` files also need the base weights.
+    The weights are regenerated on the CPU (the same bits everywhere) and then moved to
+    ``device`` if one is given.
     """
     tensors, meta = read(path)
     layout = Layout.from_dict(meta["layout"])
@@ -432,4 +449,5 @@ def reconstruct(path: str | os.PathLike, base_state_dict: dict[str, torch.Tensor
                               "the delta was trained on")
     skeleton = _built(path, lambda: _skeleton(layout, tensors, meta, base_state_dict))
     compressed = _load_checked(path, tensors, meta, skeleton, verify_base=True, ordered=False)
-    return _built(path, compressed.dense_state_dict)
+    state = _built(path, compressed.dense_state_dict)
+    return state if device is None else {k: v.to(device) for k, v in state.items()}

@@ -211,6 +211,14 @@ class Generator(nn.Module):
         for i, w in enumerate(weights):
             self.register_buffer(f"w{i}", w.detach().clone().float(), persistent=False)
         self._factor_cache: tuple[tuple, torch.Tensor] | None = None
+        self._norm_factor(self.weights[-1])  # eagerly, so a compiled forward finds it
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self._factor_cache = None
+        if not self.weights[-1].is_meta:  # a meta tensor holds no values to factor
+            self._norm_factor(self.weights[-1])  # for the new device or dtype, eagerly
+        return self
 
     @property
     def weights(self) -> list[torch.Tensor]:
@@ -238,6 +246,12 @@ class Generator(nn.Module):
         every h. Kept until ``W_out`` changes (recomputed, differentiably, if it trains)."""
         if w_out.requires_grad:
             return torch.linalg.qr(w_out.double(), mode="reduced").R.to(w_out.dtype)
+        if torch.compiler.is_compiling():  # versions and pointers cannot be traced
+            cached = self._factor_cache  # made at construction and after every move or cast
+            if (cached is not None and cached[1].dtype == w_out.dtype
+                    and cached[1].device == w_out.device):
+                return cached[1]
+            return torch.linalg.qr(w_out.double(), mode="r").R.to(w_out.dtype)
         key = (w_out._version, w_out.data_ptr(), w_out.dtype, w_out.device)
         if self._factor_cache is None or self._factor_cache[0] != key:
             r = _qr_factor(w_out.detach()).to(w_out.device, w_out.dtype)

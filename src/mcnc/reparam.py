@@ -144,7 +144,7 @@ class Reparameterized(nn.Module):
         """The compressed parameters as tensors, by canonical name (cached when no grad)."""
         needs_grad = torch.is_grad_enabled() and any(
             t.requires_grad for t in self.method_tensors().values())
-        if needs_grad:
+        if needs_grad or torch.compiler.is_compiling():  # a compiled graph keeps no cache
             self._cache = None
             return self._compute_weights()
         key = self._cache_key()
