@@ -117,3 +117,16 @@ def test_report_only_writes_a_partial_table(tiny_preset, tmp_path, monkeypatch):
     (tmp_path / "runs.jsonl").write_text("")
     table = cmp.compare("tiny", tmp_path, progress=False, train=False).read_text()
     assert "Partial: 0 of 6 runs finished" in table
+
+
+def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch):
+    small = dict(model="mlp", dataset="mnist", epochs=1, train_subset=256, test_subset=128,
+                 progress=False)
+    preset = cmp.Preset("failing", "", (TrainSettings(method="nola", budget=1, **small),
+                                        TrainSettings(method="mcnc", budget=500, **small)),
+                        seeds=(0,))
+    monkeypatch.setitem(cmp.PRESETS, "failing", preset)
+    with pytest.raises(RuntimeError, match="1 run\\(s\\) failed.*nola budget=1"):
+        cmp.compare("failing", tmp_path, progress=False, jobs=2)
+    runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in runs] == ["mcnc"]

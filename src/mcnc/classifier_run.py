@@ -292,11 +292,13 @@ class Run:
         out, model = self.out, self.model
         leftovers = (sum(v.numel() for v in model.dense_leftovers().values())
                      if isinstance(model, Reparameterized) else 0)
+        data = None  # no file for experimental options a file cannot record yet
         if isinstance(model, Reparameterized):
             own = sum(t.numel() for t in model.method_tensors().values())
-            data = to_bytes(model)
-            if out is not None and self.ctx.main:
-                save(model, out / "model.mcnc")
+            if not getattr(model.config, "experimental", None):
+                data = to_bytes(model)
+                if out is not None and self.ctx.main:
+                    save(model, out / "model.mcnc")
         else:
             own = sum(p.numel() for p in model.parameters())
             data = safetensors.torch.save({k: v.contiguous() for k, v in
@@ -308,7 +310,7 @@ class Run:
             "model": self.s.model, "dataset": self.s.dataset, "method": self.s.method,
             "budget": self.s.budget, "seed": self.s.seed, "epochs": self.s.epochs,
             "method_numbers": own, "dense_leftovers": leftovers,
-            "stored_numbers": own + leftovers, "file_bytes": len(data),
+            "stored_numbers": own + leftovers, "file_bytes": None if data is None else len(data),
             "index_bytes": 4 * own if self.s.method == "pruning" else 0,
             "test_accuracy": last.get("test_accuracy", math.nan),
             "train_loss": last.get("train_loss", math.nan),

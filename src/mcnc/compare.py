@@ -113,7 +113,9 @@ def _train_in_worker(settings: TrainSettings, threads: int) -> dict:
 
 
 def _train_all(todo: list[TrainSettings], jobs: int):
-    """``(settings, result)`` of every run in ``todo``, in the order they finish."""
+    """``(settings, result)`` of every run in ``todo``, in the order they finish. A run that
+    fails does not stop the others: the failures are reported together at the end."""
+    failed = []
     if jobs <= 1 or len(todo) <= 1:
         for s in todo:
             yield s, train(s)
@@ -123,7 +125,16 @@ def _train_all(todo: list[TrainSettings], jobs: int):
     with ProcessPoolExecutor(jobs, mp_context=context) as pool:
         futures = {pool.submit(_train_in_worker, s, threads): s for s in todo}
         for future in as_completed(futures):
-            yield futures[future], future.result()
+            s = futures[future]
+            try:
+                result = future.result()
+            except Exception as e:  # reported below, after the other runs
+                failed.append(f"{s.model} {s.method} budget={s.budget} seed={s.seed}: {e}")
+                continue
+            yield s, result
+    if failed:
+        raise RuntimeError(f"{len(failed)} run(s) failed (the others are in runs.jsonl): "
+                           + "; ".join(failed[:5]))
 
 
 def compare(preset: str, out: str | Path, data_root: str | None = None,

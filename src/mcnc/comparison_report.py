@@ -96,7 +96,8 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
                 continue
             budget = "-" if r["budget"] is None else f"{r['budget']:,}"
             late = "" if r["late"] is None else f"{r['late']:+.2f}"
-            lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {r['bytes']:,} | "
+            size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
+            lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
                          f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | {late} | "
                          f"{r['train_loss']:.4f} | {versus_subspace(r, rows)} | "
                          f"{r['seconds']:.0f} |")
