@@ -126,7 +126,7 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch):
                                         TrainSettings(method="mcnc", budget=500, **small)),
                         seeds=(0,))
     monkeypatch.setitem(cmp.PRESETS, "failing", preset)
-    with pytest.raises(RuntimeError, match="1 run\\(s\\) failed.*nola budget=1"):
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed.*nola budget=1"):
         cmp.compare("failing", tmp_path, progress=False, jobs=2)
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert [r["method"] for r in runs] == ["mcnc"]
