@@ -103,3 +103,19 @@ def test_uncovered_weight_matrices_are_named_in_a_warning():
         mcnc.compress(tiny_gpt2(), mcnc.MCNCConfig(k=8, d=500, width=16,
                                                    target_types=(torch.nn.Embedding,)))
     assert Conv1D in mcnc.config.default_target_types()
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_tied_llama])
+def test_export_as_a_peft_lora_gives_the_same_logits(method, make, tmp_path):
+    peft = pytest.importorskip("peft")
+    from mcnc.adapters.peft_export import export_peft_lora
+
+    model = trained(make(), CONFIGS[method])
+    x = ids()
+    with torch.no_grad():
+        ours = model(input_ids=x).logits
+    export_peft_lora(model, tmp_path / "lora")
+    loaded = peft.PeftModel.from_pretrained(make(), tmp_path / "lora").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=x).logits, ours, atol=1e-5, rtol=1e-5)
