@@ -60,7 +60,7 @@ def saved(tmp_path_factory):
 
 def _digests(path, threads: int) -> dict[str, str]:
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(path), str(threads)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -23,7 +23,7 @@ def run_cli(*extra: str, torchrun: bool = False) -> dict:
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
                  "--nproc_per_node", "2"] if torchrun else [sys.executable])
     done = subprocess.run([*launcher, "-m", "mcnc", "finetune", *ARGS, *extra], env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

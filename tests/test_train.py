@@ -79,12 +79,12 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
             "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "mcnc", "train", *args], env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=1800)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", "-m", "mcnc", "train", *args,
                           "--out", str(tmp_path)], env=env, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=1800)
     assert two.returncode == 0, two.stderr
     single = json.loads(one.stdout.strip().splitlines()[-1])
     dual = json.loads(two.stdout.strip().splitlines()[-1])
