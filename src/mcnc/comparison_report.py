@@ -55,7 +55,19 @@ def late_change(history: list[dict]) -> float | None:
 
 def versus_subspace(row: dict, rows: list[dict]) -> str:
     """``row`` (a compressed method) against the best PRANC or NOLA row of its cell."""
-    rivals = [r for r in rows if r["label"] in SUBSPACES and r["label"] != row["label"]
+    return versus(row, [r for r in rows if r["label"] in SUBSPACES])
+
+
+def versus_default(row: dict, rows: list[dict]) -> str:
+    """``row`` (a variant) against the unchanged method of its cell (label ``"<method>
+    default"``)."""
+    return versus(row, [r for r in rows if r["label"].endswith(" default")])
+
+
+def versus(row: dict, candidates: list[dict]) -> str:
+    """``row`` against the best of ``candidates`` in its cell (data set, model, budget): the
+    difference of the means ± its Welch standard error, and the verdict."""
+    rivals = [r for r in candidates if r["label"] != row["label"]
               and (r["dataset"], r["model"], r["budget"]) == (row["dataset"], row["model"],
                                                              row["budget"])]
     if not rivals or row["budget"] is None:
@@ -67,6 +79,11 @@ def versus_subspace(row: dict, rows: list[dict]) -> str:
     se = math.sqrt(row["std"] ** 2 / row["seeds"] + best["std"] ** 2 / best["seeds"])
     verdict = "win" if diff > 2 * se else "loss" if diff < -2 * se else "tie"
     return f"{diff:+.2f} ± {se:.2f} vs {best['label']}: **{verdict}**"
+
+
+COMPARED = {"method": ("vs subspace", "the best of PRANC and NOLA", versus_subspace),
+            "variant": ("vs default", "the unchanged method", versus_default)}
+"""Preset label -> (column, what it compares with, how): the comparison column of a table."""
 
 
 def markdown_table(rows: list[dict], preset, command: str, seconds: float,
@@ -84,12 +101,14 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
              "leftovers (normalisation layers); pruning files also hold a 4-byte index per "
              "kept weight, included in *bytes*. *late* is the test accuracy gained over the "
              "last fifth of the epochs (mean over seeds): near 0 when training has flattened. "
-             "*vs subspace*: the difference to the best of PRANC and NOLA in the same cell ± its "
-             "standard error (Welch); a win or loss only beyond twice the standard error.", ""]
+             f"*{COMPARED[preset.label][0]}*: the difference to {COMPARED[preset.label][1]} in "
+             "the same cell ± its standard error (Welch); a win or loss only beyond twice the "
+             "standard error." if preset.label in COMPARED else "", ""]
+    column, _, compare_row = COMPARED.get(preset.label, ("", "", lambda row, rows: ""))
     for (dataset, model) in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         lines += [f"## {dataset}, {model}", "",
                   "| method | budget | stored | bytes | accuracy % | n | late | train loss | "
-                  "vs subspace | s/run |",
+                  f"{column} | s/run |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         for r in rows:
             if (r["dataset"], r["model"]) != (dataset, model):
@@ -99,7 +118,7 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
             size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
             lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
                          f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | {late} | "
-                         f"{r['train_loss']:.4f} | {versus_subspace(r, rows)} | "
+                         f"{r['train_loss']:.4f} | {compare_row(r, rows)} | "
                          f"{r['seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)
