@@ -5,8 +5,8 @@ peft builds (parameters that require grad), on all 210 linear layers of the 30 b
 
     python benchmarks/peer_budgets.py --out results/finetune/peer_budgets.md   # ~5 min
 
-This fixes the settings of the side-by-side fine-tuning runs; the runs themselves are not
-part of this script.
+The settings come from :func:`mcnc.llm.peers.peer_config`, which ``mcnc finetune --method
+<peer> --budget N`` uses too; the fine-tuning runs themselves are not part of this script.
 """
 
 from __future__ import annotations
@@ -16,44 +16,17 @@ from pathlib import Path
 
 import peft
 
-from mcnc.llm.models import load_smollm2
+from mcnc.adapters.model import select_targets
+from mcnc.llm.models import MODEL_NAMES, build_language_model
+from mcnc.llm.peers import peer_config
 from mcnc.machine import machine_line
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 BUDGETS = (6_000, 26_880)
-LAYERS = 210
-SUBVECTORS = 305_280 // 192
-"""VB-LoRA at vector length 192 (the largest that divides 576, 192 and 1536) and rank 1: each
-layer's A and B are cut into (in + out) / 192 sub-vectors, 1,590 in all."""
-
-
-def settings(budget: int) -> dict[str, tuple[str, object]]:
-    """Method -> (knobs in words, peft config) closest to ``budget`` trained numbers."""
-    per_layer = round(budget / LAYERS)
-    vectors = max(1, round(budget / (SUBVECTORS + 192)))
-    return {
-        "FourierFT": (f"n_frequency={per_layer}",
-                      peft.FourierFTConfig(n_frequency=per_layer, target_modules=TARGETS)),
-        "Uni-LoRA": (f"theta_d_length={budget}",
-                     peft.UniLoraConfig(theta_d_length=budget, target_modules=TARGETS)),
-        "TinyLoRA": (f"u={per_layer}", peft.TinyLoraConfig(u=per_layer, target_modules=TARGETS)),
-        "VB-LoRA": (f"r=1, vector_length=192, num_vectors={vectors}",
-                    peft.VBLoRAConfig(r=1, vector_length=192, num_vectors=vectors,
-                                      target_modules=TARGETS)),
-        "VeRA": ("r=1 (its smallest)", peft.VeraConfig(r=1, target_modules=TARGETS)),
-        "RandLoRA": ("r=1 (its smallest)", peft.RandLoraConfig(r=1, target_modules=TARGETS)),
-    }
-
-
-DEFAULTS = {
-    "FourierFT": peft.FourierFTConfig(target_modules=TARGETS),
-    "Uni-LoRA": peft.UniLoraConfig(target_modules=TARGETS),
-    "TinyLoRA": peft.TinyLoraConfig(target_modules=TARGETS),
-    "VB-LoRA": peft.VBLoRAConfig(target_modules=TARGETS, vector_length=192),
-    "VeRA": peft.VeraConfig(target_modules=TARGETS),
-    "RandLoRA": peft.RandLoraConfig(target_modules=TARGETS),
-    "LoRA r1": peft.LoraConfig(r=1, target_modules=TARGETS),
-}
+KNOBS = {"fourierft": ("n_frequency",), "unilora": ("theta_d_length",), "tinylora": ("u",),
+         "vblora": ("r", "vector_length", "num_vectors"), "vera": ("r",), "randlora": ("r",)}
+"""The settings :func:`mcnc.llm.peers.peer_config` chooses for a budget, shown per method."""
+METHODS = {"FourierFT": "fourierft", "Uni-LoRA": "unilora", "TinyLoRA": "tinylora",
+           "VB-LoRA": "vblora", "VeRA": "vera", "RandLoRA": "randlora"}
 
 
 def trained(base, config) -> tuple[int, object]:
@@ -65,25 +38,29 @@ def trained(base, config) -> tuple[int, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/finetune/peer_budgets.md")
+    parser.add_argument("--model", default="smollm2-135m", choices=MODEL_NAMES,
+                        help="tiny-llama checks the script in seconds")
     args = parser.parse_args()
-    base = load_smollm2()
-    lines = ["# Trained numbers of peft's adapters on SmolLM2-135M (210 linear layers)", "",
+    base = build_language_model(args.model)[0]
+    targets = select_targets(base, "all-linear")
+    layers = [(t.out_features, t.in_features) for t in targets]
+    names = [t.name for t in targets]
+    lines = [f"# Trained numbers of peft's adapters on {args.model} ({len(layers)} linear "
+             "layers)", "",
              "Command: `python benchmarks/peer_budgets.py --out results/finetune/peer_budgets.md`"
              "  ", f"Machine: {machine_line()}  ", f"peft {peft.__version__}", "",
              "| method | documented default | " + " | ".join(
                  f"closest to {b:,}: knobs | trained" for b in BUDGETS) + " |",
              "|---|---:|" + "---|---:|" * len(BUDGETS)]
-    for method, default in DEFAULTS.items():
-        count, base = trained(base, default)
+    for label, method in METHODS.items():
+        count, base = trained(base, peer_config(method, None, layers, names))
         cells = [f"{count:,}"]
         for budget in BUDGETS:
-            if method not in settings(budget):
-                cells += ["-", "-"]
-                continue
-            knobs, config = settings(budget)[method]
+            config = peer_config(method, budget, layers, names)
             n, base = trained(base, config)
-            cells += [knobs, f"{n:,}"]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            knobs = {k: getattr(config, k) for k in KNOBS[method]}
+            cells += [", ".join(f"{k}={v}" for k, v in knobs.items()), f"{n:,}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
         print(lines[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

@@ -96,3 +96,19 @@ def test_a_nan_loss_stops_finetuning_without_writing_an_adapter(tmp_path, monkey
         finetune(FinetuneSettings(model="tiny-llama", steps=3, rank=4, budget=120,
                                   max_length=48, out=str(tmp_path), progress=False))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("method", "budget", "expected"), [
+    ("unilora", 120, 120), ("fourierft", 140, 140), ("tinylora", 140, 140),
+    ("vblora", 0, None), ("vera", 120, None), ("peft-lora", 120, None)])
+def test_peft_peers_run_through_peft(method, budget, expected, tmp_path):
+    pytest.importorskip("peft")
+    result = finetune(FinetuneSettings(model="tiny-llama", method=method, budget=budget,
+                                       rank=4, steps=2, batch_size=2, max_length=48,
+                                       val_batches=1, lr=1e-2, progress=False,
+                                       out=str(tmp_path)))
+    assert result["adapter"]["peft_type"] == method.removeprefix("peft-").upper()
+    if expected is not None:  # 14 layers: 2 blocks x 7 linear layers
+        assert result["trainable"] == expected
+    assert result["generation_flops"] is None and result["val_loss"] > 0
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()

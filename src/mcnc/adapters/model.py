@@ -44,6 +44,43 @@ def _out_in(layer: nn.Module) -> tuple[int, int]:
     return out_features, in_features
 
 
+def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every linear layer of ``model`` by name (the wrapped layer for adapted ones)."""
+    layers = {}
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLinear):
+            layers[name] = module.base_layer
+        elif _is_linear(module) and not name.endswith(".base_layer"):
+            layers[name] = module
+    return layers
+
+
+def _output_head(model: nn.Module) -> set[str]:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    names = {n for n, m in model.named_modules()
+             if m is head or (isinstance(m, AdapterLinear) and m.base_layer is head)}
+    return names | {"lm_head"}
+
+
+def select_targets(model: nn.Module, spec: str | tuple[str, ...]) -> tuple[TargetShape, ...]:
+    """The linear layers of ``model`` that ``target_modules=spec`` selects, in model order:
+    ``"all-linear"`` (every one but the output head), a regex matched against the whole name,
+    or names (a layer matches a name equal to its own or to its last parts)."""
+    layers = linear_layers(model)
+    if spec == ALL_LINEAR:
+        head = _output_head(model)
+        names = [n for n in layers if n not in head]
+    elif isinstance(spec, str):
+        names = [n for n in layers if re.fullmatch(spec, n)]
+    else:
+        names = [n for n in layers if any(n == s or n.endswith("." + s) for s in spec)]
+    if not names:
+        raise ValueError(f"target_modules={spec!r} matched no linear layer; some layer "
+                         f"names: {list(layers)[:8]}")
+    return tuple(TargetShape(n, *_out_in(layers[n])) for n in names)
+
+
 class AdapterModel(nn.Module):
     """A base model (frozen) plus adapters; calls go to the base model with the adapters'
     deltas added in the targeted layers. Attributes it does not have (``config``,
@@ -82,35 +119,11 @@ class AdapterModel(nn.Module):
     # -- which layers ---------------------------------------------------------------------
     def linear_layers(self) -> dict[str, nn.Module]:
         """Every linear layer of the base model by name (the wrapped layer for adapted ones)."""
-        layers = {}
-        for name, module in self.base_model.named_modules():
-            if isinstance(module, AdapterLinear):
-                layers[name] = module.base_layer
-            elif _is_linear(module) and not name.endswith(".base_layer"):
-                layers[name] = module
-        return layers
-
-    def _output_head(self) -> set[str]:
-        get = getattr(self.base_model, "get_output_embeddings", None)
-        head = get() if callable(get) else None
-        names = {n for n, m in self.base_model.named_modules()
-                 if m is head or (isinstance(m, AdapterLinear) and m.base_layer is head)}
-        return names | {"lm_head"}
+        return linear_layers(self.base_model)
 
     def select_targets(self, config: AdapterConfig) -> tuple[TargetShape, ...]:
         """The layers ``config.target_modules`` selects, in model order."""
-        layers, spec = self.linear_layers(), config.target_modules
-        if spec == ALL_LINEAR:
-            head = self._output_head()
-            names = [n for n in layers if n not in head]
-        elif isinstance(spec, str):
-            names = [n for n in layers if re.fullmatch(spec, n)]
-        else:
-            names = [n for n in layers if any(n == s or n.endswith("." + s) for s in spec)]
-        if not names:
-            raise ValueError(f"target_modules={spec!r} matched no linear layer; some layer "
-                             f"names: {list(layers)[:8]}")
-        return tuple(TargetShape(n, *_out_in(layers[n])) for n in names)
+        return select_targets(self.base_model, config.target_modules)
 
     def _adapted_layer(self, name: str) -> AdapterLinear:
         module = self.base_model.get_submodule(name)

@@ -28,14 +28,19 @@ from mcnc.adapters import (
 )
 from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
+from mcnc.adapters.model import select_targets
 from mcnc.adapters.sources import FactorLayout, d_for_budget
 from mcnc.distributed import Context, init_distributed, sum_over_processes
 from mcnc.errors import DivergedError
+from mcnc.llm.peers import PEERS, peer_config
 from mcnc.machine import machine_line
 
-ADAPTER_METHODS = ("mcnc", "nola", "lora")
-DEFAULT_LR = {"mcnc": 0.2, "nola": 0.1, "lora": 3e-3}
-"""The best of the learning-rate sweep on SmolLM2 (results/finetune/sweep.md; rank 16)."""
+OWN_METHODS = ("mcnc", "nola", "lora")
+ADAPTER_METHODS = OWN_METHODS + PEERS
+"""mcnc's own adapters, then peft's, run through peft itself (:mod:`mcnc.llm.peers`)."""
+DEFAULT_LR = {"mcnc": 0.2, "nola": 0.1, "lora": 3e-3} | dict.fromkeys(PEERS, 1e-2)
+"""mcnc's adapters: the best of the learning-rate sweep on SmolLM2 (results/finetune/sweep.md;
+rank 16). peft's: 1e-2, not tuned yet; pass ``--lr`` (a sweep chooses it)."""
 BASES = ("float32", "gguf-4bit")
 
 
@@ -88,7 +93,28 @@ def adapter_config(s: FinetuneSettings, model: AdapterModel) -> AdapterConfig:
         config = MCNCAdapterConfig(**common)
         layout = FactorLayout(model.select_targets(config), s.rank)
         return replace(config, d=d_for_budget(layout, s.budget, config.k, config.m))
-    raise ValueError(f"unknown adapter method {s.method!r}; choose one of {ADAPTER_METHODS}")
+    raise ValueError(f"unknown adapter method {s.method!r}; choose one of {OWN_METHODS}")
+
+
+def peer_model(s: FinetuneSettings, base: nn.Module) -> nn.Module:
+    """``base`` wrapped by peft with the peer ``s.method`` at ``s.budget`` trained numbers
+    (``s.budget=0``: the peer's documented default), on the layers ``s.target_modules``
+    selects for mcnc's adapters."""
+    import peft
+
+    if s.base != "float32":
+        raise ValueError("peft's adapters need --base float32")
+    targets = select_targets(base, LoRAAdapterConfig(target_modules=s.target_modules)
+                             .target_modules)
+    layers = [(t.out_features, t.in_features) for t in targets]
+    config = peer_config(s.method, s.budget or None, layers, [t.name for t in targets], s.rank)
+    return peft.get_peft_model(base, config)
+
+
+def _config_dict(config) -> dict:
+    """A JSON-ready dict of an mcnc or peft adapter config."""
+    return json.loads(json.dumps(config.to_dict(), default=lambda v: (
+        sorted(v) if isinstance(v, set | frozenset) else str(v))))
 
 
 def _load_model(s: FinetuneSettings) -> tuple[nn.Module, object]:
@@ -153,6 +179,8 @@ class FinetuneRun:
     def __init__(self, s: FinetuneSettings, ctx: Context):
         if s.method not in ADAPTER_METHODS:
             raise ValueError(f"unknown method {s.method!r}; choose one of {ADAPTER_METHODS}")
+        if s.method in PEERS and ctx.world > 1:
+            raise ValueError("peft's adapters run in a single process here")
         if s.batch_size % ctx.world:
             raise ValueError(f"batch size {s.batch_size} must be a multiple of the number of "
                              f"processes ({ctx.world})")
@@ -162,10 +190,15 @@ class FinetuneRun:
         if self.pad_id is None:
             self.pad_id = self.tokenizer.eos_token_id
         self.train_set, self.val_set = _data(s, self.tokenizer)
-        self.model = AdapterModel(base)
-        self.config = adapter_config(s, self.model)
-        options = {"max_basis_bytes": 0} if s.method == "nola" and s.nola_on_the_fly else {}
-        self.model.add_adapter("default", self.config, **options)
+        if s.method in PEERS:
+            self.model = peer_model(s, base)
+            self.config = self.model.peft_config["default"]
+        else:
+            self.model = AdapterModel(base)
+            self.config = adapter_config(s, self.model)
+            options = ({"max_basis_bytes": 0} if s.method == "nola" and s.nola_on_the_fly
+                       else {})
+            self.model.add_adapter("default", self.config, **options)
         self.model.to(ctx.device)
         self.ddp = self.model
         if ctx.world > 1:
@@ -213,7 +246,8 @@ class FinetuneRun:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            self.model.after_step()
+            if isinstance(self.model, AdapterModel):
+                self.model.after_step()
             seconds += time.perf_counter() - t0
             tokens += count_tokens(batch)
             (global_loss,) = sum_over_processes([loss.item() / self.ctx.world], self.ctx)
@@ -236,17 +270,19 @@ class FinetuneRun:
         out = Path(self.s.out) if self.s.out else None
         adapter_bytes = None
         if out is not None and self.ctx.main:
-            folder = self.model.save_pretrained(out / "adapter")
+            folder = out / "adapter"
+            self.model.save_pretrained(folder)  # mcnc's or peft's: the same two file names
             adapter_bytes = (folder / WEIGHTS_NAME).stat().st_size
             adapter_bytes += (folder / CONFIG_NAME).stat().st_size
         tail = losses[-max(1, len(losses) // 10):] or [math.nan]
         return {
             **{k: v for k, v in self.s.to_dict().items() if k not in ("out", "progress")},
             "lr": self.s.learning_rate,
-            "adapter": self.config.to_dict(),
-            "trainable": self.model.trainable_count(),
+            "adapter": _config_dict(self.config),
+            "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             "adapter_bytes": adapter_bytes,
-            "generation_flops": self.model.generation_flops(),
+            "generation_flops": (self.model.generation_flops()
+                                 if isinstance(self.model, AdapterModel) else None),
             "train_loss": sum(tail) / len(tail),
             "val_loss": val_loss,
             "train_tokens_per_s": train_tokens / max(train_seconds, 1e-9),
