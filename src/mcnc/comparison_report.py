@@ -161,7 +161,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def plot_curves(results: list[dict], path: Path, axis: str = "method") -> None:
     """Test accuracy (top) and training loss (bottom) per epoch, mean over seeds, one column
-    per cell (data set, model, budget; one per data set and model for an ablation)."""
+    per cell (data set, model, budget; for methods the dense model joins every budget)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,8 +170,7 @@ def plot_curves(results: list[dict], path: Path, axis: str = "method") -> None:
     curves: dict[tuple, dict[str, list[list[dict]]]] = {}
     for r in results:
         s = r["settings"]
-        budget = s["budget"] if axis == "method" else None
-        cell = curves.setdefault((s["dataset"], s["model"], budget), {})
+        cell = curves.setdefault((s["dataset"], s["model"], s["budget"]), {})
         cell.setdefault(row_label(s, axis), []).append(r.get("history") or [])
     cells = [c for c in curves if c[2] is not None or axis != "method"]
     if not cells:
