@@ -56,8 +56,8 @@ DENSE_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 PRANC_MAX_BASIS = 100_000_000
 """PRANC runs only where its basis (weights x coefficients) has at most this many entries:
 every step reads the whole basis twice (forward and backward). At 1,000 coefficients the MLP's
-basis is 0.8 GB and one epoch took over 4 minutes on 2 CPU cores, so larger PRANC cells are
-left to a GPU."""
+basis is 0.8 GB, about 750 GB of memory reads per epoch, so larger PRANC cells are left to a
+GPU."""
 CONVERGED_LR: dict[tuple[str, str], float] = {("mlp", "mcnc"): 0.3, ("lenet5", "mcnc"): 0.3}
 """(model, method) -> the best rate of ``converged-lr`` (results/converged/sweep.md); a pair
 not listed trains at the method's default."""
