@@ -119,3 +119,13 @@ def test_export_as_a_peft_lora_gives_the_same_logits(method, make, tmp_path):
     loaded = peft.PeftModel.from_pretrained(make(), tmp_path / "lora").eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(input_ids=x).logits, ours, atol=1e-5, rtol=1e-5)
+
+
+def test_adapters_name_the_weight_matrices_they_cannot_reach():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 5))
+    with pytest.warns(UserWarning, match=r"stay frozen \(Conv2d: 0\).*mode='delta'"):
+        mcnc.get_adapter_model(model, mcnc.LoRAAdapterConfig(rank=2, target_modules=["2"]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # LLaMA: every weight matrix is linear or an embedding
+        mcnc.get_adapter_model(tiny_tied_llama(), mcnc.LoRAAdapterConfig(rank=2))

@@ -117,6 +117,13 @@ def _selected_names(model: nn.Module, config: Selection) -> set[str]:
     return names
 
 
+def modules_by_type(found: dict[str, list[str]]) -> str:
+    """``"Conv2d: a, b, c and 2 more; Linear: d"`` for module names grouped by type."""
+    return "; ".join(f"{kind}: {', '.join(names[:3])}"
+                     + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+                     for kind, names in found.items())
+
+
 def _warn_uncovered(model: nn.Module, config: Selection, selected: set[str]) -> None:
     """Warn about weight matrices (2 or more dimensions) the selection leaves dense, by module
     type, naming the option that would cover them."""
@@ -129,10 +136,8 @@ def _warn_uncovered(model: nn.Module, config: Selection, selected: set[str]) -> 
         if isinstance(weight, nn.Parameter) and weight.dim() >= 2 and name not in selected:
             uncovered.setdefault(type(module).__name__, []).append(module_name)
     if uncovered:
-        listed = "; ".join(f"{kind}: {', '.join(names[:3])}"
-                           + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-                           for kind, names in uncovered.items())
-        warnings.warn(f"these weight matrices are not compressed and stay dense ({listed}"
+        warnings.warn(f"these weight matrices are not compressed and stay dense "
+                      f"({modules_by_type(uncovered)}"
                       "); add their types to target_types (or select them with target_regex) "
                       "to compress them", stacklevel=4)
 

@@ -29,6 +29,7 @@ from mcnc.adapters.files import check_tensors, read_adapter, write_adapter
 from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot, linear_shape
 from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape, build_source
 from mcnc.errors import FormatError
+from mcnc.layout import modules_by_type
 
 DEFAULT = "default"
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")
@@ -79,6 +80,23 @@ def select_targets(model: nn.Module, spec: str | tuple[str, ...]) -> tuple[Targe
         raise ValueError(f"target_modules={spec!r} matched no linear layer; some layer "
                          f"names: {list(layers)[:8]}")
     return tuple(TargetShape(n, *_out_in(layers[n])) for n in names)
+
+
+def _warn_unadaptable(model: nn.Module) -> None:
+    """Warn about weight matrices no adapter can reach: leaf modules with a weight of two or
+    more dimensions that are neither linear layers nor embeddings (e.g. convolutions)."""
+    found: dict[str, list[str]] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if (isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not _is_linear(module)
+                and not isinstance(module, nn.Embedding | AdapterLinear)
+                and next(module.children(), None) is None):
+            found.setdefault(type(module).__name__, []).append(name)
+    if found:
+        warnings.warn(f"adapters only adapt linear layers; these weight matrices stay frozen "
+                      f"({modules_by_type(found)}). To train them too, compress them with "
+                      "mcnc.compress(model, MCNCConfig(mode='delta', target_regex=...))",
+                      stacklevel=3)
 
 
 class AdapterModel(nn.Module):
@@ -162,6 +180,7 @@ class AdapterModel(nn.Module):
             options: ``max_basis_bytes`` for NOLA (above it, bases are regenerated on the fly).
         """
         self._check_new_name(adapter_name)
+        _warn_unadaptable(self.base_model)
         layout = FactorLayout(self.select_targets(config), config.rank)
         source = build_source(config, layout, **options)
         self._install(adapter_name, source)
