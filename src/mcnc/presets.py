@@ -51,6 +51,8 @@ SWEEP_DATASET = {"mlp": "mnist", "lenet5": "mnist", "resnet20": "fashion-mnist"}
 SWEEP_BUDGET = 1_000
 LR_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 """Adam learning rates of a compressed method's own numbers, in steps of about 3."""
+LR_GRID_EXTENSIONS: dict[tuple[str, str], tuple[float, ...]] = {("mlp", "mcnc-lowrank"): (3.0,)}
+"""(model, method) -> rates added where the best of ``LR_GRID`` was at its edge."""
 DENSE_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 """Adam learning rates of the dense model (``dense_lr``: every parameter is dense)."""
 PRANC_MAX_BASIS = 100_000_000
@@ -169,6 +171,7 @@ def _sweep_runs() -> list[TrainSettings]:
                        CONVERGED_METHODS, (SWEEP_BUDGET,), progress=False):
             s = replace(s, budget=s.budget and _sweep_budget(model, s.method))
             grid = DENSE_LR_GRID if s.method == "dense" else LR_GRID
+            grid += LR_GRID_EXTENSIONS.get((model, s.method), ())
             runs += [_with_lr(s, lr) for lr in grid]
     return runs
 
