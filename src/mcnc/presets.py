@@ -60,7 +60,11 @@ PRANC_MAX_BASIS = 100_000_000
 every step reads the whole basis twice (forward and backward). At 1,000 coefficients the MLP's
 basis is 0.8 GB, about 750 GB of memory reads per epoch, so larger PRANC cells are left to a
 GPU."""
-CONVERGED_LR: dict[tuple[str, str], float] = {("mlp", "mcnc"): 0.3, ("lenet5", "mcnc"): 0.3}
+CONVERGED_LR: dict[tuple[str, str], float] = {
+    ("mlp", "dense"): 3e-3, ("mlp", "mcnc"): 0.3, ("mlp", "mcnc-lowrank"): 1.0,
+    ("mlp", "pranc"): 0.3, ("mlp", "nola"): 0.3, ("mlp", "pruning"): 0.1,
+    ("lenet5", "mcnc"): 0.3,
+}
 """(model, method) -> the best rate of ``converged-lr`` (results/converged/sweep.md); a pair
 not listed trains at the method's default."""
 
