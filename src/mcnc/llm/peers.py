@@ -10,7 +10,8 @@ tinylora   ``u = budget / layers`` numbers per layer
 vblora     rank 1, vector length = gcd of the layers' sizes (at most 256), as many bank
            vectors as the budget pays for (bank + top-k logits of every sub-vector)
 vera       no knob below ``sum(out) + layers``: rank 1, its smallest
-randlora   rank 1, its smallest
+randlora   no knob below its count at the largest rank (RandLoRA trains fewer numbers at
+           higher rank: fewer bases): rank = the widest layer's smaller side
 peft-lora  ``r = rank`` (peft's own LoRA)
 =========  ========================================================================
 
@@ -53,6 +54,7 @@ def peer_config(method: str, budget: int | None, layers: Sequence[tuple[int, int
         return peft.VBLoRAConfig(**common, r=1, vector_length=length, num_vectors=vectors)
     if method == "vera":
         return peft.VeraConfig(**common, **({} if budget is None else {"r": 1}))
-    if method == "randlora":
-        return peft.RandLoraConfig(**common, **({} if budget is None else {"r": 1}))
+    if method == "randlora":  # fewer, larger bases train fewer numbers: the largest rank
+        widest = max(min(shape) for shape in layers)
+        return peft.RandLoraConfig(**common, **({} if budget is None else {"r": widest}))
     return peft.LoraConfig(**common, r=rank, lora_alpha=rank)
