@@ -55,8 +55,21 @@ def test_finetune_reports_and_saves(method, tmp_path):
     else:
         assert result["generation_flops"] > 0 and result["trainable"] <= 120
     assert len(result["losses"]) == 3
+    assert 0 <= result["token_accuracy"] <= 1
+    assert result["merge_error"] < 1e-5  # merged and unmerged logits agree
+    if sys.platform == "linux":
+        assert result["peak_memory_bytes"] > 0
     line = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
     assert line["val_loss"] == result["val_loss"]
+
+
+def test_the_validation_curve_starts_before_training_and_ends_with_the_result():
+    result = finetune(FinetuneSettings(model="tiny-llama", steps=4, rank=4, budget=120,
+                                       max_length=48, val_batches=1, eval_every=2,
+                                       progress=False))
+    assert [p["step"] for p in result["curve"]] == [0, 2, 4]
+    assert result["curve"][-1]["val_loss"] == result["val_loss"]
+    assert result["curve"][0]["val_loss"] != result["val_loss"]
 
 
 def test_budget_picks_the_smallest_chunk_size_that_fits():
@@ -112,3 +125,42 @@ def test_peft_peers_run_through_peft(method, budget, expected, tmp_path):
         assert result["trainable"] == expected
     assert result["generation_flops"] is None and result["val_loss"] > 0
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
+    assert result["merge_error"] < 1e-5
+    lean = result["adapter_bytes_without_projection"]
+    if method in ("vera", "tinylora"):  # they can leave their seeded projections out
+        assert lean < result["adapter_bytes"]
+    else:
+        assert lean is None
+
+
+def _load_benchmark(name: str):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
+    bench = _load_benchmark("finetune_peers")
+    cell = bench.Cell("mcnc @ 6,000", {"method": "mcnc", "budget": 6000})
+    losses = {0.03: 2.5, 0.1: 2.4, 0.3: 2.3, 1.0: 2.2, 3.0: 2.6}  # best at 1.0
+    done: dict[str, dict] = {}
+
+    def finish(runs):
+        for lr, seed in runs:
+            done[bench.run_key(cell, lr, seed, 300)] = {"val_loss": losses[lr] + seed / 100}
+
+    assert bench.next_runs(cell, done, 300, 2) == [(0.1, 0), (0.3, 0), (1.0, 0)]
+    finish([(0.1, 0), (0.3, 0), (1.0, 0)])
+    assert bench.next_runs(cell, done, 300, 2) == [(3.0, 0)]  # 1.0 was the top rung tried
+    finish([(3.0, 0)])
+    assert bench.next_runs(cell, done, 300, 2) == [(1.0, 1)]  # inside: the second seed
+    finish([(1.0, 1)])
+    assert bench.next_runs(cell, done, 300, 2) == []
+    done[bench.run_key(cell, 3.0, 0, 300)] = {"diverged": True}  # a diverged rung is worst
+    assert bench.next_runs(cell, done, 300, 2) == []

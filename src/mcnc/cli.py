@@ -239,6 +239,8 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
                    "memory instead of regenerating them every step")
     p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
+    p.add_argument("--eval-every", type=int, help="also evaluate every N steps (a validation "
+                   "curve in the results)")
     p.add_argument("--out", help="directory for the adapter (out/adapter) and results.jsonl")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_finetune)
@@ -251,7 +253,8 @@ def _finetune(args: argparse.Namespace) -> None:
         model=args.model, method=args.method, budget=args.budget, rank=args.rank,
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, lr=args.lr, seed=args.seed, base=args.base,
-        nola_on_the_fly=not args.nola_in_memory, val_batches=args.val_batches, out=args.out,
+        nola_on_the_fly=not args.nola_in_memory, val_batches=args.val_batches,
+        eval_every=args.eval_every, out=args.out,
         progress=not args.no_progress))
     if int(os.environ.get("RANK", "0")) == 0:
         summary = {k: v for k, v in result.items() if k != "losses"}

@@ -73,12 +73,24 @@ def versus(row: dict, candidates: list[dict]) -> str:
     if not rivals or row["budget"] is None:
         return ""
     best = max(rivals, key=lambda r: r["mean"])
-    diff = row["mean"] - best["mean"]
-    if row["seeds"] < 2 or best["seeds"] < 2:
+    diff, se, verdict = welch((row["mean"], row["std"], row["seeds"]),
+                              (best["mean"], best["std"], best["seeds"]))
+    if se is None:
         return f"{diff:+.2f} vs {best['label']} (1 seed: no test)"
-    se = math.sqrt(row["std"] ** 2 / row["seeds"] + best["std"] ** 2 / best["seeds"])
-    verdict = "win" if diff > 2 * se else "loss" if diff < -2 * se else "tie"
     return f"{diff:+.2f} ± {se:.2f} vs {best['label']}: **{verdict}**"
+
+
+def welch(a: tuple[float, float, int], b: tuple[float, float, int]
+          ) -> tuple[float, float | None, str | None]:
+    """``a`` against ``b``, each (mean, std, n): the difference of the means, its Welch
+    standard error and the verdict: ``"win"`` when ``a`` is higher by more than twice the
+    standard error, ``"loss"`` when lower by that much, else ``"tie"`` (no standard error and
+    no verdict when either has a single sample)."""
+    diff = a[0] - b[0]
+    if a[2] < 2 or b[2] < 2:
+        return diff, None, None
+    se = math.sqrt(a[1] ** 2 / a[2] + b[1] ** 2 / b[2])
+    return diff, se, "win" if diff > 2 * se else "loss" if diff < -2 * se else "tie"
 
 
 COMPARED = {"method": ("vs subspace", "the best of PRANC and NOLA", versus_subspace),

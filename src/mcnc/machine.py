@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 from pathlib import Path
@@ -37,3 +38,27 @@ def machine_line() -> str:
     m = machine_info()
     return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
             f"{m['os']}, Python {m['python']}, torch {m['torch']}")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory measurement on ``device`` (see :func:`peak_memory`)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError):  # Linux: 5 resets the peak resident set (VmHWM)
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_memory(device: torch.device) -> tuple[int | None, str]:
+    """Peak memory since :func:`reset_peak_memory`, in bytes, and what was measured: on CUDA
+    the bytes torch allocated on the device; on a CPU the process's peak resident set size
+    (everything: model, activations, Python), where Linux reports it; else ``None``."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "CUDA memory allocated"
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024, "process peak resident set"
+    except OSError:
+        pass
+    return None, "not measured on this system"

@@ -1,10 +1,13 @@
 """``mcnc finetune``: fine-tune a causal language model with an MCNC, NOLA or LoRA adapter on
 instruction data (English Q/A pairs), and report what users compare adapters by.
 
-Reported: train loss (mean of the last tenth of the steps), validation loss (token-weighted),
-trainable numbers, adapter file size, the FLOPs to generate the adapter's factors (once per
-forward pass in training; cached in inference), and tokens per second in training and in
-inference (validation forward passes with the adapter unmerged). Under ``torchrun`` each
+Reported: train loss (mean of the last tenth of the steps), validation loss (token-weighted)
+and token accuracy (the share of answer tokens the greedy next-token prediction gets right),
+optionally a validation curve, trainable numbers, adapter file size (for peft's methods that
+can leave out their seeded projections, also without them), the FLOPs to generate the
+adapter's factors (once per forward pass in training; cached in inference), tokens per second
+in training and in inference (validation forward passes with the adapter unmerged), peak
+memory in training, and how far merged logits are from unmerged ones. Under ``torchrun`` each
 process takes its share of every global batch and DDP averages the gradients.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -33,7 +37,7 @@ from mcnc.adapters.sources import FactorLayout, d_for_budget
 from mcnc.distributed import Context, init_distributed, sum_over_processes
 from mcnc.errors import DivergedError
 from mcnc.llm.peers import PEERS, peer_config
-from mcnc.machine import machine_line
+from mcnc.machine import machine_line, peak_memory, reset_peak_memory
 
 OWN_METHODS = ("mcnc", "nola", "lora")
 ADAPTER_METHODS = OWN_METHODS + PEERS
@@ -71,6 +75,8 @@ class FinetuneSettings:
     them in memory (the paper's comparison; MCNC always generates on the fly)."""
     val_batches: int | None = None
     """Evaluate on this many validation batches (None: all)."""
+    eval_every: int | None = None
+    """Also evaluate every this many steps (and before the first), for a validation curve."""
     out: str | None = None
     progress: bool = True
 
@@ -140,37 +146,75 @@ def _data(s: FinetuneSettings, tokenizer) -> tuple[list[dict], list[dict]]:
             tokenize_pairs(val, tokenizer, s.max_length))
 
 
+def _next_token_logits(model: nn.Module, batch: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(batch, length - 1, vocab)`` predicting each next token, and the labels they
+    predict (``-100`` where the token is not part of an answer)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out.logits[:, :-1].float(), batch["labels"][:, 1:]
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
 def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token cross-entropy over the answer tokens of ``batch`` and their count."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    logits = out.logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    logits, labels = _next_token_logits(model, batch)
     loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                        ignore_index=-100, reduction="sum")
     return loss, int((labels != -100).sum())
 
 
+@dataclass
+class Evaluation:
+    """A pass over the validation answers."""
+
+    loss: float
+    """Cross-entropy per answer token."""
+    token_accuracy: float
+    """Share of answer tokens that the greedy (argmax) next-token prediction gets right."""
+    tokens_per_s: float
+    """Tokens (answers and prompts) through the unmerged model per second."""
+
+
 @torch.no_grad()
-def evaluate(model: AdapterModel, examples: list[dict], s: FinetuneSettings, pad_id: int,
-             ctx: Context) -> tuple[float, float]:
-    """Validation loss per answer token and inference tokens per second. Global batches of
-    ``s.batch_size`` are shared by the processes as in training (``s.val_batches`` of them)."""
+def evaluate(model: nn.Module, examples: list[dict], s: FinetuneSettings, pad_id: int,
+             ctx: Context) -> Evaluation:
+    """Evaluate ``model`` on ``examples``. Global batches of ``s.batch_size`` are shared by the
+    processes as in training (``s.val_batches`` of them). Leaves the model in eval mode."""
     from mcnc.llm.data import batches, collate, count_tokens
 
     model.eval()
-    total, count, tokens, seconds = 0.0, 0, 0, 0.0
+    total, correct, count, tokens, seconds = 0.0, 0, 0, 0, 0.0
     chunks = batches(examples, s.batch_size // ctx.world, seed=0, epoch=0, rank=ctx.rank,
                      world_size=ctx.world)
     for i, chunk in enumerate(chunks):
         if s.val_batches is not None and i >= s.val_batches:
             break
-        batch = collate(chunk, pad_id)
+        batch = _to(collate(chunk, pad_id), ctx.device)
         t0 = time.perf_counter()
-        loss, n = _token_loss_sum(model, batch)
+        logits, labels = _next_token_logits(model, batch)
         seconds += time.perf_counter() - t0
-        total, count, tokens = total + loss.item(), count + n, tokens + count_tokens(batch)
-    total, count, tokens, seconds = sum_over_processes([total, count, tokens, seconds], ctx)
-    return total / max(count, 1), tokens / max(seconds, 1e-9)
+        answer = labels != -100
+        total += nn.functional.cross_entropy(logits[answer], labels[answer],
+                                             reduction="sum").item()
+        correct += int((logits[answer].argmax(-1) == labels[answer]).sum())
+        count, tokens = count + int(answer.sum()), tokens + count_tokens(batch)
+    total, correct, count, tokens, seconds = sum_over_processes(
+        [total, correct, count, tokens, seconds], ctx)
+    return Evaluation(total / max(count, 1), correct / max(count, 1),
+                      tokens / max(seconds, 1e-9))
+
+
+@torch.no_grad()
+def merge_error(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
+    """Merge the adapter into the base weights (in place: ``model`` is spent afterwards) and
+    return the largest change in any logit of ``batch``, relative to the largest logit."""
+    model.eval()
+    unmerged, _ = _next_token_logits(model, batch)
+    merged, _ = _next_token_logits(model.merge_and_unload(), batch)
+    return float((merged - unmerged).abs().max() / unmerged.abs().max())
 
 
 class FinetuneRun:
@@ -223,11 +267,18 @@ class FinetuneRun:
         while True:
             for chunk in batches(self.train_set, local, seed=self.s.seed, epoch=epoch,
                                  rank=self.ctx.rank, world_size=self.ctx.world):
-                yield collate(chunk, self.pad_id)
+                yield _to(collate(chunk, self.pad_id), self.ctx.device)
             epoch += 1
 
+    def _curve_point(self, step: int) -> dict:
+        """Evaluate (for the validation curve) and go back to training."""
+        result = evaluate(self.model, self.val_set, self.s, self.pad_id, self.ctx)
+        self.model.train()
+        return {"step": step, "val_loss": result.loss, "token_accuracy": result.token_accuracy}
+
     def train(self) -> tuple[list[float], float, int]:
-        """Train for ``steps``; returns per-step losses, seconds and tokens (all processes)."""
+        """Train for ``steps``; returns per-step losses, seconds and tokens (all processes).
+        With ``eval_every``, the validation curve goes to ``self.curve``."""
         from mcnc.llm.data import count_tokens
 
         self.model.train()
@@ -235,7 +286,10 @@ class FinetuneRun:
         bar = tqdm(range(self.s.steps), desc=f"finetune {self.s.method}",
                    disable=not (self.s.progress and self.ctx.main))
         data = self._batches()
-        for _ in bar:
+        every = self.s.eval_every
+        for step in bar:
+            if every and step % every == 0:
+                self.curve.append(self._curve_point(step))
             batch = next(data)
             t0 = time.perf_counter()
             loss_sum, n = _token_loss_sum(self.ddp, batch)
@@ -263,35 +317,68 @@ class FinetuneRun:
         seconds, tokens = sum_over_processes([seconds, tokens], self.ctx)
         return losses, seconds / self.ctx.world, int(tokens)
 
+    def save(self, folder: Path) -> dict[str, int | None]:
+        """Write the adapter folder; its size in bytes, and for a peft method that can leave
+        out its seeded projections (``save_projection``), the size without them."""
+        self.model.save_pretrained(folder)  # mcnc's or peft's: the same two file names
+        sizes: dict[str, int | None] = {"adapter_bytes": _folder_bytes(folder),
+                                        "adapter_bytes_without_projection": None}
+        if getattr(self.config, "save_projection", False):
+            self.config.save_projection = False
+            try:
+                with tempfile.TemporaryDirectory() as lean:
+                    self.model.save_pretrained(lean)
+                    sizes["adapter_bytes_without_projection"] = _folder_bytes(Path(lean))
+            finally:
+                self.config.save_projection = True
+        return sizes
+
     def run(self) -> dict:
+        self.curve: list[dict] = []
+        reset_peak_memory(self.ctx.device)
         losses, train_seconds, train_tokens = self.train()
-        val_loss, inference_tps = evaluate(self.model, self.val_set, self.s, self.pad_id,
-                                           self.ctx)
+        peak_bytes, peak_kind = peak_memory(self.ctx.device)
+        final = evaluate(self.model, self.val_set, self.s, self.pad_id, self.ctx)
+        if self.s.eval_every:
+            self.curve.append({"step": self.s.steps, "val_loss": final.loss,
+                               "token_accuracy": final.token_accuracy})
         out = Path(self.s.out) if self.s.out else None
-        adapter_bytes = None
+        sizes = {"adapter_bytes": None, "adapter_bytes_without_projection": None}
         if out is not None and self.ctx.main:
-            folder = out / "adapter"
-            self.model.save_pretrained(folder)  # mcnc's or peft's: the same two file names
-            adapter_bytes = (folder / WEIGHTS_NAME).stat().st_size
-            adapter_bytes += (folder / CONFIG_NAME).stat().st_size
+            sizes = self.save(out / "adapter")
         tail = losses[-max(1, len(losses) // 10):] or [math.nan]
         return {
             **{k: v for k, v in self.s.to_dict().items() if k not in ("out", "progress")},
             "lr": self.s.learning_rate,
             "adapter": _config_dict(self.config),
             "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
-            "adapter_bytes": adapter_bytes,
+            **sizes,
             "generation_flops": (self.model.generation_flops()
                                  if isinstance(self.model, AdapterModel) else None),
             "train_loss": sum(tail) / len(tail),
-            "val_loss": val_loss,
+            "val_loss": final.loss,
+            "token_accuracy": final.token_accuracy,
             "train_tokens_per_s": train_tokens / max(train_seconds, 1e-9),
-            "inference_tokens_per_s": inference_tps,
+            "inference_tokens_per_s": final.tokens_per_s,
             "train_seconds": train_seconds,
+            "peak_memory_bytes": peak_bytes, "peak_memory_kind": peak_kind,
+            "merge_error": self._merge_error() if self.ctx.world == 1 else None,
             "train_examples": len(self.train_set), "val_examples": len(self.val_set),
-            "world_size": self.ctx.world, "losses": losses,
+            "world_size": self.ctx.world, "losses": losses, "curve": self.curve,
             "machine": machine_line(),
         }
+
+    def _merge_error(self) -> float:
+        """:func:`merge_error` on the first validation batch; the run's model is merged
+        afterwards, so this comes last."""
+        from mcnc.llm.data import collate
+
+        batch = collate(self.val_set[:self.s.batch_size], self.pad_id)
+        return merge_error(self.model, _to(batch, self.ctx.device))
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in (folder / WEIGHTS_NAME, folder / CONFIG_NAME))
 
 
 def finetune(settings: FinetuneSettings) -> dict:

@@ -1,0 +1,327 @@
+"""MCNC beside the adapters a user would pick instead, fine-tuning SmolLM2-135M-Instruct on the
+English Q/A pairs: mcnc's own adapters (MCNC, NOLA, LoRA rank 1) and peft's small ones
+(FourierFT, Uni-LoRA, TinyLoRA, VB-LoRA, VeRA, RandLoRA), the latter run by peft itself,
+untouched. Every run has the same data, order, steps, batch, schedule and target layers (every
+linear layer of the 30 transformer blocks).
+
+Cells: MCNC, NOLA, FourierFT, Uni-LoRA, TinyLoRA and VB-LoRA at two matched budgets of trained
+numbers (6,000 and 26,880; each method's own knobs set the count, reported exactly), every peft
+peer at its documented default, and LoRA rank 1 for scale.
+
+Learning rates: one ladder for every cell (1e-4 to 3, steps of ~3). Each cell first runs three
+rungs around a start value at seed 0, then adds the next rung while the best is at an end of
+the rungs tried, so the best ends strictly inside. Then the other seeds at the best rate. The
+sweep is at the full length, so seed 0 of the main runs is the sweep's best run.
+
+Runs append to ``<out>/runs.jsonl`` as they finish and are never repeated, so the benchmark can
+be stopped and restarted (the sweep resumes where it was). ``--jobs 2`` runs two single-threaded
+runs at once (each in a fresh process, so its peak memory is its own).
+
+    python benchmarks/finetune_peers.py --out results/finetune-peers --jobs 2
+    python benchmarks/finetune_peers.py --out results/finetune-peers --report-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import re
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mcnc.comparison_report import welch
+from mcnc.machine import machine_line
+
+LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
+BUDGETS = (6_000, 26_880)
+"""About 6,000 and 26,880 trained numbers: the second is 64 NOLA coefficients for each of the
+420 factors (the paper's NOLA ratio on LLaMA-2)."""
+MATCHED = ("mcnc", "nola", "fourierft", "unilora", "tinylora", "vblora")
+"""Methods that can be set to both budgets (VeRA and RandLoRA cannot go below 155,730 and
+218,880 trained numbers on this model: results/finetune/peer_budgets.md)."""
+DEFAULTS = ("fourierft", "unilora", "tinylora", "vblora", "vera", "randlora")
+START = {"mcnc": 0.3, "nola": 0.1, "lora": 1e-2}
+"""Where each method's sweep starts (mcnc's: their earlier 80-step sweep; peft's: 1e-2)."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the table: a method with its knobs."""
+
+    label: str
+    settings: dict = field(hash=False)
+    """FinetuneSettings fields besides lr, seed and steps."""
+
+    @property
+    def start(self) -> float:
+        return START.get(self.settings["method"], 1e-2)
+
+
+def cells() -> list[Cell]:
+    out = [Cell(f"{m} @ {b:,}", {"method": m, "budget": b}) for b in BUDGETS for m in MATCHED]
+    out += [Cell(f"{m} default", {"method": m, "budget": 0}) for m in DEFAULTS]
+    out.append(Cell("lora r1", {"method": "lora", "rank": 1}))
+    return out
+
+
+BASE = Cell("no adapter", {"method": "lora", "rank": 1})
+"""The base model: a LoRA adapter before any step (its update is zero)."""
+
+
+def run_key(cell: Cell, lr: float, seed: int, steps: int) -> str:
+    return f"{cell.label}|lr={lr:g}|seed={seed}|steps={steps}"
+
+
+def _loss(record: dict) -> float:
+    return float("inf") if record.get("diverged") else record["val_loss"]
+
+
+def sweep_of(cell: Cell, done: dict[str, dict], steps: int) -> dict[float, dict]:
+    """The cell's finished seed-0 runs by learning rate."""
+    return {lr: done[k] for lr in LADDER if (k := run_key(cell, lr, 0, steps)) in done}
+
+
+def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int
+              ) -> list[tuple[float, int]]:
+    """The (lr, seed) runs the cell needs next: the three start rungs, then one more rung
+    while the best is at an end of those tried, then the other seeds at the best rate."""
+    sweep = sweep_of(cell, done, steps)
+    i = LADDER.index(cell.start)
+    missing = [lr for lr in LADDER[max(0, i - 1):i + 2] if lr not in sweep]
+    if missing:
+        return [(lr, 0) for lr in missing]
+    best = min(sweep, key=lambda lr: _loss(sweep[lr]))
+    j = LADDER.index(best)
+    if best == min(sweep) and j > 0:
+        return [(LADDER[j - 1], 0)]
+    if best == max(sweep) and j < len(LADDER) - 1:
+        return [(LADDER[j + 1], 0)]
+    return [(best, s) for s in range(1, seeds) if run_key(cell, best, s, steps) not in done]
+
+
+def _run_in_worker(settings: dict, threads: int) -> dict:
+    """One fine-tuning run in this (fresh) process; the adapter goes to a scratch folder."""
+    import torch
+
+    from mcnc.errors import DivergedError
+    from mcnc.llm.finetune import FinetuneSettings, finetune
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            return finetune(FinetuneSettings(**settings, out=scratch, progress=False))
+        except DivergedError as error:
+            return {**settings, "diverged": True, "error": str(error), "machine": machine_line()}
+
+
+def _settings(cell: Cell, lr: float, seed: int, args: argparse.Namespace) -> dict:
+    return {**cell.settings, "model": args.model, "lr": lr, "seed": seed,
+            "steps": args.steps, "eval_every": args.eval_every}
+
+
+def run_all(todo: list[tuple[str, dict]], log: Path, done: dict[str, dict], jobs: int) -> None:
+    """Run ``todo`` (key, settings), ``jobs`` at a time, appending each result to ``log``."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(_run_in_worker, s, threads): k for k, s in todo}
+        for n, future in enumerate(as_completed(futures), 1):
+            key = futures[future]
+            record = future.result() | {"key": key}
+            record.pop("losses", None)
+            with open(log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            done[key] = record
+            loss = "diverged" if record.get("diverged") else f"val loss {record['val_loss']:.4f}"
+            print(f"[{n}/{len(todo)}] {key}: {loss} "
+                  f"({record.get('train_seconds', 0):.0f} s)", flush=True)
+
+
+def _fmt(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
+    mean = statistics.mean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f} ({len(values)})"
+
+
+def _late(records: list[dict]) -> str:
+    """Mean change of validation loss over the last fifth of the steps."""
+    changes = []
+    for r in records:
+        curve = r.get("curve") or []
+        if len(curve) >= 2:
+            last = curve[-1]["step"]
+            early = [p for p in curve if p["step"] <= last * 0.8][-1]
+            changes.append(curve[-1]["val_loss"] - early["val_loss"])
+    return f"{statistics.mean(changes):+.4f}" if changes else "n/a"
+
+
+def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
+    """Per cell: the best rate, the rungs tried and the records at the best rate."""
+    rows = []
+    for cell in cells():
+        sweep = sweep_of(cell, done, args.steps)
+        if not sweep:
+            continue
+        best = min(sweep, key=lambda lr: _loss(sweep[lr]))
+        records = [done[k] for s in range(args.seeds)
+                   if (k := run_key(cell, best, s, args.steps)) in done]
+        finished = not next_runs(cell, done, args.steps, args.seeds)
+        rows.append({"cell": cell, "lr": best, "tried": sorted(sweep), "records": records,
+                     "finished": finished})
+    return rows
+
+
+def _versus_mcnc(row: dict, rows: list[dict]) -> str:
+    """Validation loss against MCNC's at the same budget (negative: lower than MCNC's)."""
+    budget = row["cell"].settings.get("budget")
+    mcnc = next((r for r in rows if r["cell"].label == f"mcnc @ {budget:,}"), None) if budget \
+        else None
+    if mcnc is None or mcnc is row or any(r.get("diverged") for r in row["records"]):
+        return ""
+    stats = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+             for v in ([r["val_loss"] for r in x["records"]] for x in (row, mcnc))]
+    diff, se, verdict = welch(stats[0], stats[1])
+    if se is None:
+        return f"{diff:+.4f} (1 seed: no test)"
+    # Lower loss is better: a peer "wins" against MCNC when its loss is lower by > 2 SE.
+    word = {"win": "MCNC wins", "loss": "MCNC loses", "tie": "tie"}[verdict]
+    return f"{diff:+.4f} ± {se:.4f}: **{word}**"
+
+
+def table(done: dict[str, dict], args: argparse.Namespace) -> str:
+    rows = cell_rows(done, args)
+    base = done.get(run_key(BASE, LADDER[0], 0, 0))
+    seconds = sum(r.get("train_seconds", 0) for r in done.values())
+    lines = [
+        "# SmolLM2-135M-Instruct: MCNC beside peft's small adapters",
+        "",
+        f"{args.steps} steps, batch 4, at most 128 tokens, English chatterbot Q/A pairs "
+        "(1,044 train / 116 validation), every linear layer of the 30 transformer blocks; "
+        "AdamW, 5% warm-up then cosine decay to 10%. Loss and token accuracy (greedy "
+        "next-token prediction) over the validation answers. Learning rate: the best of the "
+        "ladder 1e-4..3 (steps of ~3), strictly inside the rungs tried (sweep.md). mean ± std "
+        "(seeds). *vs MCNC*: validation loss minus MCNC's at the same budget ± Welch standard "
+        "error; a verdict only beyond 2 SE. *late*: change of validation loss over the last "
+        "fifth of the steps. Peak memory: the process's peak resident set while training "
+        "(model included) on a CPU, CUDA memory allocated on a GPU. Merge error: largest "
+        "logit change from merging, relative to the largest logit.",
+        "",
+        f"Command: `python benchmarks/finetune_peers.py --out {args.out} --jobs {args.jobs}`  ",
+        f"Machine: {next(iter(done.values()))['machine'] if done else machine_line()}  ",
+        f"Training time of all runs: {seconds / 3600:.1f} h (summed over runs).",
+        "",
+    ]
+    if base:
+        lines += [f"Base model without adapter: validation loss {base['val_loss']:.4f}, token "
+                  f"accuracy {100 * base['token_accuracy']:.2f}%.", ""]
+    lines += [
+        "| adapter | trained numbers | lr (rungs tried) | val loss | vs MCNC | token acc. % "
+        "| late | file bytes | without projection | train tokens/s | peak memory MiB "
+        "| merge error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        rs, cell = row["records"], row["cell"]
+        label = cell.label + ("" if row["finished"] else " (unfinished)")
+        tried = f"{row['lr']:g} ({min(row['tried']):g}..{max(row['tried']):g})"
+        if any(r.get("diverged") for r in rs):
+            lines.append(f"| {label} | | {tried} | diverged | | | | | | | | |")
+            continue
+        lean = rs[0].get("adapter_bytes_without_projection")
+        memory = [r["peak_memory_bytes"] for r in rs if r.get("peak_memory_bytes")]
+        lines.append(
+            f"| {label} | {rs[0]['trainable']:,} | {tried} "
+            f"| {_fmt([r['val_loss'] for r in rs])} | {_versus_mcnc(row, rows)} "
+            f"| {_fmt([r['token_accuracy'] for r in rs], 100, 2)} | {_late(rs)} "
+            f"| {rs[0]['adapter_bytes']:,} | {f'{lean:,}' if lean else '-'} "
+            f"| {statistics.median(r['train_tokens_per_s'] for r in rs):.0f} "
+            f"| {f'{max(memory) / 2**20:,.0f}' if memory else 'n/a'} "
+            f"| {max(r['merge_error'] for r in rs):.1e} |")
+    return "\n".join(lines) + "\n"
+
+
+def sweep_table(done: dict[str, dict], args: argparse.Namespace) -> str:
+    lines = ["# Learning-rate sweep (seed 0, full length)", "",
+             "| adapter | lr | val loss | token acc. % |", "|---|---|---|---|"]
+    for row in cell_rows(done, args):
+        for lr in row["tried"]:
+            r = done[run_key(row["cell"], lr, 0, args.steps)]
+            result = ("diverged | " if r.get("diverged")
+                      else f"{r['val_loss']:.4f} | {100 * r['token_accuracy']:.2f}")
+            lines.append(f"| {row['cell'].label} | {lr:g} | {result} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(done: dict[str, dict], args: argparse.Namespace, path: Path) -> None:
+    """Validation loss against step, one panel per budget group, every seed at the best
+    rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [f"@ {b:,}" for b in BUDGETS] + ["default", "r1"]
+    rows = cell_rows(done, args)
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), sharey=True)
+    for ax, group in zip(axes, groups, strict=True):
+        for colour, row in enumerate(r for r in rows if r["cell"].label.endswith(group)):
+            for i, r in enumerate(row["records"]):
+                curve = r.get("curve") or []
+                ax.plot([p["step"] for p in curve], [p["val_loss"] for p in curve],
+                        color=f"C{colour}", label=row["cell"].label if i == 0 else None,
+                        alpha=0.8)
+        ax.set_title(group.removeprefix("@ ") if group.startswith("@") else group)
+        ax.set_xlabel("step")
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_ylabel("validation loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/finetune-peers")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="smollm2-135m, or tiny-llama to try the benchmark in seconds")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--seeds", type=int, default=2, help="seeds at each cell's best rate")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "runs.jsonl"
+    done = ({r["key"]: r for r in map(json.loads, log.read_text().splitlines())}
+            if log.exists() else {})
+    chosen = [c for c in cells() if re.search(args.cells, c.label)]
+    started = time.perf_counter()
+    while not args.report_only:
+        todo = [(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
+                for c in chosen for lr, seed in next_runs(c, done, args.steps, args.seeds)]
+        base_key = run_key(BASE, LADDER[0], 0, 0)
+        if base_key not in done:
+            todo.append((base_key, {**BASE.settings, "model": args.model, "lr": LADDER[0],
+                                    "seed": 0, "steps": 0}))
+        if not todo:
+            break
+        run_all(todo, log, done, args.jobs)
+    (out / "table.md").write_text(table(done, args))
+    (out / "sweep.md").write_text(sweep_table(done, args))
+    if done:
+        plot_curves(done, args, out / "curves.png")
+    print((out / "table.md").read_text())
+    print(f"wall time this sitting: {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
