@@ -292,7 +292,8 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m",
                         help="smollm2-135m, or tiny-llama to try the benchmark in seconds")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=60,
+                        help="validation curve: evaluate every N steps (60: the last fifth of 300)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds at each cell's best rate")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
