@@ -250,6 +250,8 @@ class FinetuneRun:
         trained = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(trained, lr=s.learning_rate, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule)
+        self.curve: list[dict] = []
+        """Validation points taken during training (``eval_every``)."""
 
     def _schedule(self, step: int) -> float:
         """Linear warm-up over 5% of the steps, then cosine decay to 10%."""
@@ -334,7 +336,6 @@ class FinetuneRun:
         return sizes
 
     def run(self) -> dict:
-        self.curve: list[dict] = []
         reset_peak_memory(self.ctx.device)
         losses, train_seconds, train_tokens = self.train()
         peak_bytes, peak_kind = peak_memory(self.ctx.device)
