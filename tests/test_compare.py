@@ -1,6 +1,7 @@
 """mcnc compare: the grid runs once, resumes from runs.jsonl, and writes table and plot."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -130,3 +131,34 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch):
         cmp.compare("failing", tmp_path, progress=False, jobs=2)
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert [r["method"] for r in runs] == ["mcnc"]
+
+
+def test_records_keep_the_settings_they_ran_at():
+    """A record written before ``hidden_gain`` was a setting ran at gain 4, not today's 8; the
+    generator's settings do not identify a run of a method without a generator."""
+    from mcnc.methods import MethodSettings
+
+    old = {k: v for k, v in asdict(MethodSettings()).items() if k != "hidden_gain"}
+    run = TrainSettings(model="mlp", dataset="mnist", method="mcnc", budget=300)
+    record = {**asdict(run), "method_settings": old}
+    assert cmp._key(record) == cmp._key(asdict(
+        TrainSettings(**{**asdict(run), "method_settings": MethodSettings(hidden_gain=4.0)})))
+    assert cmp._key(record) != cmp._key(asdict(run))
+    nola = TrainSettings(model="mlp", dataset="mnist", method="nola", budget=300)
+    assert cmp._key({**asdict(nola), "method_settings": old}) == cmp._key(asdict(nola))
+
+
+def test_held_in_gain_is_the_default_and_old_presets_keep_gain_4():
+    import mcnc
+    from mcnc.methods import MethodSettings
+    from mcnc.presets import PRESETS
+
+    assert MethodSettings().hidden_gain == mcnc.MCNCConfig().hidden_gain == 8.0
+    for name in ("quick", "lr", "held-in", "ablation-L"):
+        gains = {s.method_settings.hidden_gain for s in PRESETS[name].runs}
+        assert gains == ({4.0, 8.0} if name == "held-in" else {4.0}), name
+    assert {s.method_settings.hidden_gain for s in PRESETS["converged"].runs} == {8.0}
+    held_in = PRESETS["held-in"]
+    labels = {cmp.row_label(asdict(s), "variant", asdict(held_in.reference))
+              for s in held_in.runs}
+    assert "mcnc default" in labels and "mcnc hidden_gain=8.0" in labels

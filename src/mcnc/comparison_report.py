@@ -10,9 +10,11 @@ is larger than twice that standard error; otherwise the row says "tie".
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 from mcnc.machine import machine_line
+from mcnc.methods import MethodSettings
 
 SUBSPACES = ("pranc", "nola")
 """The linear random subspaces MCNC is measured against."""
@@ -20,23 +22,25 @@ SUBSPACES = ("pranc", "nola")
 
 VARIANT_FIELDS = {"beta_lr_scale": 1.0, "warmup": 0.0}
 """Training settings a ``variant`` row may change, with their defaults."""
-VARIANT_METHOD_FIELDS = {"offset": "none", "layer_scale": False, "alpha_init_scale": 1.0,
-                         "width": 64, "depth": 2, "hidden_gain": 4.0, "L": 20.0, "k": 16,
-                         "m": 1, "rank": 64}
-"""MCNC settings a ``variant`` row may change, with their defaults."""
+VARIANT_METHOD_FIELDS = ("offset", "layer_scale", "alpha_init_scale", "width", "depth",
+                         "hidden_gain", "L", "k", "m", "rank")
+"""MCNC settings a ``variant`` row may change; the preset's ``reference`` gives the values of
+its ``default`` row."""
 
 
-def row_label(settings: dict, axis: str) -> str:
+def row_label(settings: dict, axis: str, reference: dict | None = None) -> str:
     """What tells a row apart from the others of its cell: the method, the value of the
-    preset's ablation axis, or (``variant``) every candidate setting changed from its default."""
+    preset's ablation axis, or (``variant``) every candidate setting that differs from
+    ``reference`` (method settings as a dict; the defaults of ``MethodSettings`` if None)."""
     if axis == "method":
         return settings["method"]
     if axis == "variant":
         method = settings["method_settings"]
         changed = [f"{k}={settings.get(k, v)}" for k, v in VARIANT_FIELDS.items()
                    if settings.get(k, v) != v]
-        changed += [f"{k}={method.get(k, v)}" for k, v in VARIANT_METHOD_FIELDS.items()
-                    if method.get(k, v) != v]
+        reference = reference or asdict(MethodSettings())
+        changed += [f"{k}={method.get(k, reference[k])}" for k in VARIANT_METHOD_FIELDS
+                    if method.get(k, reference[k]) != reference[k]]
         return f"{settings['method']} " + (", ".join(changed) or "default")
     if axis == "lr":
         lr = settings["dense_lr"] if settings["method"] == "dense" else settings["lr"]
@@ -171,9 +175,11 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_curves(results: list[dict], path: Path, axis: str = "method") -> None:
+def plot_curves(results: list[dict], path: Path, axis: str = "method",
+                reference: dict | None = None) -> None:
     """Test accuracy (top) and training loss (bottom) per epoch, mean over seeds, one column
-    per cell (data set, model, budget; for methods the dense model joins every budget)."""
+    per cell (data set, model, budget; for methods the dense model joins every budget);
+    ``reference`` as in :func:`row_label`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,7 +189,7 @@ def plot_curves(results: list[dict], path: Path, axis: str = "method") -> None:
     for r in results:
         s = r["settings"]
         cell = curves.setdefault((s["dataset"], s["model"], s["budget"]), {})
-        cell.setdefault(row_label(s, axis), []).append(r.get("history") or [])
+        cell.setdefault(row_label(s, axis, reference), []).append(r.get("history") or [])
     cells = [c for c in curves if c[2] is not None or axis != "method"]
     if not cells:
         return

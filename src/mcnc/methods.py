@@ -67,8 +67,8 @@ class MethodSettings:
     """MCNC generator: hidden width."""
     depth: int = 2
     """MCNC generator: hidden (sine) layers."""
-    hidden_gain: float = 4.0
-    """MCNC generator: scale of the hidden layers' initialisation."""
+    hidden_gain: float = 8.0
+    """MCNC generator: scale of the hidden layers' initialisation (8, as ``MCNCConfig``)."""
     offset: str = "none"
     """MCNC: ``"seeded"`` adds a frozen seeded initialisation (experimental, see MCNCConfig)."""
     layer_scale: bool = False
@@ -76,6 +76,12 @@ class MethodSettings:
     alpha_init_scale: float = 1.0
     """MCNC: initial alphas uniform on this fraction of the cube."""
     max_basis_bytes: int = DEFAULT_MAX_BYTES
+
+
+MCNC_METHODS = ("mcnc", "mcnc-lowrank")
+MCNC_ONLY_SETTINGS = ("k", "d", "L", "m", "activation", "width", "depth", "hidden_gain",
+                      "offset", "layer_scale", "alpha_init_scale")
+"""Fields of :class:`MethodSettings` that only the MCNC methods read."""
 
 
 def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: int,
@@ -138,7 +144,7 @@ def build_method(name: str, model: nn.Module, budget: int | None = None, seed: i
     s = settings or MethodSettings()
     if name == "dense":
         return model
-    if name in ("mcnc", "mcnc-lowrank"):
+    if name in MCNC_METHODS:
         mode = "lowrank" if name == "mcnc-lowrank" else "scratch"
         return compress(model, _mcnc_config(model, s, budget, seed, mode))
     if name == "pranc":
