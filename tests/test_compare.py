@@ -1,7 +1,7 @@
 """mcnc compare: the grid runs once, resumes from runs.jsonl, and writes table and plot."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -161,4 +161,27 @@ def test_held_in_gain_is_the_default_and_old_presets_keep_gain_4():
     held_in = PRESETS["held-in"]
     labels = {cmp.row_label(asdict(s), "variant", asdict(held_in.reference))
               for s in held_in.runs}
-    assert "mcnc default" in labels and "mcnc hidden_gain=8.0" in labels
+    assert "mcnc reference" in labels and "mcnc hidden_gain=8.0" in labels
+
+
+def test_lowrank_rank_32_is_the_default_and_its_measurements_keep_64():
+    """results/lowrank-rank made 32 MCNC w/ LoRA's rank; NOLA keeps 64, and the presets
+    measured at 64 keep it, so their records still match their runs."""
+    import mcnc
+    from mcnc.methods import MethodSettings
+    from mcnc.presets import PRESETS
+
+    assert MethodSettings().rank == mcnc.MCNCConfig().rank == 32
+    assert MethodSettings().nola_rank == 64
+
+    def lowrank_ranks(name):
+        return {s.method_settings.rank for s in PRESETS[name].runs if s.method == "mcnc-lowrank"}
+    assert lowrank_ranks("converged") == {32}
+    assert lowrank_ranks("converged-lr") == lowrank_ranks("quick") == {64}
+    assert lowrank_ranks("lowrank-rank") == {4, 8, 16, 32, 64}
+    nola = TrainSettings(model="mlp", dataset="mnist", method="nola", budget=300)
+    old = {k: v for k, v in asdict(MethodSettings()).items() if k != "nola_rank"}
+    recorded = {**asdict(nola), "method_settings": {**old, "rank": 64}}
+    assert cmp._key(recorded) == cmp._key(asdict(nola))
+    lowrank = replace(nola, method="mcnc-lowrank")
+    assert cmp._key({**recorded, "method": "mcnc-lowrank"}) != cmp._key(asdict(lowrank))

@@ -176,7 +176,8 @@ def _add_train(sub: _Subparsers) -> None:
     p.add_argument("--L", type=float, default=20.0,
                    help="MCNC cube half-width: alpha lives in [-L, L]^k")
     p.add_argument("--m", type=int, default=1, help="MCNC generator outputs summed per chunk")
-    p.add_argument("--rank", type=int, default=64, help="rank of mcnc-lowrank and NOLA")
+    p.add_argument("--rank", type=int, help="rank of the factors of mcnc-lowrank and NOLA "
+                   "(default: 32 and 64)")
     p.add_argument("--activation", default="sine", choices=("sine", "relu"),
                    help="activation of MCNC's generator")
     p.add_argument("--max-basis-gb", type=float, default=4.0, help="PRANC/NOLA bases larger "
@@ -200,7 +201,8 @@ def _train(args: argparse.Namespace) -> None:
     from mcnc.classifier_run import TrainSettings, train
     from mcnc.methods import MethodSettings
 
-    method = MethodSettings(k=args.k, d=args.d, L=args.L, m=args.m, rank=args.rank,
+    ranks = {} if args.rank is None else {"rank": args.rank, "nola_rank": args.rank}
+    method = MethodSettings(k=args.k, d=args.d, L=args.L, m=args.m, **ranks,
                             activation=args.activation,
                             max_basis_bytes=int(args.max_basis_gb * 2**30))
     result = train(TrainSettings(

@@ -19,7 +19,7 @@ import torch
 
 from mcnc.classifier_run import TrainSettings, train
 from mcnc.comparison_report import late_change, markdown_table, plot, plot_curves, row_label
-from mcnc.methods import MCNC_METHODS, MCNC_ONLY_SETTINGS, MethodSettings
+from mcnc.methods import SETTINGS_READ_BY, MethodSettings
 from mcnc.presets import PRESETS, Preset
 
 RECORDED_DEFAULTS = {"hidden_gain": 4.0}
@@ -29,7 +29,7 @@ ran at (hidden gain 4 until the held-in table made 8 the default)."""
 
 def _key(settings: dict) -> str:
     """What identifies a run: its settings without where it writes and how it shows progress,
-    and without the MCNC generator's settings for the methods that have no generator. Settings
+    and of the method settings only those its method reads (``SETTINGS_READ_BY``). Settings
     added since a record was written take the value the record ran at (``RECORDED_DEFAULTS``,
     else today's default; records written before the budget and seed left ``method_settings``
     keep their keys)."""
@@ -37,9 +37,8 @@ def _key(settings: dict) -> str:
     full = TrainSettings(**{**settings, "method_settings": MethodSettings(
         **{**RECORDED_DEFAULTS, **method})})
     values = asdict(replace(full, out=None, progress=False, resume=False))
-    if full.method not in MCNC_METHODS:
-        for name in MCNC_ONLY_SETTINGS:
-            del values["method_settings"][name]
+    read = SETTINGS_READ_BY.get(full.method, tuple(values["method_settings"]))
+    values["method_settings"] = {k: values["method_settings"][k] for k in read}
     return json.dumps(values, sort_keys=True)
 
 

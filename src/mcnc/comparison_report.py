@@ -25,7 +25,7 @@ VARIANT_FIELDS = {"beta_lr_scale": 1.0, "warmup": 0.0}
 VARIANT_METHOD_FIELDS = ("offset", "layer_scale", "alpha_init_scale", "width", "depth",
                          "hidden_gain", "L", "k", "m", "rank")
 """MCNC settings a ``variant`` row may change; the preset's ``reference`` gives the values of
-its ``default`` row."""
+its ``reference`` row (the defaults when the preset was measured)."""
 
 
 def row_label(settings: dict, axis: str, reference: dict | None = None) -> str:
@@ -41,7 +41,7 @@ def row_label(settings: dict, axis: str, reference: dict | None = None) -> str:
         reference = reference or asdict(MethodSettings())
         changed += [f"{k}={method.get(k, reference[k])}" for k in VARIANT_METHOD_FIELDS
                     if method.get(k, reference[k]) != reference[k]]
-        return f"{settings['method']} " + (", ".join(changed) or "default")
+        return f"{settings['method']} " + (", ".join(changed) or "reference")
     if axis == "lr":
         lr = settings["dense_lr"] if settings["method"] == "dense" else settings["lr"]
         return f"{settings['method']} lr={lr:g}"
@@ -62,10 +62,10 @@ def versus_subspace(row: dict, rows: list[dict]) -> str:
     return versus(row, [r for r in rows if r["label"] in SUBSPACES])
 
 
-def versus_default(row: dict, rows: list[dict]) -> str:
-    """``row`` (a variant) against the unchanged method of its cell (label ``"<method>
-    default"``)."""
-    return versus(row, [r for r in rows if r["label"].endswith(" default")])
+def versus_reference(row: dict, rows: list[dict]) -> str:
+    """``row`` (a variant) against the preset's reference settings in its cell (label
+    ``"<method> reference"``)."""
+    return versus(row, [r for r in rows if r["label"].endswith(" reference")])
 
 
 def versus(row: dict, candidates: list[dict]) -> str:
@@ -98,7 +98,8 @@ def welch(a: tuple[float, float, int], b: tuple[float, float, int]
 
 
 COMPARED = {"method": ("vs subspace", "the best of PRANC and NOLA", versus_subspace),
-            "variant": ("vs default", "the unchanged method", versus_default)}
+            "variant": ("vs reference", "the method at the preset's reference settings (the "
+                        "defaults when it was measured)", versus_reference)}
 """Preset label -> (column, what it compares with, how): the comparison column of a table."""
 
 

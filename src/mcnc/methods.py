@@ -60,8 +60,10 @@ class MethodSettings:
     """MCNC chunk size; derived from the budget when None."""
     L: float = 20.0
     m: int = 1
-    rank: int = 64
-    """Rank of the factors of mcnc-lowrank and NOLA (the paper uses 64)."""
+    rank: int = 32
+    """Rank of mcnc-lowrank's factors (32, as ``MCNCConfig``)."""
+    nola_rank: int = 64
+    """Rank of NOLA's factors (64, as the paper's NOLA runs)."""
     activation: str = "sine"
     width: int = 64
     """MCNC generator: hidden width."""
@@ -79,9 +81,14 @@ class MethodSettings:
 
 
 MCNC_METHODS = ("mcnc", "mcnc-lowrank")
-MCNC_ONLY_SETTINGS = ("k", "d", "L", "m", "activation", "width", "depth", "hidden_gain",
-                      "offset", "layer_scale", "alpha_init_scale")
-"""Fields of :class:`MethodSettings` that only the MCNC methods read."""
+_GENERATOR_SETTINGS = ("k", "d", "L", "m", "activation", "width", "depth", "hidden_gain",
+                       "offset", "layer_scale", "alpha_init_scale")
+SETTINGS_READ_BY: dict[str, tuple[str, ...]] = {
+    "dense": (), "mcnc": _GENERATOR_SETTINGS, "mcnc-lowrank": (*_GENERATOR_SETTINGS, "rank"),
+    "pranc": ("max_basis_bytes",), "nola": ("nola_rank", "max_basis_bytes"), "lora": (),
+    "pruning": (),
+}
+"""Method -> the fields of :class:`MethodSettings` that :func:`build_method` reads for it."""
 
 
 def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: int,
@@ -151,8 +158,8 @@ def build_method(name: str, model: nn.Module, budget: int | None = None, seed: i
         return pranc(model, PRANCConfig(coefficients=_need_budget(budget), seed=seed),
                      s.max_basis_bytes)
     if name == "nola":
-        return nola(model, NOLAConfig(coefficients=_need_budget(budget), rank=s.rank, seed=seed),
-                    s.max_basis_bytes)
+        return nola(model, NOLAConfig(coefficients=_need_budget(budget), rank=s.nola_rank,
+                                      seed=seed), s.max_basis_bytes)
     if name == "lora":
         return lora(model, LoRAConfig(rank=lora_rank_for(model, _need_budget(budget)), seed=seed))
     if name == "pruning":
