@@ -86,19 +86,23 @@ kept by the presets measured before then (quick, lr, ablation-*, held-in)."""
 
 def _paper_runs() -> list[TrainSettings]:
     """The paper's Tables 1 and 2 with every method at the same budget and its own swept
-    rate (the ResNet-20 rates of converged-lr where known, else the method's default)."""
+    rate (the ResNet-20 rates of converged-lr where known, else the method's default) and
+    MCNC w/ LoRA at the paper's rank for ResNets, 64."""
+    paper = MethodSettings(rank=64)
     runs = []
     for dataset in ("cifar10", "cifar100"):
         for model in ("resnet20", "resnet56"):
-            common = dict(model=model, dataset=dataset, epochs=400, augment=True)
+            common = dict(model=model, dataset=dataset, epochs=400, augment=True,
+                          method_settings=paper)
             runs += [TrainSettings(method=m, budget=b, lr=CONVERGED_LR.get(("resnet20", m)),
                                    **common)
                      for b in (5_000, 10_000) for m in ("mcnc", "mcnc-lowrank", "nola", "pranc")]
     common = dict(model="resnet18", dataset="imagenet100", epochs=100, augment=True,
-                  batch_size=256, workers=8)
+                  batch_size=256, workers=8, method_settings=paper)
     for budget in (100_000, 200_000):
         runs += [TrainSettings(method="mcnc-lowrank", budget=budget,
-                               method_settings=MethodSettings(m=m), **common) for m in (1, 2, 4)]
+                               **{**common, "method_settings": replace(paper, m=m)})
+                 for m in (1, 2, 4)]
         runs += [TrainSettings(method=m, budget=budget, **common) for m in ("nola", "pranc")]
     return runs
 
