@@ -18,6 +18,13 @@ import torch
 from torch import nn
 
 from mcnc import rng
+from mcnc.allocation import (
+    chunk_counts,
+    covering_chunk_size,
+    fold_onto_layers,
+    layer_sizes,
+    split_chunks,
+)
 from mcnc.config import MCNCConfig
 from mcnc.errors import FormatError
 from mcnc.generator import Generator, GeneratorSpec, initial_alpha, seeded_weights_shapes
@@ -45,6 +52,21 @@ def _spec_from_meta(meta: dict) -> tuple[GeneratorSpec, bool]:
     return GeneratorSpec.from_dict(g), fitted
 
 
+def chunks_per_layer(layout: Layout, config: MCNCConfig) -> tuple[list[int], list[int]] | None:
+    """(chunks, generated numbers) per layer when ``config.allocation_power < 1``; ``None``
+    when the flat vector is cut end to end (see :mod:`mcnc.allocation`)."""
+    if config.allocation_power == 1:
+        return None
+    sizes = layer_sizes(layout)
+    if config.chunks is None:
+        return chunk_counts(sizes, config.d, config.allocation_power), sizes
+    counts = split_chunks(sizes, config.chunks, config.allocation_power)
+    if covering_chunk_size(sizes, counts) > config.d:
+        raise ValueError(f"{config.chunks} chunks of d={config.d} cannot cover every layer; "
+                         f"use d >= {covering_chunk_size(sizes, counts)} or leave chunks unset")
+    return counts, sizes
+
+
 def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig,
                  scale: torch.Tensor | None = None) -> torch.Tensor:
     """Amplitudes that give every chunk the norm the model's own initialisation would have.
@@ -53,15 +75,17 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
     parameter's current (default-initialised) values; a rank-r product ``B @ A`` of factors
     with element variance ``s`` has element variance ``r * s**2``, so factor elements get
     ``s = sqrt(ms / r)``. beta of chunk j is ``sqrt(sum of those over the chunk / m)``, since
-    m random unit directions add up to a norm of about ``sqrt(m) * beta``.
-    In ``delta`` mode beta starts at 0, so training starts from the pretrained model. With a
-    per-entry ``scale`` (``layer_scale``) each entry's mean square is divided by its scale
-    squared, since the generated entry is multiplied by it.
+    m random unit directions add up to a norm of about ``sqrt(m) * beta``. With chunks per
+    layer (``allocation_power < 1``) a layer's c chunks share its sum of squares, so each gets
+    ``sqrt(sum / (c m))``. In ``delta`` mode beta starts at 0, so training starts from the
+    pretrained model. With a per-entry ``scale`` (``layer_scale``) each entry's mean square
+    is divided by its scale squared, since the generated entry is multiplied by it.
 
     Returns:
         (n_chunks, m) tensor.
     """
-    n, d = layout.n_chunks(config.d), config.d
+    per_layer = chunks_per_layer(layout, config)
+    n, d = layout.n_chunks(config.d) if per_layer is None else sum(per_layer[0]), config.d
     if config.mode == "delta":
         return torch.zeros(n, config.m)
     pieces = []
@@ -69,11 +93,16 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
         ms = params[t.name].detach().float().pow(2).mean()
         per_element = ms if t.rank is None else (ms / t.rank).sqrt()
         pieces.append(per_element.expand(t.size))
-    pieces.append(torch.zeros(n * d - layout.total))
     mean_squares = torch.cat(pieces)
-    if scale is not None:
-        mean_squares = mean_squares / scale.pow(2)
-    per_chunk = mean_squares.view(n, d).sum(dim=1)
+    if per_layer is None:
+        mean_squares = torch.cat([mean_squares, torch.zeros(n * d - layout.total)])
+        if scale is not None:
+            mean_squares = mean_squares / scale.pow(2)
+        per_chunk = mean_squares.view(n, d).sum(dim=1)
+    else:
+        counts, sizes = per_layer
+        per_chunk = torch.cat([s.sum().div(c).expand(c) for s, c in
+                               zip(torch.split(mean_squares, sizes), counts, strict=True)])
     return (per_chunk / config.m).sqrt().unsqueeze(1).expand(n, config.m).clone()
 
 
@@ -96,7 +125,8 @@ class MCNCModel(Reparameterized):
                             layout.state_keys)  # theta0 has the weights' own shapes
             theta0 = seeded_init(direct, config.seed, rng.MCNC_OFFSET_STREAM)
         super().__init__(base, layout, config, theta0)
-        n_chunks = layout.n_chunks(config.d)
+        self.per_layer = chunks_per_layer(layout, config)
+        n_chunks = layout.n_chunks(config.d) if self.per_layer is None else sum(self.per_layer[0])
         self.generator = generator
         scale = None
         if config.layer_scale:
@@ -112,7 +142,10 @@ class MCNCModel(Reparameterized):
         return {"alpha": self.alpha, "beta": self.beta}
 
     def generated_flat(self) -> torch.Tensor:
-        flat = self.generator.chunks(self.alpha, self.beta).reshape(-1)
+        chunks = self.generator.chunks(self.alpha, self.beta)
+        if self.per_layer is not None:
+            return fold_onto_layers(chunks, *self.per_layer)
+        flat = chunks.reshape(-1)
         return flat if self.entry_scale is None else flat * self.entry_scale
 
     def after_step(self) -> None:

@@ -133,6 +133,13 @@ class MCNCConfig(GeneratorSpec, Selection):
     scales is not dominated by one of them; beta then starts near ``sqrt(d / m)``."""
     alpha_init_scale: float = 1.0
     """Initial alphas are uniform on ``[-s L, s L]^k`` for this ``s`` (1: the whole cube)."""
+    allocation_power: float = 1.0
+    """Experimental (training only) below 1: every layer gets its own chunks, one each and the
+    rest in proportion to ``size ** allocation_power``, instead of cutting all layers end to
+    end into chunks (1). See :mod:`mcnc.allocation`."""
+    chunks: int | None = None
+    """With ``allocation_power < 1``: how many chunks to share out (``d`` must then cover
+    every layer); ``None``: the fewest that cover every layer at this ``d``."""
 
     def __post_init__(self) -> None:
         GeneratorSpec.__post_init__(self)
@@ -141,6 +148,14 @@ class MCNCConfig(GeneratorSpec, Selection):
         if self.offset not in OFFSETS or (self.offset != "none" and self.mode == "delta"):
             raise ValueError(f"offset must be one of {OFFSETS} (and 'none' in delta mode, "
                              f"whose offset is the pretrained model), got {self.offset!r}")
+        if not is_number(self.allocation_power, -1e-12, 1 + 1e-12):
+            raise ValueError(f"allocation_power must be in [0, 1], got "
+                             f"{self.allocation_power!r}")
+        if self.chunks is not None:
+            check_positive_ints(chunks=self.chunks)
+        if self.allocation_power != 1 and self.layer_scale:
+            raise ValueError("allocation_power < 1 and layer_scale cannot be combined yet; "
+                             "choose one")
         if not is_number(self.alpha_init_scale, 0, 1 + 1e-12):
             raise ValueError(f"alpha_init_scale must be in (0, 1], got "
                              f"{self.alpha_init_scale!r}")
@@ -149,7 +164,8 @@ class MCNCConfig(GeneratorSpec, Selection):
     def experimental(self) -> list[str]:
         """The experimental options this config turns on (a file cannot record them yet)."""
         return [name for name, on in (("offset", self.offset != "none"),
-                                      ("layer_scale", self.layer_scale)) if on]
+                                      ("layer_scale", self.layer_scale),
+                                      ("allocation_power", self.allocation_power != 1)) if on]
 
     def generator_spec(self) -> GeneratorSpec:
         """The :class:`GeneratorSpec` part of this config."""

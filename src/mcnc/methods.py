@@ -18,10 +18,11 @@ pruning        global magnitude pruning to ``budget`` non-zeros, after dense tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
+from mcnc.allocation import chunk_counts, covering_chunk_size, layer_sizes, split_chunks
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -77,12 +78,14 @@ class MethodSettings:
     """MCNC: scale generated entries by their layer's initial spread (experimental)."""
     alpha_init_scale: float = 1.0
     """MCNC: initial alphas uniform on this fraction of the cube."""
+    allocation_power: float = 1.0
+    """MCNC: below 1, chunks per layer in proportion to size ** power (experimental)."""
     max_basis_bytes: int = DEFAULT_MAX_BYTES
 
 
 MCNC_METHODS = ("mcnc", "mcnc-lowrank")
 _GENERATOR_SETTINGS = ("k", "d", "L", "m", "activation", "width", "depth", "hidden_gain",
-                       "offset", "layer_scale", "alpha_init_scale")
+                       "offset", "layer_scale", "alpha_init_scale", "allocation_power")
 SETTINGS_READ_BY: dict[str, tuple[str, ...]] = {
     "dense": (), "mcnc": _GENERATOR_SETTINGS, "mcnc-lowrank": (*_GENERATOR_SETTINGS, "rank"),
     "pranc": ("max_basis_bytes",), "nola": ("nola_rank", "max_basis_bytes"), "lora": (),
@@ -96,13 +99,15 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
     config = MCNCConfig(k=s.k, d=s.d or s.k + 1, L=s.L, m=s.m, rank=s.rank, mode=mode,
                         activation=s.activation, width=s.width, depth=s.depth,
                         hidden_gain=s.hidden_gain, offset=s.offset, layer_scale=s.layer_scale,
-                        alpha_init_scale=s.alpha_init_scale, seed=seed)
+                        alpha_init_scale=s.alpha_init_scale,
+                        allocation_power=s.allocation_power, seed=seed)
     per_chunk = s.m * (s.k + 1)
-    total = plan_layout(model, config).total
+    sizes = layer_sizes(plan_layout(model, config))
     if s.d is not None:
-        cost = -(-total // s.d) * per_chunk
-        if budget is not None and cost > budget:
-            raise ValueError(f"with d={s.d}, the {-(-total // s.d)} chunks train {cost} numbers,"
+        n = -(-sum(sizes) // s.d) if s.allocation_power == 1 else sum(
+            chunk_counts(sizes, s.d, s.allocation_power))
+        if budget is not None and n * per_chunk > budget:
+            raise ValueError(f"with d={s.d}, the {n} chunks train {n * per_chunk} numbers,"
                              f" more than the budget of {budget}; raise d or the budget, or "
                              "leave d unset to derive it from the budget")
         return config
@@ -110,11 +115,18 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
         raise ValueError(f"a budget of {budget} cannot pay for one chunk of m * (k + 1) = "
                          f"{per_chunk} numbers; raise the budget or lower k or m")
     chunks = budget // per_chunk
-    d = -(-total // chunks)
+    if s.allocation_power == 1:
+        d = -(-sum(sizes) // chunks)
+    else:
+        if chunks < len(sizes):
+            raise ValueError(f"a budget of {budget} pays for {chunks} chunks, fewer than the "
+                             f"{len(sizes)} layers; raise the budget or use allocation_power=1")
+        d = covering_chunk_size(sizes, split_chunks(sizes, chunks, s.allocation_power))
+        config = replace(config, chunks=chunks)
     if d > MAX_D:
         raise ValueError(f"a budget of {budget} needs chunks of d={d} > {MAX_D}; raise the "
                          "budget or k, or use m > 1")
-    return MCNCConfig(**{**config.__dict__, "d": max(d, s.k + 1)})
+    return replace(config, d=max(d, s.k + 1))
 
 
 def _need_budget(budget: int | None) -> int:

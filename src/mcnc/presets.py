@@ -263,3 +263,13 @@ PRESETS["lowrank-rank"] = Preset(
                         BEFORE_RANK_32, {m: CONVERGED_LR.get((m, "mcnc-lowrank"))
                                          for m in HELD_IN_MODELS})),
     seeds=(0, 1, 2), label="variant", reference=BEFORE_RANK_32)
+ALLOCATION_POWERS = (0.75, 0.5)
+PRESETS["allocation"] = Preset(
+    "allocation", "chunks per layer in proportion to size ** power (power < 1) against MCNC's "
+    "cutting of all layers end to end, on the held-in set: MNIST MLP and LeNet-5 at budgets "
+    "300 and 1,000, today's defaults and converged-lr rates; 3 seeds",
+    tuple(_held_in_runs("mcnc", (({}, {}), *(({}, {"allocation_power": p})
+                                             for p in ALLOCATION_POWERS)),
+                        MethodSettings(), {m: CONVERGED_LR.get((m, "mcnc"))
+                                           for m in HELD_IN_MODELS})),
+    seeds=(0, 1, 2), label="variant")
