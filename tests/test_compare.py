@@ -82,6 +82,15 @@ def test_late_change_is_the_gain_over_the_last_fifth():
     assert late_change(history[:1]) is None
 
 
+def test_flatness_line_counts_rows_that_still_moved():
+    from mcnc.comparison_report import flatness_line
+
+    rows = [{"late": 0.1}, {"late": -0.35}, {"late": None}, {"late": 0.29}]
+    assert flatness_line(rows).startswith("Flat by the 0.3-point rule: 2 of 3 rows; the 1 ")
+    assert flatness_line(rows[:1]) == "Flat by the 0.3-point rule: all 1 rows.  "
+    assert flatness_line([{"late": None}]) == ""
+
+
 def test_curves_and_table_columns(tiny_preset, tmp_path):
     table = cmp.compare("tiny", tmp_path, progress=False)
     assert (tmp_path / "curves.png").stat().st_size > 10_000

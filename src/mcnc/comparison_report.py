@@ -103,6 +103,22 @@ COMPARED = {"method": ("vs subspace", "the best of PRANC and NOLA", versus_subsp
 """Preset label -> (column, what it compares with, how): the comparison column of a table."""
 
 
+FLAT_POINTS = 0.3
+"""A run has flattened when its last fifth of epochs moved test accuracy by less than this."""
+
+
+def flatness_line(rows: list[dict]) -> str:
+    """How many rows have flattened (``|late| < FLAT_POINTS``), naming the others' mark."""
+    known = [r for r in rows if r["late"] is not None]
+    steep = [r for r in known if abs(r["late"]) >= FLAT_POINTS]
+    if not known:
+        return ""
+    return (f"Flat by the {FLAT_POINTS}-point rule: {len(known) - len(steep)} of {len(known)} "
+            f"rows; the {len(steep)} others still moved over their last fifth (*late* marked "
+            "†): they might gain from longer training.  " if steep else
+            f"Flat by the {FLAT_POINTS}-point rule: all {len(known)} rows.  ")
+
+
 def markdown_table(rows: list[dict], preset, command: str, seconds: float,
                    finished: tuple[int, int] | None = None) -> str:
     """The table of a finished (or partly finished) preset, one section per data set and
@@ -112,7 +128,8 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
         "the rest).  ")
     lines = [f"# mcnc compare --preset {preset.name}", "", preset.description, "",
              f"Command: `{command}`  ", f"Machine: {machine_line()}  ",
-             f"Training time summed over all runs: {seconds / 60:.1f} min  ", done, "",
+             f"Training time summed over all runs: {seconds / 60:.1f} min  ", done,
+             flatness_line(rows), "",
              "Accuracy is top-1 on the test set, mean ± std over n seeds. *stored* counts every "
              "number in the file: the method's trained numbers (the budget) plus the dense "
              "leftovers (normalisation layers); pruning files also hold a 4-byte index per "
@@ -131,7 +148,8 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
             if (r["dataset"], r["model"]) != (dataset, model):
                 continue
             budget = "-" if r["budget"] is None else f"{r['budget']:,}"
-            late = "" if r["late"] is None else f"{r['late']:+.2f}"
+            late = "" if r["late"] is None else f"{r['late']:+.2f}" + (
+                " †" if abs(r["late"]) >= FLAT_POINTS else "")
             size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
             lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
                          f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | {late} | "
