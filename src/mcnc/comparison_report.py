@@ -23,7 +23,8 @@ SUBSPACES = ("pranc", "nola")
 VARIANT_FIELDS = {"beta_lr_scale": 1.0, "warmup": 0.0}
 """Training settings a ``variant`` row may change, with their defaults."""
 VARIANT_METHOD_FIELDS = ("offset", "layer_scale", "alpha_init_scale", "width", "depth",
-                         "hidden_gain", "L", "k", "m", "rank", "allocation_power")
+                         "hidden_gain", "L", "k", "m", "rank", "allocation_power",
+                         "mixing")
 """MCNC settings a ``variant`` row may change; the preset's ``reference`` gives the values of
 its ``reference`` row (the defaults when the preset was measured)."""
 

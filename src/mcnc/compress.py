@@ -12,6 +12,7 @@ before the wrapped model runs, so the result behaves as an ordinary module.
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields, replace
 
 import torch
@@ -31,6 +32,7 @@ from mcnc.generator import Generator, GeneratorSpec, initial_alpha, seeded_weigh
 from mcnc.initialisation import element_std, seeded_init
 from mcnc.layout import Layout, plan_layout
 from mcnc.limits import MAX_NUMBERS, check_work
+from mcnc.mixing import SeededMixing, mixed_entry_scale, padded_length
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
 
@@ -77,9 +79,11 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
     ``s = sqrt(ms / r)``. beta of chunk j is ``sqrt(sum of those over the chunk / m)``, since
     m random unit directions add up to a norm of about ``sqrt(m) * beta``. With chunks per
     layer (``allocation_power < 1``) a layer's c chunks share its sum of squares, so each gets
-    ``sqrt(sum / (c m))``. In ``delta`` mode beta starts at 0, so training starts from the
-    pretrained model. With a per-entry ``scale`` (``layer_scale``) each entry's mean square
-    is divided by its scale squared, since the generated entry is multiplied by it.
+    ``sqrt(sum / (c m))``. With ``mixing`` every beta is ``s sqrt(D / (n m))``, so that the
+    mixed entries have spread s before their layer's scale (see :mod:`mcnc.mixing`). In
+    ``delta`` mode beta starts at 0, so training starts from the pretrained model. With a
+    per-entry ``scale`` (``layer_scale``) each entry's mean square is divided by its scale
+    squared, since the generated entry is multiplied by it.
 
     Returns:
         (n_chunks, m) tensor.
@@ -88,6 +92,9 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
     n, d = layout.n_chunks(config.d) if per_layer is None else sum(per_layer[0]), config.d
     if config.mode == "delta":
         return torch.zeros(n, config.m)
+    if config.mixing != "none":  # mixed entries of spread s; generated_flat scales per layer
+        spread = mixed_entry_scale(layout)[1]
+        return torch.full((n, config.m), spread * math.sqrt(padded_length(n * d) / (n * config.m)))
     pieces = []
     for t in layout.targets:
         ms = params[t.name].detach().float().pow(2).mean()
@@ -132,6 +139,10 @@ class MCNCModel(Reparameterized):
         if config.layer_scale:
             scale = torch.cat([element_std(layout),
                                torch.ones(n_chunks * config.d - layout.total)])
+        self.mixing = None
+        if config.mixing != "none":
+            self.mixing = SeededMixing(n_chunks * config.d, layout.total, config.seed)
+            scale = mixed_entry_scale(layout)[0]
         self.register_buffer("entry_scale", scale, persistent=False)
         self.alpha = nn.Parameter(initial_alpha(generator.spec, n_chunks, config.m,
                                                 config.alpha_init_scale))
@@ -146,6 +157,8 @@ class MCNCModel(Reparameterized):
         if self.per_layer is not None:
             return fold_onto_layers(chunks, *self.per_layer)
         flat = chunks.reshape(-1)
+        if self.mixing is not None:
+            flat = self.mixing(flat)
         return flat if self.entry_scale is None else flat * self.entry_scale
 
     def after_step(self) -> None:

@@ -14,6 +14,7 @@ from mcnc.limits import check_positive_ints, is_number
 
 FACTOR_RULES = ("always", "when-smaller")
 OFFSETS = ("none", "seeded")
+MIXINGS = ("none", "hadamard")
 """How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
 BASE_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -137,6 +138,10 @@ class MCNCConfig(GeneratorSpec, Selection):
     """Experimental (training only) below 1: every layer gets its own chunks, one each and the
     rest in proportion to ``size ** allocation_power``, instead of cutting all layers end to
     end into chunks (1). See :mod:`mcnc.allocation`."""
+    mixing: str = "none"
+    """Experimental (training only): ``"hadamard"`` mixes the generated vector with a seeded
+    randomised Hadamard transform, so that every chunk moves weights all over the network,
+    and scales each entry to its layer's default spread (see :mod:`mcnc.mixing`)."""
     chunks: int | None = None
     """With ``allocation_power < 1``: how many chunks to share out (``d`` must then cover
     every layer); ``None``: the fewest that cover every layer at this ``d``."""
@@ -151,6 +156,10 @@ class MCNCConfig(GeneratorSpec, Selection):
         if not is_number(self.allocation_power, -1e-12, 1 + 1e-12):
             raise ValueError(f"allocation_power must be in [0, 1], got "
                              f"{self.allocation_power!r}")
+        if self.mixing not in MIXINGS or (self.mixing != "none" and (
+                self.mode == "delta" or self.layer_scale or self.allocation_power != 1)):
+            raise ValueError(f"mixing must be one of {MIXINGS}, and 'none' in delta mode or "
+                             f"with layer_scale or allocation_power < 1, got {self.mixing!r}")
         if self.chunks is not None:
             check_positive_ints(chunks=self.chunks)
         if self.allocation_power != 1 and self.layer_scale:
@@ -165,7 +174,8 @@ class MCNCConfig(GeneratorSpec, Selection):
         """The experimental options this config turns on (a file cannot record them yet)."""
         return [name for name, on in (("offset", self.offset != "none"),
                                       ("layer_scale", self.layer_scale),
-                                      ("allocation_power", self.allocation_power != 1)) if on]
+                                      ("allocation_power", self.allocation_power != 1),
+                                      ("mixing", self.mixing != "none")) if on]
 
     def generator_spec(self) -> GeneratorSpec:
         """The :class:`GeneratorSpec` part of this config."""

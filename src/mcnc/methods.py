@@ -80,12 +80,14 @@ class MethodSettings:
     """MCNC: initial alphas uniform on this fraction of the cube."""
     allocation_power: float = 1.0
     """MCNC: below 1, chunks per layer in proportion to size ** power (experimental)."""
+    mixing: str = "none"
+    """MCNC: ``"hadamard"`` spreads every chunk over all weights (experimental)."""
     max_basis_bytes: int = DEFAULT_MAX_BYTES
 
 
 MCNC_METHODS = ("mcnc", "mcnc-lowrank")
 _GENERATOR_SETTINGS = ("k", "d", "L", "m", "activation", "width", "depth", "hidden_gain",
-                       "offset", "layer_scale", "alpha_init_scale", "allocation_power")
+                       "offset", "layer_scale", "alpha_init_scale", "allocation_power", "mixing")
 SETTINGS_READ_BY: dict[str, tuple[str, ...]] = {
     "dense": (), "mcnc": _GENERATOR_SETTINGS, "mcnc-lowrank": (*_GENERATOR_SETTINGS, "rank"),
     "pranc": ("max_basis_bytes",), "nola": ("nola_rank", "max_basis_bytes"), "lora": (),
@@ -100,7 +102,7 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
                         activation=s.activation, width=s.width, depth=s.depth,
                         hidden_gain=s.hidden_gain, offset=s.offset, layer_scale=s.layer_scale,
                         alpha_init_scale=s.alpha_init_scale,
-                        allocation_power=s.allocation_power, seed=seed)
+                        allocation_power=s.allocation_power, mixing=s.mixing, seed=seed)
     per_chunk = s.m * (s.k + 1)
     sizes = layer_sizes(plan_layout(model, config))
     if s.d is not None:

@@ -263,13 +263,19 @@ PRESETS["lowrank-rank"] = Preset(
                         BEFORE_RANK_32, {m: CONVERGED_LR.get((m, "mcnc-lowrank"))
                                          for m in HELD_IN_MODELS})),
     seeds=(0, 1, 2), label="variant", reference=BEFORE_RANK_32)
-ALLOCATION_POWERS = (0.75, 0.5)
-PRESETS["allocation"] = Preset(
-    "allocation", "chunks per layer in proportion to size ** power (power < 1) against MCNC's "
-    "cutting of all layers end to end, on the held-in set: MNIST MLP and LeNet-5 at budgets "
-    "300 and 1,000, today's defaults and converged-lr rates; 3 seeds",
-    tuple(_held_in_runs("mcnc", (({}, {}), *(({}, {"allocation_power": p})
-                                             for p in ALLOCATION_POWERS)),
-                        MethodSettings(), {m: CONVERGED_LR.get((m, "mcnc"))
-                                           for m in HELD_IN_MODELS})),
+HELD_IN_2_VARIANTS: tuple[tuple[dict, dict], ...] = (
+    ({}, {}),
+    ({}, {"allocation_power": 0.75}),
+    ({}, {"allocation_power": 0.5}),
+    ({}, {"mixing": "hadamard"}),
+)
+"""(training settings, changes to today's defaults) of the second round of candidates: chunks
+per layer in proportion to size ** power, and a seeded mixing that spreads every chunk over
+all weights; the first is MCNC as it is."""
+PRESETS["held-in-2"] = Preset(
+    "held-in-2", "second round of candidate changes to MCNC on the held-in set (MNIST MLP and "
+    "LeNet-5 at budgets 300 and 1,000, today's defaults and converged-lr rates): chunks per "
+    "layer (allocation_power 0.75 and 0.5) and a seeded Hadamard mixing; 3 seeds",
+    tuple(_held_in_runs("mcnc", HELD_IN_2_VARIANTS, MethodSettings(),
+                        {m: CONVERGED_LR.get((m, "mcnc")) for m in HELD_IN_MODELS})),
     seeds=(0, 1, 2), label="variant")

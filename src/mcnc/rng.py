@@ -76,6 +76,10 @@ NOLA_ADAPTER_STREAM = 0x0ADB0000
 """NOLA adapter factor p: basis stream ``NOLA_ADAPTER_STREAM + p``."""
 MCNC_OFFSET_STREAM = 0x7E7A0001
 """MCNC's experimental seeded offset theta0 (training only; not in files yet)."""
+MIXING_SIGN_STREAM = 0x313A0000
+"""MCNC's experimental mixing: the random signs (training only; not in files yet)."""
+MIXING_PERMUTATION_STREAM = 0x313A0001
+"""MCNC's experimental mixing: keys whose stable sort is the permutation (training only)."""
 STREAMS = {
     "generator layer t: weights 2t, bias 2t + 1": GENERATOR_LAYER_STREAM,
     "MCNC initial alpha (init)": ALPHA_INIT_STREAM,
@@ -87,6 +91,8 @@ STREAMS = {
     "adapter initial A factors and NOLA coefficients (init)": ADAPTER_A_INIT_STREAM,
     "NOLA adapter basis of factor p (+ p)": NOLA_ADAPTER_STREAM,
     "MCNC seeded offset theta0 (experimental: not in files yet)": MCNC_OFFSET_STREAM,
+    "MCNC mixing signs (experimental: not in files yet)": MIXING_SIGN_STREAM,
+    "MCNC mixing permutation keys (experimental: not in files yet)": MIXING_PERMUTATION_STREAM,
 }
 """The table above by purpose, as docs/format.md lists it."""
 

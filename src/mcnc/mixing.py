@@ -1,0 +1,92 @@
+"""A seeded orthogonal mixing of MCNC's generated vector (experimental): each chunk then moves
+weights all over the network instead of only its own d.
+
+A PRANC coefficient moves every weight of the network, an MCNC chunk only d of them. Mixing
+the generated vector x (the n chunks end to end, zero-padded to length D = 2**ceil(log2(n d)))
+with a seeded randomised Hadamard transform keeps the manifold's geometry (the map is an
+isometry) and spreads every chunk over all weights::
+
+    y = P H S x / sqrt(D)          theta_i = (std_i / s) * y_i,   i < N
+
+S: random signs; H: the D x D Walsh-Hadamard matrix (entries +-1, ``H H = D I``), applied with
+D log2 D additions and no matrix; P: a random permutation; std_i: the spread of entry i's layer
+at PyTorch's default initialisation (:func:`mcnc.initialisation.element_std`), since after
+mixing every entry has the same spread, and s their root mean square, so that the betas start
+about as large as without mixing (``s sqrt(D / n)`` for n chunks) and a learning rate means
+the same in both. Signs and permutation come from the seed (streams
+``MIXING_SIGN_STREAM`` and ``MIXING_PERMUTATION_STREAM``); the cost per forward is O(D log D),
+far below PRANC's O(D N).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mcnc import rng
+from mcnc.initialisation import element_std
+from mcnc.layout import Layout
+
+
+def padded_length(numbers: int) -> int:
+    """The power of two the mixed vector is padded to."""
+    return 1 << max(0, math.ceil(math.log2(numbers)))
+
+
+def mixed_entry_scale(layout: Layout) -> tuple[torch.Tensor, float]:
+    """``(std_i / s, s)``: each entry's default spread relative to their root mean square s."""
+    std = element_std(layout)
+    spread = std.square().mean().sqrt()
+    return std / spread, spread.item()
+
+
+def hadamard(x: torch.Tensor) -> torch.Tensor:
+    """``H x`` for a vector of power-of-two length D (Sylvester order, unnormalised)."""
+    length = x.numel()
+    if length & (length - 1):
+        raise ValueError(f"the Hadamard transform needs a power-of-two length, got {length}")
+    half = 1
+    while half < length:
+        pairs = x.reshape(-1, 2, half)
+        x = torch.stack((pairs[:, 0] + pairs[:, 1], pairs[:, 0] - pairs[:, 1]), dim=1)
+        half *= 2
+    return x.reshape(length)
+
+
+class _Permute(torch.autograd.Function):
+    """``z[order]`` whose backward writes the gradient back through the permutation (a plain
+    index's backward accumulates, which is much slower on a CPU)."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(order)
+        ctx.length = z.numel()
+        return z[order]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (order,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.length)
+        out[order] = grad
+        return out, None
+
+
+class SeededMixing(nn.Module):
+    """``y = P H S x / sqrt(D)`` for x of length ``numbers`` (zero-padded to D), keeping the
+    first ``keep`` entries of y."""
+
+    def __init__(self, numbers: int, keep: int, seed: int):
+        super().__init__()
+        self.length, self.keep = padded_length(numbers), keep
+        unit = rng.uniform(seed, rng.MIXING_SIGN_STREAM, (self.length,), 1.0)
+        keys = rng.uniform(seed, rng.MIXING_PERMUTATION_STREAM, (self.length,), 1.0)
+        self.register_buffer("signs", torch.where(unit < 0, -1.0, 1.0), persistent=False)
+        self.register_buffer("order", torch.argsort(keys, stable=True)[:keep],
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = torch.nn.functional.pad(x, (0, self.length - x.numel()))
+        return _Permute.apply(hadamard(padded * self.signs), self.order) / math.sqrt(
+            self.length)

@@ -1,0 +1,57 @@
+"""The experimental seeded Hadamard mixing of MCNC's generated vector."""
+
+import pytest
+import torch
+from torch import nn
+
+import mcnc
+from mcnc.mixing import SeededMixing, hadamard, padded_length
+
+
+def _sylvester(length: int) -> torch.Tensor:
+    h = torch.ones(1, 1)
+    while h.shape[0] < length:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def test_hadamard_is_the_sylvester_matrix_without_forming_it():
+    x = torch.randn(16, dtype=torch.float64)
+    assert torch.allclose(hadamard(x), _sylvester(16).double() @ x)
+    with pytest.raises(ValueError, match="power-of-two length, got 12"):
+        hadamard(torch.zeros(12))
+    assert [padded_length(n) for n in (1, 2, 3, 1000, 1024)] == [1, 2, 4, 1024, 1024]
+
+
+def test_mixing_is_a_seeded_isometry():
+    x = torch.randn(1000, dtype=torch.float32)
+    full = SeededMixing(1000, 1024, seed=7)
+    assert full(x).norm() == pytest.approx(x.norm(), rel=1e-5)
+    assert torch.equal(SeededMixing(1000, 900, seed=7)(x), full(x)[:900])
+    assert not torch.equal(SeededMixing(1000, 1024, seed=8)(x), full(x))
+    one_chunk = torch.zeros(1000)
+    one_chunk[:10] = 1.0
+    assert full(one_chunk).ne(0).float().mean() > 0.5  # a chunk moves most entries
+
+
+def test_mixed_mcnc_starts_at_each_layers_default_spread_and_trains():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    before = {n: p.detach().std() for n, p in model.named_parameters() if p.dim() == 2}
+    wrapped = mcnc.compress(model, mcnc.MCNCConfig(d=100, mixing="hadamard"))
+    weights = wrapped.generated_weights()
+    for name, std in before.items():
+        assert 0.8 < weights[name].std() / std < 1.25, name
+    wrapped(torch.randn(3, 64)).square().sum().backward()
+    assert wrapped.alpha.grad.abs().sum(dim=(1, 2)).gt(0).all()
+    with pytest.raises(ValueError, match="mixing are experimental"):
+        wrapped.file_metadata()
+
+
+def test_mixing_is_checked():
+    with pytest.raises(ValueError, match="mixing must be one of"):
+        mcnc.MCNCConfig(mixing="fourier")
+    with pytest.raises(ValueError, match="'none' in delta mode"):
+        mcnc.MCNCConfig(mode="delta", mixing="hadamard")
+    with pytest.raises(ValueError, match="mixing must be one of"):
+        mcnc.MCNCConfig(mixing="hadamard", allocation_power=0.5)
