@@ -23,6 +23,17 @@ def test_hadamard_is_the_sylvester_matrix_without_forming_it():
     assert [padded_length(n) for n in (1, 2, 3, 1000, 1024)] == [1, 2, 4, 1024, 1024]
 
 
+def test_the_hadamard_backward_is_what_autograd_computes_bit_for_bit():
+    from mcnc.mixing import _Hadamard
+
+    x = torch.randn(4096, requires_grad=True)
+    grad = torch.randn(4096)
+    (through_passes,) = torch.autograd.grad(hadamard(x), x, grad)
+    (own,) = torch.autograd.grad(_Hadamard.apply(x), x, grad)
+    assert torch.equal(own, through_passes)
+    assert torch.equal(_Hadamard.apply(x), hadamard(x))
+
+
 def test_mixing_is_a_seeded_isometry():
     x = torch.randn(1000, dtype=torch.float32)
     full = SeededMixing(1000, 1024, seed=7)

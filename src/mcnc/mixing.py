@@ -42,17 +42,33 @@ def mixed_entry_scale(layout: Layout) -> tuple[torch.Tensor, float]:
     return std / spread, spread.item()
 
 
-def hadamard(x: torch.Tensor) -> torch.Tensor:
-    """``H x`` for a vector of power-of-two length D (Sylvester order, unnormalised)."""
+def hadamard(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """``H x`` for a vector of power-of-two length D (Sylvester order, unnormalised): log2 D
+    butterfly passes, pairs at distance 1, 2, 4, ... (``reverse``: ..., 4, 2, 1; the passes
+    commute, so both orders give H x, with different rounding)."""
     length = x.numel()
     if length & (length - 1):
         raise ValueError(f"the Hadamard transform needs a power-of-two length, got {length}")
-    half = 1
-    while half < length:
+    halves = [1 << i for i in range(length.bit_length() - 1)]
+    for half in reversed(halves) if reverse else halves:
         pairs = x.reshape(-1, 2, half)
         x = torch.stack((pairs[:, 0] + pairs[:, 1], pairs[:, 0] - pairs[:, 1]), dim=1)
-        half *= 2
     return x.reshape(length)
+
+
+class _Hadamard(torch.autograd.Function):
+    """:func:`hadamard` with a backward of its own: H is symmetric, so the gradient is H g,
+    its passes in reverse order. That is exactly what autograd computes through the passes
+    (each butterfly's transpose is itself and x + y == y + x in floating point), without
+    recording a graph of a dozen nodes per pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return hadamard(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return hadamard(grad, reverse=True)
 
 
 class _Permute(torch.autograd.Function):
@@ -88,5 +104,5 @@ class SeededMixing(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padded = torch.nn.functional.pad(x, (0, self.length - x.numel()))
-        return _Permute.apply(hadamard(padded * self.signs), self.order) / math.sqrt(
+        return _Permute.apply(_Hadamard.apply(padded * self.signs), self.order) / math.sqrt(
             self.length)
