@@ -2,9 +2,11 @@
 
 import pytest
 import torch
+from filebytes import join, split
 from torch import nn
 
 import mcnc
+import mcnc.fileformat
 from mcnc.allocation import (
     chunk_counts,
     covering_chunk_size,
@@ -77,15 +79,63 @@ def test_initial_amplitudes_give_each_layer_its_default_scale():
         assert 0.4 < ratio < 2.5, (name, ratio)
 
 
-def test_per_layer_chunks_are_experimental_and_checked():
+def test_per_layer_chunks_are_checked():
     with pytest.raises(ValueError, match="allocation_power must be in"):
         mcnc.MCNCConfig(allocation_power=1.5)
     with pytest.raises(ValueError, match="cannot be combined"):
         mcnc.MCNCConfig(allocation_power=0.5, layer_scale=True)
-    with pytest.raises(ValueError, match="cannot cover every layer; use d >= "):
-        mcnc.compress(_model(), mcnc.MCNCConfig(d=20, chunks=3, allocation_power=0.5))
-    wrapped = mcnc.compress(_model(), mcnc.MCNCConfig(d=200, allocation_power=0.5))
-    with pytest.raises(ValueError, match="allocation_power are experimental"):
-        wrapped.file_metadata()
+    with pytest.raises(ValueError, match="layer_chunks must be a non-empty tuple"):
+        mcnc.MCNCConfig(layer_chunks=((2, 0),))
+    with pytest.raises(ValueError, match=r"cannot cover layers of .* use d >= "):
+        mcnc.compress(_model(), mcnc.MCNCConfig(d=20, layer_chunks=((2, 1), (1, 2))))
+    with pytest.raises(ValueError, match="the layer groups hold 2 targets, the layout 3"):
+        mcnc.compress(_model(), mcnc.MCNCConfig(d=2000, layer_chunks=((1, 1), (1, 1))))
     with pytest.raises(ValueError, match="fewer than the 2 layers"):
         build_method("mcnc", _model(), 17, settings=MethodSettings(allocation_power=0.5))
+
+
+def _per_layer_file() -> tuple[nn.Module, bytes]:
+    model = build_method("mcnc", _model(), 120, settings=MethodSettings(allocation_power=0.5))
+    with torch.no_grad():
+        model.alpha.add_(0.3)
+        model.beta.mul_(1.5)
+    return model, mcnc.fileformat.to_bytes(model)
+
+
+def test_a_file_records_the_chunks_per_layer_and_reloads_bit_for_bit(tmp_path):
+    model, data = _per_layer_file()
+    meta = split(data)[1]
+    assert meta["format_version"] == 2
+    assert meta["layer_chunks"] == [{"targets": 2, "chunks": 5}, {"targets": 1, "chunks": 2}]
+    assert meta["allocation_power"] == 0.5
+    path = tmp_path / "m.mcnc"
+    path.write_bytes(data)
+    loaded = mcnc.load(path, _model())
+    assert loaded.config.layer_chunks == ((2, 5), (1, 2))
+    for name, weight in model.generated_weights().items():
+        assert torch.equal(loaded.generated_weights()[name], weight), name
+    uniform = mcnc.compress(_model(), mcnc.MCNCConfig(d=300))
+    assert split(mcnc.fileformat.to_bytes(uniform))[1]["format_version"] == 1
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.update(format_version=1), "present in version-2 files and absent"),
+    (lambda m: m.pop("layer_chunks"), "present in version-2 files and absent"),
+    (lambda m: m.update(layer_chunks=[{"targets": 2, "chunks": 5}]), "do not fit the layout"),
+    (lambda m: m.update(layer_chunks=[{"targets": 2, "chunks": 1}, {"targets": 1, "chunks": 2}]),
+     "cannot cover"),
+    (lambda m: m.update(layer_chunks=[{"targets": 3}]), "positive integers 'targets' and"),
+    (lambda m: m.update(allocation_power="half"), "allocation_power must be a number"),
+    (lambda m: m.update(format_version=3), "upgrade mcnc to read it"),
+])
+def test_bad_chunks_per_layer_in_a_file_are_refused(tmp_path, edit, message):
+    _, data = _per_layer_file()
+    tensors, meta = split(data)
+    edit(meta)
+    path = tmp_path / "bad.mcnc"
+    path.write_bytes(join(tensors, meta))
+    skeleton = _model()
+    before = {k: v.clone() for k, v in skeleton.state_dict().items()}
+    with pytest.raises(mcnc.FormatError, match=message):
+        mcnc.load(path, skeleton)
+    assert all(torch.equal(v, before[k]) for k, v in skeleton.state_dict().items())

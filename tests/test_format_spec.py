@@ -18,6 +18,7 @@ from torch import nn
 
 import mcnc
 from mcnc import rng
+from mcnc.allocation import fold_onto_layers
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -150,6 +151,11 @@ def check_mcnc_chunks(v: dict) -> None:
     close(chunks, v["chunks"], v)
 
 
+def check_layer_chunks(v: dict) -> None:
+    flat = fold_onto_layers(torch.tensor(v["chunks"]), v["layer_chunks"], v["layer_sizes"])
+    assert flat.tolist() == v["flat"]
+
+
 def check_materialize(v: dict) -> None:
     out = materialize(Layout.from_dict(v["layout"]), torch.tensor(v["flat"]))
     assert list(out) == list(v["tensors"])
@@ -212,6 +218,7 @@ CHECKS = {
     "generator-output": check_generator_output,
     "fold": check_fold,
     "mcnc-chunks": check_mcnc_chunks,
+    "layer-chunks": check_layer_chunks,
     "materialize": check_materialize,
     "nola-split": check_nola_split,
     "basis-product": check_basis_product,
@@ -270,6 +277,16 @@ def test_metadata_tables_list_the_keys_of_a_real_file(method, tmp_path):
         assert set(meta["generator"]) == keys("### 3.2 Keys of `generator`")
     documented = keys("### 2.1 Tensors of a `.mcnc` file")
     assert {n for n in tensors if not n.startswith("dense.")} <= documented
+
+
+def test_version_2_adds_the_chunks_per_layer(tmp_path):
+    model = mcnc.compress(tiny_model(), mcnc.MCNCConfig(k=2, d=16, width=4, depth=1,
+                                                        allocation_power=0.5))
+    meta = mcnc.read(mcnc.save(model, tmp_path / "model.mcnc"))[1]
+    assert meta["format_version"] == 2
+    assert set(meta) == keys(TOP_LEVEL, "mcnc") | {"layer_chunks", "allocation_power"}
+    assert keys(TOP_LEVEL, "mcnc (version 2)") - keys(TOP_LEVEL, "mcnc") == {
+        "layer_chunks", "allocation_power"}
 
 
 ADAPTERS = {

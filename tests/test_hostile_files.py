@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from filebytes import join, split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from toymodels import make
@@ -158,21 +159,6 @@ def valid_file(method: str) -> bytes:
         for p in model.parameters():
             p.add_(0.01)
     return mcnc.fileformat.to_bytes(model)
-
-
-def split(data: bytes) -> tuple[dict, dict]:
-    """(tensors, metadata) of a valid file."""
-    n = int.from_bytes(data[:8], "little")
-    meta = json.loads(json.loads(data[8 : 8 + n])["__metadata__"]["mcnc"])
-    return safetensors.torch.load(data), meta
-
-
-def join(tensors: dict, meta: dict) -> bytes:
-    """A file from (possibly edited) tensors and metadata, with both digests recomputed."""
-    meta = dict(meta)
-    meta["payload_sha256"] = tensor_digest(tensors)
-    meta["metadata_sha256"] = metadata_digest(meta)
-    return safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)})
 
 
 # -- running one case -------------------------------------------------------------------------

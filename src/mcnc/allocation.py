@@ -27,18 +27,35 @@ import torch.nn.functional as F
 from mcnc.layout import Layout
 
 
-def layer_sizes(layout: Layout) -> list[int]:
-    """Generated numbers per layer: consecutive targets of one module form one layer."""
-    sizes: list[int] = []
+def layer_groups(layout: Layout) -> list[int]:
+    """Targets per layer: consecutive targets of one module (its weight and bias) form one."""
+    groups: list[int] = []
     previous = None
     for t in layout.targets:
         module = t.name.rpartition(".")[0]
-        if module == previous:
-            sizes[-1] += t.size
+        if groups and module == previous:
+            groups[-1] += 1
         else:
-            sizes.append(t.size)
+            groups.append(1)
         previous = module
+    return groups
+
+
+def group_sizes(layout: Layout, groups: list[int]) -> list[int]:
+    """Generated numbers of each group of consecutive targets (``sum(groups)`` targets)."""
+    if sum(groups) != len(layout.targets):
+        raise ValueError(f"the layer groups hold {sum(groups)} targets, the layout "
+                         f"{len(layout.targets)}")
+    sizes, start = [], 0
+    for count in groups:
+        sizes.append(sum(t.size for t in layout.targets[start : start + count]))
+        start += count
     return sizes
+
+
+def layer_sizes(layout: Layout) -> list[int]:
+    """Generated numbers per layer (see :func:`layer_groups`)."""
+    return group_sizes(layout, layer_groups(layout))
 
 
 def split_chunks(sizes: list[int], n: int, power: float) -> list[int]:

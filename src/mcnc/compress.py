@@ -23,15 +23,16 @@ from mcnc.allocation import (
     chunk_counts,
     covering_chunk_size,
     fold_onto_layers,
+    group_sizes,
+    layer_groups,
     layer_sizes,
-    split_chunks,
 )
 from mcnc.config import MCNCConfig
 from mcnc.errors import FormatError
 from mcnc.generator import Generator, GeneratorSpec, initial_alpha, seeded_weights_shapes
 from mcnc.initialisation import element_std, seeded_init
 from mcnc.layout import Layout, plan_layout
-from mcnc.limits import MAX_NUMBERS, check_work
+from mcnc.limits import MAX_NUMBERS, check_work, is_int, is_number
 from mcnc.mixing import SeededMixing, mixed_entry_scale, padded_length
 from mcnc.reparam import Reparameterized, check_float32, flat_values
 
@@ -55,18 +56,41 @@ def _spec_from_meta(meta: dict) -> tuple[GeneratorSpec, bool]:
 
 
 def chunks_per_layer(layout: Layout, config: MCNCConfig) -> tuple[list[int], list[int]] | None:
-    """(chunks, generated numbers) per layer when ``config.allocation_power < 1``; ``None``
-    when the flat vector is cut end to end (see :mod:`mcnc.allocation`)."""
-    if config.allocation_power == 1:
+    """(chunks, generated numbers) per layer when every layer has chunks of its own
+    (``config.per_layer``); ``None`` when the flat vector is cut end to end (see
+    :mod:`mcnc.allocation`). Raises ValueError when the chunks cannot cover their layers."""
+    if not config.per_layer:
         return None
-    sizes = layer_sizes(layout)
-    if config.chunks is None:
+    if config.layer_chunks is None:
+        sizes = layer_sizes(layout)
         return chunk_counts(sizes, config.d, config.allocation_power), sizes
-    counts = split_chunks(sizes, config.chunks, config.allocation_power)
+    sizes = group_sizes(layout, [targets for targets, _ in config.layer_chunks])
+    counts = [chunks for _, chunks in config.layer_chunks]
     if covering_chunk_size(sizes, counts) > config.d:
-        raise ValueError(f"{config.chunks} chunks of d={config.d} cannot cover every layer; "
-                         f"use d >= {covering_chunk_size(sizes, counts)} or leave chunks unset")
+        raise ValueError(f"{counts} chunks of d={config.d} cannot cover layers of {sizes} "
+                         f"numbers; use d >= {covering_chunk_size(sizes, counts)}")
     return counts, sizes
+
+
+def _per_layer_from_meta(meta: dict) -> dict:
+    """``allocation_power`` and ``layer_chunks`` of a file: present in version 2, absent in
+    version 1."""
+    if ("layer_chunks" in meta) != (meta["format_version"] == 2):
+        raise FormatError("layer_chunks must be present in version-2 files and absent in "
+                          "version-1 files")
+    if meta["format_version"] == 1:
+        return {}
+    groups, power = meta["layer_chunks"], meta.get("allocation_power")
+    if not (isinstance(groups, list) and groups and all(
+            isinstance(g, dict) and set(g) == {"targets", "chunks"}
+            and is_int(g["targets"], 1, MAX_NUMBERS) and is_int(g["chunks"], 1, MAX_NUMBERS)
+            for g in groups)):
+        raise FormatError("layer_chunks must be a non-empty list of objects with positive "
+                          "integers 'targets' and 'chunks'")
+    if not is_number(power, -1e-12, 1 + 1e-12):
+        raise FormatError(f"allocation_power must be a number in [0, 1], got {power!r}")
+    return {"allocation_power": power,
+            "layer_chunks": tuple((g["targets"], g["chunks"]) for g in groups)}
 
 
 def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig,
@@ -183,9 +207,19 @@ class MCNCModel(Reparameterized):
         if c.experimental:
             raise ValueError(f"{', '.join(c.experimental)} are experimental training options "
                              "that an .mcnc file cannot record yet; train without them to save")
-        return {"generator": {**self.generator.spec.to_dict(), "prng": rng.PRNG_NAME,
+        meta = {"generator": {**self.generator.spec.to_dict(), "prng": rng.PRNG_NAME,
                               "fitted": self.generator.fitted},
                 "mode": c.mode, "m": c.m, "rank": c.rank, "alpha_bounds": "reflect"}
+        if self.per_layer is not None:
+            groups = layer_groups(self.layout) if c.layer_chunks is None else [
+                targets for targets, _ in c.layer_chunks]
+            meta |= {"allocation_power": c.allocation_power,
+                     "layer_chunks": [{"targets": targets, "chunks": chunks} for targets, chunks
+                                      in zip(groups, self.per_layer[0], strict=True)]}
+        return meta
+
+    def format_version(self) -> int:
+        return 1 if self.per_layer is None else 2
 
     @classmethod
     def config_from_file(cls, meta: dict) -> MCNCConfig:
@@ -193,12 +227,16 @@ class MCNCModel(Reparameterized):
         if meta["alpha_bounds"] != "reflect":
             raise FormatError(f"unknown alpha bound handling {meta['alpha_bounds']!r}")
         return MCNCConfig(**spec.to_dict(), mode=meta["mode"], m=meta["m"], rank=meta["rank"],
-                          train_dense=meta["train_dense"])
+                          train_dense=meta["train_dense"], **_per_layer_from_meta(meta))
 
     @classmethod
     def expected_tensors(cls, config: MCNCConfig, layout: Layout, meta: dict
                          ) -> dict[str, tuple[int, ...]]:
-        n = layout.n_chunks(config.d)
+        try:
+            per_layer = chunks_per_layer(layout, config)
+        except ValueError as e:
+            raise FormatError(f"layer_chunks do not fit the layout: {e}") from e
+        n = layout.n_chunks(config.d) if per_layer is None else sum(per_layer[0])
         if n * config.d > MAX_NUMBERS:
             raise FormatError(f"{n:,} chunks of {config.d:,} numbers exceed the "
                               f"{MAX_NUMBERS:,} numbers a file may describe; the file is "

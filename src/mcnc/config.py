@@ -10,7 +10,7 @@ from typing import ClassVar
 from torch import nn
 
 from mcnc.generator import GeneratorSpec
-from mcnc.limits import check_positive_ints, is_number
+from mcnc.limits import check_positive_ints, is_int, is_number
 
 FACTOR_RULES = ("always", "when-smaller")
 OFFSETS = ("none", "seeded")
@@ -135,16 +135,18 @@ class MCNCConfig(GeneratorSpec, Selection):
     alpha_init_scale: float = 1.0
     """Initial alphas are uniform on ``[-s L, s L]^k`` for this ``s`` (1: the whole cube)."""
     allocation_power: float = 1.0
-    """Experimental (training only) below 1: every layer gets its own chunks, one each and the
-    rest in proportion to ``size ** allocation_power``, instead of cutting all layers end to
-    end into chunks (1). See :mod:`mcnc.allocation`."""
+    """Below 1, every layer gets its own chunks, one each and the rest in proportion to
+    ``size ** allocation_power``, instead of cutting all layers end to end into chunks (1).
+    See :mod:`mcnc.allocation`."""
     mixing: str = "none"
     """Experimental (training only): ``"hadamard"`` mixes the generated vector with a seeded
     randomised Hadamard transform, so that every chunk moves weights all over the network,
     and scales each entry to its layer's default spread (see :mod:`mcnc.mixing`)."""
-    chunks: int | None = None
-    """With ``allocation_power < 1``: how many chunks to share out (``d`` must then cover
-    every layer); ``None``: the fewest that cover every layer at this ``d``."""
+    layer_chunks: tuple[tuple[int, int], ...] | None = None
+    """Chunks per layer, as ``(targets, chunks)`` for each run of consecutive layout targets
+    (``d`` must cover every layer: ``chunks * d >= its generated numbers``). ``None``: with
+    ``allocation_power < 1`` the fewest chunks that cover every layer at this ``d``, shared out
+    by the power; with 1, no chunks per layer. Files record it (format version 2)."""
 
     def __post_init__(self) -> None:
         GeneratorSpec.__post_init__(self)
@@ -157,14 +159,18 @@ class MCNCConfig(GeneratorSpec, Selection):
             raise ValueError(f"allocation_power must be in [0, 1], got "
                              f"{self.allocation_power!r}")
         if self.mixing not in MIXINGS or (self.mixing != "none" and (
-                self.mode == "delta" or self.layer_scale or self.allocation_power != 1)):
+                self.mode == "delta" or self.layer_scale or self.per_layer)):
             raise ValueError(f"mixing must be one of {MIXINGS}, and 'none' in delta mode or "
                              f"with layer_scale or allocation_power < 1, got {self.mixing!r}")
-        if self.chunks is not None:
-            check_positive_ints(chunks=self.chunks)
-        if self.allocation_power != 1 and self.layer_scale:
-            raise ValueError("allocation_power < 1 and layer_scale cannot be combined yet; "
-                             "choose one")
+        if self.layer_chunks is not None and not (
+                isinstance(self.layer_chunks, tuple) and self.layer_chunks and all(
+                    isinstance(g, tuple) and len(g) == 2 and all(is_int(v, 1) for v in g)
+                    for g in self.layer_chunks)):
+            raise ValueError(f"layer_chunks must be a non-empty tuple of (targets, chunks) pairs "
+                             f"of positive integers, got {self.layer_chunks!r}")
+        if self.per_layer and self.layer_scale:
+            raise ValueError("chunks per layer (allocation_power < 1 or layer_chunks) and "
+                             "layer_scale cannot be combined yet; choose one")
         if not is_number(self.alpha_init_scale, 0, 1 + 1e-12):
             raise ValueError(f"alpha_init_scale must be in (0, 1], got "
                              f"{self.alpha_init_scale!r}")
@@ -174,8 +180,12 @@ class MCNCConfig(GeneratorSpec, Selection):
         """The experimental options this config turns on (a file cannot record them yet)."""
         return [name for name, on in (("offset", self.offset != "none"),
                                       ("layer_scale", self.layer_scale),
-                                      ("allocation_power", self.allocation_power != 1),
                                       ("mixing", self.mixing != "none")) if on]
+
+    @property
+    def per_layer(self) -> bool:
+        """Whether every layer gets chunks of its own (see :mod:`mcnc.allocation`)."""
+        return self.layer_chunks is not None or self.allocation_power != 1
 
     def generator_spec(self) -> GeneratorSpec:
         """The :class:`GeneratorSpec` part of this config."""

@@ -40,7 +40,10 @@ from mcnc.limits import MAX_NUMBERS, VALUE_ERRORS, check_finite, is_int
 from mcnc.reparam import METHODS, Reparameterized, flat_values
 
 FORMAT_NAME = "mcnc"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The newest version this mcnc reads and writes; a file gets the oldest version that can
+describe it (version 2: MCNC with chunks per layer), so other files stay readable by readers
+of version 1."""
 MAX_HEADER_BYTES = 64 << 20
 STORAGE_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 T = TypeVar("T")
@@ -100,7 +103,7 @@ def to_bytes(model: Reparameterized, dtype: torch.dtype = torch.float32) -> byte
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = {
         "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
+        "format_version": model.format_version(),
         "method": model.method,
         **model.file_metadata(),
         "train_dense": model.config.trains_dense,
@@ -149,11 +152,11 @@ def _check_version(meta: dict) -> None:
     if meta.get("format") != FORMAT_NAME:
         raise FormatError(f"metadata says format {meta.get('format')!r}, expected 'mcnc'")
     version = meta.get("format_version")
-    if not is_int(version, FORMAT_VERSION, FORMAT_VERSION):
+    if not is_int(version, 1, FORMAT_VERSION):
         hint = ("upgrade mcnc to read it" if is_int(version, FORMAT_VERSION + 1)
                 else "the file is damaged or not from mcnc")
         raise FormatError(f"format version {version!r} is not supported (this mcnc reads "
-                          f"version {FORMAT_VERSION}); {hint}")
+                          f"versions 1 to {FORMAT_VERSION}); {hint}")
 
 
 def method_class(meta: dict) -> type[Reparameterized]:

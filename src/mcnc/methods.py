@@ -22,7 +22,13 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from mcnc.allocation import chunk_counts, covering_chunk_size, layer_sizes, split_chunks
+from mcnc.allocation import (
+    chunk_counts,
+    covering_chunk_size,
+    layer_groups,
+    layer_sizes,
+    split_chunks,
+)
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -104,7 +110,8 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
                         alpha_init_scale=s.alpha_init_scale,
                         allocation_power=s.allocation_power, mixing=s.mixing, seed=seed)
     per_chunk = s.m * (s.k + 1)
-    sizes = layer_sizes(plan_layout(model, config))
+    layout = plan_layout(model, config)
+    sizes = layer_sizes(layout)
     if s.d is not None:
         n = -(-sum(sizes) // s.d) if s.allocation_power == 1 else sum(
             chunk_counts(sizes, s.d, s.allocation_power))
@@ -123,8 +130,10 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
         if chunks < len(sizes):
             raise ValueError(f"a budget of {budget} pays for {chunks} chunks, fewer than the "
                              f"{len(sizes)} layers; raise the budget or use allocation_power=1")
-        d = covering_chunk_size(sizes, split_chunks(sizes, chunks, s.allocation_power))
-        config = replace(config, chunks=chunks)
+        counts = split_chunks(sizes, chunks, s.allocation_power)
+        d = covering_chunk_size(sizes, counts)
+        config = replace(config, layer_chunks=tuple(zip(layer_groups(layout), counts,
+                                                        strict=True)))
     if d > MAX_D:
         raise ValueError(f"a budget of {budget} needs chunks of d={d} > {MAX_D}; raise the "
                          "budget or k, or use m > 1")

@@ -90,6 +90,10 @@ class Reparameterized(nn.Module):
         """The method's own JSON metadata (everything needed to rebuild it from the file)."""
         raise NotImplementedError
 
+    def format_version(self) -> int:
+        """The oldest ``.mcnc`` format version that can describe this model."""
+        return 1
+
     @classmethod
     def config_from_file(cls, meta: dict) -> Selection:
         """The method's config from a file's metadata (raises on invalid values)."""
