@@ -36,6 +36,7 @@ from mcnc.generator import Generator, GeneratorSpec, fold_into_cube, seeded_weig
 from mcnc.initialisation import element_std, seeded_init
 from mcnc.layout import Layout, materialize
 from mcnc.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_WIDTH
+from mcnc.mixing import SeededMixing
 
 DOC = Path(__file__).parents[1] / "docs" / "format.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -156,6 +157,13 @@ def check_layer_chunks(v: dict) -> None:
     assert flat.tolist() == v["flat"]
 
 
+def check_mixing(v: dict) -> None:
+    mixing = SeededMixing(len(v["x"]), v["total"], v["seed"])
+    assert mixing.signs.tolist() == v["signs"]
+    assert mixing.order.tolist() == v["order"]
+    close(mixing(torch.tensor(v["x"])), v["y"], v)
+
+
 def check_materialize(v: dict) -> None:
     out = materialize(Layout.from_dict(v["layout"]), torch.tensor(v["flat"]))
     assert list(out) == list(v["tensors"])
@@ -219,6 +227,7 @@ CHECKS = {
     "fold": check_fold,
     "mcnc-chunks": check_mcnc_chunks,
     "layer-chunks": check_layer_chunks,
+    "mixing": check_mixing,
     "materialize": check_materialize,
     "nola-split": check_nola_split,
     "basis-product": check_basis_product,
@@ -279,14 +288,19 @@ def test_metadata_tables_list_the_keys_of_a_real_file(method, tmp_path):
     assert {n for n in tensors if not n.startswith("dense.")} <= documented
 
 
-def test_version_2_adds_the_chunks_per_layer(tmp_path):
+def test_version_2_adds_the_chunks_per_layer_and_the_mixing(tmp_path):
     model = mcnc.compress(tiny_model(), mcnc.MCNCConfig(k=2, d=16, width=4, depth=1,
                                                         allocation_power=0.5))
     meta = mcnc.read(mcnc.save(model, tmp_path / "model.mcnc"))[1]
     assert meta["format_version"] == 2
     assert set(meta) == keys(TOP_LEVEL, "mcnc") | {"layer_chunks", "allocation_power"}
     assert keys(TOP_LEVEL, "mcnc (version 2)") - keys(TOP_LEVEL, "mcnc") == {
-        "layer_chunks", "allocation_power"}
+        "layer_chunks", "allocation_power", "mixing"}
+    mixed = mcnc.compress(tiny_model(), mcnc.MCNCConfig(k=2, d=16, width=4, depth=1,
+                                                        mixing="hadamard"))
+    meta = mcnc.read(mcnc.save(mixed, tmp_path / "mixed.mcnc"))[1]
+    assert meta["format_version"] == 2
+    assert set(meta) == keys(TOP_LEVEL, "mcnc") | {"mixing"}
 
 
 ADAPTERS = {

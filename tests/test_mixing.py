@@ -55,8 +55,6 @@ def test_mixed_mcnc_starts_at_each_layers_default_spread_and_trains():
         assert 0.8 < weights[name].std() / std < 1.25, name
     wrapped(torch.randn(3, 64)).square().sum().backward()
     assert wrapped.alpha.grad.abs().sum(dim=(1, 2)).gt(0).all()
-    with pytest.raises(ValueError, match="mixing are experimental"):
-        wrapped.file_metadata()
 
 
 def test_mixing_is_checked():
@@ -66,3 +64,17 @@ def test_mixing_is_checked():
         mcnc.MCNCConfig(mode="delta", mixing="hadamard")
     with pytest.raises(ValueError, match="mixing must be one of"):
         mcnc.MCNCConfig(mixing="hadamard", allocation_power=0.5)
+
+
+def test_a_mixed_model_reloads_bit_for_bit_from_a_version_2_file(tmp_path):
+    torch.manual_seed(0)
+    model = mcnc.compress(nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 2)),
+                          mcnc.MCNCConfig(d=40, mixing="hadamard"))
+    with torch.no_grad():
+        model.alpha.add_(0.5)
+    path = mcnc.save(model, tmp_path / "mixed.mcnc")
+    assert mcnc.read(path)[1]["mixing"] == "hadamard"
+    loaded = mcnc.load(path, nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 2)))
+    assert loaded.config.mixing == "hadamard"
+    for name, weight in model.generated_weights().items():
+        assert torch.equal(loaded.generated_weights()[name], weight), name

@@ -72,14 +72,19 @@ def chunks_per_layer(layout: Layout, config: MCNCConfig) -> tuple[list[int], lis
     return counts, sizes
 
 
-def _per_layer_from_meta(meta: dict) -> dict:
-    """``allocation_power`` and ``layer_chunks`` of a file: present in version 2, absent in
-    version 1."""
-    if ("layer_chunks" in meta) != (meta["format_version"] == 2):
-        raise FormatError("layer_chunks must be present in version-2 files and absent in "
-                          "version-1 files")
-    if meta["format_version"] == 1:
-        return {}
+def _version_2_from_meta(meta: dict) -> dict:
+    """The config fields of format version 2 (``layer_chunks`` with ``allocation_power``, and
+    ``mixing``): a version-2 file has at least one of them, a version-1 file none."""
+    if ("layer_chunks" in meta or "mixing" in meta) != (meta["format_version"] == 2):
+        raise FormatError("a version-2 file has layer_chunks or mixing, a version-1 file "
+                          "neither")
+    fields = {}
+    if "mixing" in meta:
+        if meta["mixing"] != "hadamard":
+            raise FormatError(f"unknown mixing {meta['mixing']!r}; this mcnc knows 'hadamard'")
+        fields["mixing"] = "hadamard"
+    if "layer_chunks" not in meta:
+        return fields
     groups, power = meta["layer_chunks"], meta.get("allocation_power")
     if not (isinstance(groups, list) and groups and all(
             isinstance(g, dict) and set(g) == {"targets", "chunks"}
@@ -89,8 +94,8 @@ def _per_layer_from_meta(meta: dict) -> dict:
                           "integers 'targets' and 'chunks'")
     if not is_number(power, -1e-12, 1 + 1e-12):
         raise FormatError(f"allocation_power must be a number in [0, 1], got {power!r}")
-    return {"allocation_power": power,
-            "layer_chunks": tuple((g["targets"], g["chunks"]) for g in groups)}
+    return fields | {"allocation_power": power,
+                     "layer_chunks": tuple((g["targets"], g["chunks"]) for g in groups)}
 
 
 def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig,
@@ -216,10 +221,12 @@ class MCNCModel(Reparameterized):
             meta |= {"allocation_power": c.allocation_power,
                      "layer_chunks": [{"targets": targets, "chunks": chunks} for targets, chunks
                                       in zip(groups, self.per_layer[0], strict=True)]}
+        if c.mixing != "none":
+            meta["mixing"] = c.mixing
         return meta
 
     def format_version(self) -> int:
-        return 1 if self.per_layer is None else 2
+        return 1 if self.per_layer is None and self.config.mixing == "none" else 2
 
     @classmethod
     def config_from_file(cls, meta: dict) -> MCNCConfig:
@@ -227,7 +234,7 @@ class MCNCModel(Reparameterized):
         if meta["alpha_bounds"] != "reflect":
             raise FormatError(f"unknown alpha bound handling {meta['alpha_bounds']!r}")
         return MCNCConfig(**spec.to_dict(), mode=meta["mode"], m=meta["m"], rank=meta["rank"],
-                          train_dense=meta["train_dense"], **_per_layer_from_meta(meta))
+                          train_dense=meta["train_dense"], **_version_2_from_meta(meta))
 
     @classmethod
     def expected_tensors(cls, config: MCNCConfig, layout: Layout, meta: dict

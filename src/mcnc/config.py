@@ -139,9 +139,9 @@ class MCNCConfig(GeneratorSpec, Selection):
     ``size ** allocation_power``, instead of cutting all layers end to end into chunks (1).
     See :mod:`mcnc.allocation`."""
     mixing: str = "none"
-    """Experimental (training only): ``"hadamard"`` mixes the generated vector with a seeded
-    randomised Hadamard transform, so that every chunk moves weights all over the network,
-    and scales each entry to its layer's default spread (see :mod:`mcnc.mixing`)."""
+    """``"hadamard"`` mixes the generated vector with a seeded randomised Hadamard transform,
+    so that every chunk moves weights all over the network, and scales each entry to its
+    layer's default spread (see :mod:`mcnc.mixing`; files record it, format version 2)."""
     layer_chunks: tuple[tuple[int, int], ...] | None = None
     """Chunks per layer, as ``(targets, chunks)`` for each run of consecutive layout targets
     (``d`` must cover every layer: ``chunks * d >= its generated numbers``). ``None``: with
@@ -179,8 +179,7 @@ class MCNCConfig(GeneratorSpec, Selection):
     def experimental(self) -> list[str]:
         """The experimental options this config turns on (a file cannot record them yet)."""
         return [name for name, on in (("offset", self.offset != "none"),
-                                      ("layer_scale", self.layer_scale),
-                                      ("mixing", self.mixing != "none")) if on]
+                                      ("layer_scale", self.layer_scale)) if on]
 
     @property
     def per_layer(self) -> bool:

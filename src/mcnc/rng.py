@@ -77,9 +77,9 @@ NOLA_ADAPTER_STREAM = 0x0ADB0000
 MCNC_OFFSET_STREAM = 0x7E7A0001
 """MCNC's experimental seeded offset theta0 (training only; not in files yet)."""
 MIXING_SIGN_STREAM = 0x313A0000
-"""MCNC's experimental mixing: the random signs (training only; not in files yet)."""
+"""MCNC's mixing (format version 2): the random signs."""
 MIXING_PERMUTATION_STREAM = 0x313A0001
-"""MCNC's experimental mixing: keys whose stable sort is the permutation (training only)."""
+"""MCNC's mixing (format version 2): keys whose stable sort is the permutation."""
 STREAMS = {
     "generator layer t: weights 2t, bias 2t + 1": GENERATOR_LAYER_STREAM,
     "MCNC initial alpha (init)": ALPHA_INIT_STREAM,
@@ -91,8 +91,8 @@ STREAMS = {
     "adapter initial A factors and NOLA coefficients (init)": ADAPTER_A_INIT_STREAM,
     "NOLA adapter basis of factor p (+ p)": NOLA_ADAPTER_STREAM,
     "MCNC seeded offset theta0 (experimental: not in files yet)": MCNC_OFFSET_STREAM,
-    "MCNC mixing signs (experimental: not in files yet)": MIXING_SIGN_STREAM,
-    "MCNC mixing permutation keys (experimental: not in files yet)": MIXING_PERMUTATION_STREAM,
+    "MCNC mixing signs (version 2)": MIXING_SIGN_STREAM,
+    "MCNC mixing permutation keys (version 2)": MIXING_PERMUTATION_STREAM,
 }
 """The table above by purpose, as docs/format.md lists it."""
 
