@@ -30,6 +30,17 @@ def test_inspect(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["generator"]["d"] == 64
 
 
+@pytest.mark.parametrize("options, line", [
+    ({"mixing": "hadamard"}, "mixing: hadamard"),
+    ({"allocation_power": 0.5}, "chunks per layer (allocation power 0.5): ["),
+])
+def test_inspect_shows_what_makes_a_file_version_2(tmp_path, capsys, options, line):
+    model = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8, **options))
+    assert main(["inspect", str(mcnc.save(model, tmp_path / "m.mcnc"))]) == 0
+    out = capsys.readouterr().out
+    assert "mcnc format version 2" in out and line in out
+
+
 def test_reconstruct_command(tmp_path):
     path, m = _saved(tmp_path)
     out = tmp_path / "dense.safetensors"

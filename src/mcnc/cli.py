@@ -180,6 +180,12 @@ def _add_train(sub: _Subparsers) -> None:
                    "(default: 32 and 64)")
     p.add_argument("--activation", default="sine", choices=("sine", "relu"),
                    help="activation of MCNC's generator")
+    p.add_argument("--mixing", default="none", choices=("none", "hadamard"),
+                   help="MCNC: 'hadamard' spreads every chunk over all weights (a seeded "
+                   "randomised Hadamard transform; files become format version 2)")
+    p.add_argument("--allocation-power", type=float, default=1.0,
+                   help="MCNC: below 1, every layer gets chunks of its own, in proportion to "
+                   "its size to this power (files become format version 2)")
     p.add_argument("--max-basis-gb", type=float, default=4.0, help="PRANC/NOLA bases larger "
                    "than this are regenerated block by block instead of kept in memory")
     p.add_argument("--train-subset", type=int, help="train on N samples (seeded subset)")
@@ -203,7 +209,8 @@ def _train(args: argparse.Namespace) -> None:
 
     ranks = {} if args.rank is None else {"rank": args.rank, "nola_rank": args.rank}
     method = MethodSettings(k=args.k, d=args.d, L=args.L, m=args.m, **ranks,
-                            activation=args.activation,
+                            activation=args.activation, mixing=args.mixing,
+                            allocation_power=args.allocation_power,
                             max_basis_bytes=int(args.max_basis_gb * 2**30))
     result = train(TrainSettings(
         model=args.model, dataset=args.dataset, method=args.method, budget=args.budget,
@@ -359,6 +366,11 @@ def _inspect(args: argparse.Namespace) -> None:
           f"d={g['d']} L={g['L']:g} width={g['width']} depth={g['depth']} "
           f"gain={g['hidden_gain']:g}, seed {g['seed']} ({g['prng']}"
           f"{', fitted weights stored' if g['fitted'] else ''})")
+    if "mixing" in meta:
+        print(f"mixing: {meta['mixing']} (every chunk spread over all weights)")
+    if "layer_chunks" in meta:
+        print(f"chunks per layer (allocation power {meta['allocation_power']:g}): "
+              f"{[layer['chunks'] for layer in meta['layer_chunks']]}")
     print(f"{len(targets)} compressed tensors, {original:,} values, generated from {manifold:,} "
           f"alphas and betas ({original / manifold:.1f}x)")
     order = {f"dense.{k}": i for i, k in enumerate(meta["layout"]["state_keys"])}
