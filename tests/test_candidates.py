@@ -33,7 +33,7 @@ def test_seeded_offset_adds_a_default_initialisation():
 
 def test_layer_scale_gives_each_layer_its_default_spread():
     model = nn.Sequential(nn.Linear(400, 300), nn.Linear(300, 10))
-    config = mcnc.MCNCConfig(k=8, d=2000, width=16, layer_scale=True)
+    config = mcnc.MCNCConfig(k=8, d=2000, width=16, layer_scale=True, mixing="none")
     weights = mcnc.compress(model, config).dense_state_dict()
     for name, fan_in in (("0.weight", 400), ("1.weight", 300)):
         assert weights[name].std() == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.25)

@@ -32,7 +32,7 @@ def test_inspect(tmp_path, capsys):
 
 @pytest.mark.parametrize("options, line", [
     ({"mixing": "hadamard"}, "mixing: hadamard"),
-    ({"allocation_power": 0.5}, "chunks per layer (allocation power 0.5): ["),
+    ({"allocation_power": 0.5, "mixing": "none"}, "chunks per layer (allocation power 0.5): ["),
 ])
 def test_inspect_shows_what_makes_a_file_version_2(tmp_path, capsys, options, line):
     model = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8, **options))

@@ -186,7 +186,7 @@ def test_lowrank_rank_32_is_the_default_and_its_measurements_keep_64():
     def lowrank_ranks(name):
         return {s.method_settings.rank for s in PRESETS[name].runs if s.method == "mcnc-lowrank"}
     assert lowrank_ranks("converged") == {32}
-    assert lowrank_ranks("converged-lr") == lowrank_ranks("quick") == {64}
+    assert lowrank_ranks("converged-lr") == {32} and lowrank_ranks("quick") == {64}
     assert lowrank_ranks("lowrank-rank") == {4, 8, 16, 32, 64}
     nola = TrainSettings(model="mlp", dataset="mnist", method="nola", budget=300)
     old = {k: v for k, v in asdict(MethodSettings()).items() if k != "nola_rank"}
@@ -194,3 +194,19 @@ def test_lowrank_rank_32_is_the_default_and_its_measurements_keep_64():
     assert cmp._key(recorded) == cmp._key(asdict(nola))
     lowrank = replace(nola, method="mcnc-lowrank")
     assert cmp._key({**recorded, "method": "mcnc-lowrank"}) != cmp._key(asdict(lowrank))
+
+
+def test_hadamard_mixing_is_the_default_and_records_before_it_ran_unmixed():
+    import mcnc
+    from mcnc.methods import MethodSettings
+    from mcnc.presets import PRESETS
+
+    assert MethodSettings().mixing == mcnc.MCNCConfig().mixing == "hadamard"
+    assert {s.method_settings.mixing for s in PRESETS["converged"].runs} == {"hadamard"}
+    assert {s.method_settings.mixing for s in PRESETS["held-in"].runs} == {"none"}
+    assert {s.method_settings.mixing for s in PRESETS["held-in-2"].runs} == {"none", "hadamard"}
+    run = TrainSettings(model="mlp", dataset="mnist", method="mcnc", budget=300)
+    before = {k: v for k, v in asdict(MethodSettings()).items() if k != "mixing"}
+    record = {**asdict(run), "method_settings": before}
+    assert cmp._key(record) == cmp._key(asdict(replace(
+        run, method_settings=MethodSettings(mixing="none"))))

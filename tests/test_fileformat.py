@@ -86,7 +86,7 @@ def test_fitted_generator_is_stored(tmp_path):
 def test_metadata_describes_the_model(tmp_path):
     path = mcnc.save(_trained("tied", CASES["tied"][1]), tmp_path / "m.mcnc")
     _, meta = mcnc.read(path)
-    assert meta["format_version"] == 1  # the oldest version that describes it
+    assert meta["format_version"] == 2 and meta["mixing"] == "hadamard"  # the defaults
     assert meta["generator"]["prng"] == "philox4x32-10"
     assert meta["generator"]["seed"] == 0 and meta["mode"] == "scratch"
     assert meta["layout"]["state_keys"] == list(Tied().state_dict())

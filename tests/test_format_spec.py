@@ -265,7 +265,8 @@ def tiny_model() -> nn.Module:
 
 
 BUILDERS = {
-    "mcnc": lambda m: mcnc.compress(m, mcnc.MCNCConfig(k=2, d=16, width=4, depth=1)),
+    "mcnc": lambda m: mcnc.compress(m, mcnc.MCNCConfig(k=2, d=16, width=4, depth=1,
+                                                       mixing="none")),
     "pranc": lambda m: pranc(m, PRANCConfig(coefficients=4)),
     "nola": lambda m: nola(m, NOLAConfig(coefficients=8, rank=1)),
     "lora": lambda m: lora(m, LoRAConfig(rank=1)),
@@ -290,7 +291,7 @@ def test_metadata_tables_list_the_keys_of_a_real_file(method, tmp_path):
 
 def test_version_2_adds_the_chunks_per_layer_and_the_mixing(tmp_path):
     model = mcnc.compress(tiny_model(), mcnc.MCNCConfig(k=2, d=16, width=4, depth=1,
-                                                        allocation_power=0.5))
+                                                        allocation_power=0.5, mixing="none"))
     meta = mcnc.read(mcnc.save(model, tmp_path / "model.mcnc"))[1]
     assert meta["format_version"] == 2
     assert set(meta) == keys(TOP_LEVEL, "mcnc") | {"layer_chunks", "allocation_power"}

@@ -60,10 +60,9 @@ def test_mixed_mcnc_starts_at_each_layers_default_spread_and_trains():
 def test_mixing_is_checked():
     with pytest.raises(ValueError, match="mixing must be one of"):
         mcnc.MCNCConfig(mixing="fourier")
-    with pytest.raises(ValueError, match="'none' in delta mode"):
-        mcnc.MCNCConfig(mode="delta", mixing="hadamard")
-    with pytest.raises(ValueError, match="mixing must be one of"):
-        mcnc.MCNCConfig(mixing="hadamard", allocation_power=0.5)
+    with pytest.raises(ValueError, match="need mixing='none'"):
+        mcnc.MCNCConfig(allocation_power=0.5)
+    assert mcnc.MCNCConfig().mixing == "hadamard"  # the default since results/held-in-2
 
 
 def test_a_mixed_model_reloads_bit_for_bit_from_a_version_2_file(tmp_path):

@@ -22,9 +22,10 @@ from mcnc.comparison_report import late_change, markdown_table, plot, plot_curve
 from mcnc.methods import SETTINGS_READ_BY, MethodSettings
 from mcnc.presets import PRESETS, Preset
 
-RECORDED_DEFAULTS = {"hidden_gain": 4.0}
+RECORDED_DEFAULTS = {"hidden_gain": 4.0, "mixing": "none"}
 """Method settings whose default has changed, with the value a record that predates the field
-ran at (hidden gain 4 until the held-in table made 8 the default)."""
+ran at (hidden gain 4 until the held-in table made 8 the default; no mixing until
+held-in-2)."""
 
 
 def _key(settings: dict) -> str:

@@ -78,11 +78,9 @@ def _version_2_from_meta(meta: dict) -> dict:
     if ("layer_chunks" in meta or "mixing" in meta) != (meta["format_version"] == 2):
         raise FormatError("a version-2 file has layer_chunks or mixing, a version-1 file "
                           "neither")
-    fields = {}
-    if "mixing" in meta:
-        if meta["mixing"] != "hadamard":
-            raise FormatError(f"unknown mixing {meta['mixing']!r}; this mcnc knows 'hadamard'")
-        fields["mixing"] = "hadamard"
+    fields = {"mixing": meta.get("mixing", "none")}  # a file without the key is unmixed
+    if fields["mixing"] not in ("none", "hadamard") or meta.get("mixing") == "none":
+        raise FormatError(f"unknown mixing {meta['mixing']!r}; this mcnc knows 'hadamard'")
     if "layer_chunks" not in meta:
         return fields
     groups, power = meta["layer_chunks"], meta.get("allocation_power")

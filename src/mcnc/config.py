@@ -138,10 +138,12 @@ class MCNCConfig(GeneratorSpec, Selection):
     """Below 1, every layer gets its own chunks, one each and the rest in proportion to
     ``size ** allocation_power``, instead of cutting all layers end to end into chunks (1).
     See :mod:`mcnc.allocation`."""
-    mixing: str = "none"
+    mixing: str = "hadamard"
     """``"hadamard"`` mixes the generated vector with a seeded randomised Hadamard transform,
     so that every chunk moves weights all over the network, and scales each entry to its
-    layer's default spread (see :mod:`mcnc.mixing`; files record it, format version 2)."""
+    layer's default spread (see :mod:`mcnc.mixing`; files record it, format version 2).
+    ``"none"``: each chunk generates its own d weights, as in the paper (and format version
+    1). Hadamard won every cell of the held-in set (results/held-in-2, scratch mode)."""
     layer_chunks: tuple[tuple[int, int], ...] | None = None
     """Chunks per layer, as ``(targets, chunks)`` for each run of consecutive layout targets
     (``d`` must cover every layer: ``chunks * d >= its generated numbers``). ``None``: with
@@ -158,10 +160,12 @@ class MCNCConfig(GeneratorSpec, Selection):
         if not is_number(self.allocation_power, -1e-12, 1 + 1e-12):
             raise ValueError(f"allocation_power must be in [0, 1], got "
                              f"{self.allocation_power!r}")
-        if self.mixing not in MIXINGS or (self.mixing != "none" and (
-                self.mode == "delta" or self.layer_scale or self.per_layer)):
-            raise ValueError(f"mixing must be one of {MIXINGS}, and 'none' in delta mode or "
-                             f"with layer_scale or allocation_power < 1, got {self.mixing!r}")
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
+        if self.mixing != "none" and (self.layer_scale or self.per_layer):
+            raise ValueError("chunks per layer (allocation_power < 1, layer_chunks) and "
+                             "layer_scale need mixing='none': mixing spreads every chunk over "
+                             "all layers and scales each layer itself")
         if self.layer_chunks is not None and not (
                 isinstance(self.layer_chunks, tuple) and self.layer_chunks and all(
                     isinstance(g, tuple) and len(g) == 2 and all(is_int(v, 1) for v in g)

@@ -41,13 +41,20 @@ def element_std(layout: Layout) -> torch.Tensor:
     ``B @ A`` of factors whose entries have variance ``s`` has entries of variance ``r * s**2``,
     so factor entries get variance ``s = sqrt(var / r)``.
     """
-    pieces = []
+    return torch.cat([torch.full((t.size,), std) for t, std in
+                      zip(layout.targets, target_std(layout), strict=True)])
+
+
+def target_std(layout: Layout) -> list[float]:
+    """The standard deviation of :func:`element_std` of each target, rounded to float32 (as a
+    Python float)."""
+    stds = []
     for t in layout.targets:
         var = init_bound(layout, t) ** 2 / 3
         if t.rank is not None:
             var = math.sqrt(var / t.rank)
-        pieces.append(torch.full((t.size,), math.sqrt(var)))
-    return torch.cat(pieces)
+        stds.append(float(torch.tensor(math.sqrt(var), dtype=torch.float32)))
+    return stds
 
 
 def seeded_init(layout: Layout, seed: int, stream: int) -> torch.Tensor:

@@ -86,8 +86,8 @@ class MethodSettings:
     """MCNC: initial alphas uniform on this fraction of the cube."""
     allocation_power: float = 1.0
     """MCNC: below 1, chunks per layer in proportion to size ** power (experimental)."""
-    mixing: str = "none"
-    """MCNC: ``"hadamard"`` spreads every chunk over all weights (experimental)."""
+    mixing: str = "hadamard"
+    """MCNC: ``"hadamard"`` spreads every chunk over all weights (as ``MCNCConfig``)."""
     max_basis_bytes: int = DEFAULT_MAX_BYTES
 
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mcnc import rng
-from mcnc.initialisation import element_std
+from mcnc.initialisation import target_std
 from mcnc.layout import Layout
 
 
@@ -36,10 +36,16 @@ def padded_length(numbers: int) -> int:
 
 
 def mixed_entry_scale(layout: Layout) -> tuple[torch.Tensor, float]:
-    """``(std_i / s, s)``: each entry's default spread relative to their root mean square s."""
-    std = element_std(layout)
-    spread = std.square().mean().sqrt()
-    return std / spread, spread.item()
+    """``(std_i / s, s)``: each entry's default spread relative to their root mean square s.
+
+    Computed per target in double (``math.fsum``) and rounded to float32 once, so that the
+    bits do not depend on how a parallel sum is split (threads, device)."""
+    stds = target_std(layout)
+    sizes = [t.size for t in layout.targets]
+    spread = math.sqrt(math.fsum(n * s * s for n, s in zip(sizes, stds, strict=True))
+                       / sum(sizes))
+    scale = torch.cat([torch.full((n,), s / spread) for n, s in zip(sizes, stds, strict=True)])
+    return scale, spread
 
 
 def hadamard(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
