@@ -180,12 +180,13 @@ def _add_train(sub: _Subparsers) -> None:
                    "(default: 32 and 64)")
     p.add_argument("--activation", default="sine", choices=("sine", "relu"),
                    help="activation of MCNC's generator")
-    p.add_argument("--mixing", default="none", choices=("none", "hadamard"),
-                   help="MCNC: 'hadamard' spreads every chunk over all weights (a seeded "
-                   "randomised Hadamard transform; files become format version 2)")
+    p.add_argument("--mixing", default="hadamard", choices=("none", "hadamard"),
+                   help="MCNC: 'hadamard' (the default) spreads every chunk over all weights "
+                   "with a seeded randomised Hadamard transform (format version 2 files); "
+                   "'none': every chunk makes its own d weights, as in the paper")
     p.add_argument("--allocation-power", type=float, default=1.0,
                    help="MCNC: below 1, every layer gets chunks of its own, in proportion to "
-                   "its size to this power (files become format version 2)")
+                   "its size to this power (needs --mixing none; format version 2 files)")
     p.add_argument("--max-basis-gb", type=float, default=4.0, help="PRANC/NOLA bases larger "
                    "than this are regenerated block by block instead of kept in memory")
     p.add_argument("--train-subset", type=int, help="train on N samples (seeded subset)")
