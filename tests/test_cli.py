@@ -206,3 +206,7 @@ def test_errors_name_the_flag_the_user_typed(tmp_path, capsys):
     assert main(["train", "--dataset", "cifar10", "--epochs", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--data-root" in err and "root=" not in err
+    assert main(["train", "--model", "mlp", "--method", "mcnc", "--budget", "300",
+                 "--allocation-power", "0.5", "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--allocation-power < 1" in err and "need --mixing none" in err

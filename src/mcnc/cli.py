@@ -415,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FLAG_NAMES = {
-    "train": (("root=", "--data-root "),),
+    "train": (("root=", "--data-root "), ("mixing='none'", "--mixing none"),
+              ("allocation_power", "--allocation-power")),
     "compare": (("root=", "--data-root "),),
     "reconstruct": (("base_state_dict", "--base"),),
 }
