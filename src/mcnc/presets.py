@@ -276,8 +276,9 @@ per layer in proportion to size ** power, and a seeded mixing that spreads every
 all weights; the first is MCNC as it is."""
 PRESETS["held-in-2"] = Preset(
     "held-in-2", "second round of candidate changes to MCNC on the held-in set (MNIST MLP and "
-    "LeNet-5 at budgets 300 and 1,000, today's defaults and converged-lr rates): chunks per "
-    "layer (allocation_power 0.75 and 0.5) and a seeded Hadamard mixing; 3 seeds",
+    "LeNet-5 at budgets 300 and 1,000, converged-lr rates), against MCNC as it was then "
+    "(gain 8, no mixing): chunks per layer (allocation_power 0.75 and 0.5) and a seeded "
+    "Hadamard mixing (the default since); 3 seeds",
     tuple(_held_in_runs("mcnc", HELD_IN_2_VARIANTS, BEFORE_MIXING,
                         {m: CONVERGED_LR.get((m, "mcnc")) for m in HELD_IN_MODELS})),
     seeds=(0, 1, 2), label="variant", reference=BEFORE_MIXING)
