@@ -210,3 +210,21 @@ def test_hadamard_mixing_is_the_default_and_records_before_it_ran_unmixed():
     record = {**asdict(run), "method_settings": before}
     assert cmp._key(record) == cmp._key(asdict(replace(
         run, method_settings=MethodSettings(mixing="none"))))
+
+
+@pytest.mark.parametrize("name", ["quick", "lr", "ablation-kd", "ablation-L", "ablation-m",
+                                  "ablation-activation", "held-in", "held-in-2",
+                                  "lowrank-rank"])
+def test_finished_presets_still_match_their_committed_records(name):
+    """A change of defaults or rates must not detach a committed table from its command:
+    every run of a finished preset still finds its record in results/<name>/runs.jsonl."""
+    from pathlib import Path
+
+    from mcnc.presets import PRESETS
+
+    log = Path(__file__).parents[1] / "results" / name / "runs.jsonl"
+    keys = {cmp._key(json.loads(line)["settings"]) for line in log.read_text().splitlines()}
+    preset = PRESETS[name]
+    missing = [s for s in preset.runs for seed in preset.seeds
+               if cmp._key(asdict(replace(s, seed=seed))) not in keys]
+    assert not missing, f"{len(missing)} runs of {name} have no record, e.g. {missing[0]}"
