@@ -27,7 +27,7 @@ from mcnc.allocation import (
     layer_groups,
     layer_sizes,
 )
-from mcnc.config import MCNCConfig
+from mcnc.config import MIXINGS, MCNCConfig
 from mcnc.errors import FormatError
 from mcnc.generator import Generator, GeneratorSpec, initial_alpha, seeded_weights_shapes
 from mcnc.initialisation import element_std, seeded_init
@@ -72,6 +72,12 @@ def chunks_per_layer(layout: Layout, config: MCNCConfig) -> tuple[list[int], lis
     return counts, sizes
 
 
+def chunk_total(layout: Layout, config: MCNCConfig,
+                per_layer: tuple[list[int], list[int]] | None) -> int:
+    """The number of chunks: ``ceil(total / d)`` cut end to end, else the layers' sum."""
+    return layout.n_chunks(config.d) if per_layer is None else sum(per_layer[0])
+
+
 def _version_2_from_meta(meta: dict) -> dict:
     """The config fields of format version 2 (``layer_chunks`` with ``allocation_power``, and
     ``mixing``): a version-2 file has at least one of them, a version-1 file none."""
@@ -79,7 +85,7 @@ def _version_2_from_meta(meta: dict) -> dict:
         raise FormatError("a version-2 file has layer_chunks or mixing, a version-1 file "
                           "neither")
     fields = {"mixing": meta.get("mixing", "none")}  # a file without the key is unmixed
-    if fields["mixing"] not in ("none", "hadamard") or meta.get("mixing") == "none":
+    if fields["mixing"] not in MIXINGS or meta.get("mixing") == "none":
         raise FormatError(f"unknown mixing {meta['mixing']!r}; this mcnc knows 'hadamard'")
     if "layer_chunks" not in meta:
         return fields
@@ -97,7 +103,8 @@ def _version_2_from_meta(meta: dict) -> dict:
 
 
 def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig,
-                 scale: torch.Tensor | None = None) -> torch.Tensor:
+                 scale: torch.Tensor | None = None,
+                 per_layer: tuple[list[int], list[int]] | None = None) -> torch.Tensor:
     """Amplitudes that give every chunk the norm the model's own initialisation would have.
 
     For a directly generated parameter each element should have the mean square of the
@@ -112,11 +119,12 @@ def initial_beta(layout: Layout, params: dict[str, torch.Tensor], config: MCNCCo
     per-entry ``scale`` (``layer_scale``) each entry's mean square is divided by its scale
     squared, since the generated entry is multiplied by it.
 
+    ``per_layer`` is :func:`chunks_per_layer` of ``layout`` and ``config``.
+
     Returns:
         (n_chunks, m) tensor.
     """
-    per_layer = chunks_per_layer(layout, config)
-    n, d = layout.n_chunks(config.d) if per_layer is None else sum(per_layer[0]), config.d
+    n, d = chunk_total(layout, config, per_layer), config.d
     if config.mode == "delta":
         return torch.zeros(n, config.m)
     if config.mixing != "none":  # mixed entries of spread s; generated_flat scales per layer
@@ -160,7 +168,7 @@ class MCNCModel(Reparameterized):
             theta0 = seeded_init(direct, config.seed, rng.MCNC_OFFSET_STREAM)
         super().__init__(base, layout, config, theta0)
         self.per_layer = chunks_per_layer(layout, config)
-        n_chunks = layout.n_chunks(config.d) if self.per_layer is None else sum(self.per_layer[0])
+        n_chunks = chunk_total(layout, config, self.per_layer)
         self.generator = generator
         scale = None
         if config.layer_scale:
@@ -173,7 +181,7 @@ class MCNCModel(Reparameterized):
         self.register_buffer("entry_scale", scale, persistent=False)
         self.alpha = nn.Parameter(initial_alpha(generator.spec, n_chunks, config.m,
                                                 config.alpha_init_scale))
-        self.beta = nn.Parameter(initial_beta(layout, params, config, scale))
+        self.beta = nn.Parameter(initial_beta(layout, params, config, scale, self.per_layer))
         self._refresh()
 
     def method_tensors(self) -> dict[str, torch.Tensor]:
@@ -241,7 +249,7 @@ class MCNCModel(Reparameterized):
             per_layer = chunks_per_layer(layout, config)
         except ValueError as e:
             raise FormatError(f"layer_chunks do not fit the layout: {e}") from e
-        n = layout.n_chunks(config.d) if per_layer is None else sum(per_layer[0])
+        n = chunk_total(layout, config, per_layer)
         if n * config.d > MAX_NUMBERS:
             raise FormatError(f"{n:,} chunks of {config.d:,} numbers exceed the "
                               f"{MAX_NUMBERS:,} numbers a file may describe; the file is "

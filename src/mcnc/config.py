@@ -13,9 +13,9 @@ from mcnc.generator import GeneratorSpec
 from mcnc.limits import check_positive_ints, is_int, is_number
 
 FACTOR_RULES = ("always", "when-smaller")
+"""How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
 OFFSETS = ("none", "seeded")
 MIXINGS = ("none", "hadamard")
-"""How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
 BASE_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,

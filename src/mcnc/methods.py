@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from torch import nn
 
 from mcnc.allocation import (
-    chunk_counts,
     covering_chunk_size,
     layer_groups,
     layer_sizes,
@@ -40,7 +39,7 @@ from mcnc.baselines import (
     prune,
 )
 from mcnc.baselines.basis import DEFAULT_MAX_BYTES
-from mcnc.compress import compress
+from mcnc.compress import chunk_total, chunks_per_layer, compress
 from mcnc.config import MCNCConfig
 from mcnc.layout import plan_layout
 from mcnc.limits import MAX_D
@@ -113,8 +112,7 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
     layout = plan_layout(model, config)
     sizes = layer_sizes(layout)
     if s.d is not None:
-        n = -(-sum(sizes) // s.d) if s.allocation_power == 1 else sum(
-            chunk_counts(sizes, s.d, s.allocation_power))
+        n = chunk_total(layout, config, chunks_per_layer(layout, config))
         if budget is not None and n * per_chunk > budget:
             raise ValueError(f"with d={s.d}, the {n} chunks train {n * per_chunk} numbers,"
                              f" more than the budget of {budget}; raise d or the budget, or "
