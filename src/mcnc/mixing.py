@@ -51,14 +51,25 @@ def mixed_entry_scale(layout: Layout) -> tuple[torch.Tensor, float]:
 def hadamard(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """``H x`` for a vector of power-of-two length D (Sylvester order, unnormalised): log2 D
     butterfly passes, pairs at distance 1, 2, 4, ... (``reverse``: ..., 4, 2, 1; the passes
-    commute, so both orders give H x, with different rounding)."""
+    commute, so both orders give H x, with different rounding). Each pass writes into one of
+    two buffers (same additions, same bits), so the function is not differentiable itself:
+    :class:`_Hadamard` is."""
     length = x.numel()
     if length & (length - 1):
         raise ValueError(f"the Hadamard transform needs a power-of-two length, got {length}")
     halves = [1 << i for i in range(length.bit_length() - 1)]
-    for half in reversed(halves) if reverse else halves:
-        pairs = x.reshape(-1, 2, half)
-        x = torch.stack((pairs[:, 0] + pairs[:, 1], pairs[:, 0] - pairs[:, 1]), dim=1)
+    order = reversed(halves) if reverse else halves
+    if torch.compiler.is_compiling():  # the compiler fuses these, but cannot take out= views
+        for half in order:
+            pairs = x.reshape(-1, 2, half)
+            x = torch.stack((pairs[:, 0] + pairs[:, 1], pairs[:, 0] - pairs[:, 1]), dim=1)
+        return x.reshape(length)
+    buffers = (torch.empty_like(x), torch.empty_like(x))  # written in turn: no stack copies
+    for step, half in enumerate(order):
+        pairs, out = x.reshape(-1, 2, half), buffers[step % 2].view(-1, 2, half)
+        torch.add(pairs[:, 0], pairs[:, 1], out=out[:, 0])
+        torch.sub(pairs[:, 0], pairs[:, 1], out=out[:, 1])
+        x = buffers[step % 2]
     return x.reshape(length)
 
 
