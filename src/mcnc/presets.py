@@ -287,3 +287,22 @@ PRESETS["held-in-2"] = Preset(
     tuple(_held_in_runs("mcnc", HELD_IN_2_VARIANTS, BEFORE_MIXING,
                         dict.fromkeys(HELD_IN_MODELS, HELD_IN_LR))),
     seeds=(0, 1, 2), label="variant", reference=BEFORE_MIXING)
+
+
+LONGER_EPOCHS = 60
+LONGER_METHODS = ("mcnc", "pranc", "nola")
+
+
+def _longer_runs() -> list[TrainSettings]:
+    """converged's MNIST MLP cells at budgets 300 and 1,000 for MCNC and the two subspaces,
+    three times as long, each at its converged rate."""
+    runs = _grid(("mnist",), (("mlp", {"epochs": LONGER_EPOCHS}),), LONGER_METHODS,
+                 HELD_IN_BUDGETS, progress=False)
+    return [_with_lr(s, CONVERGED_LR[("mlp", s.method)]) for s in runs
+            if s.method != "pranc" or _pranc_fits("mlp", s.budget)]
+
+
+PRESETS["converged-longer"] = Preset(
+    "converged-longer", "does 20 epochs favour a method? converged's MNIST MLP cells at "
+    "budgets 300 and 1,000 (MCNC, PRANC where it fits, NOLA) at 60 epochs, each at its "
+    "converged-lr rate; 2 seeds", tuple(_longer_runs()), seeds=(0, 1))
