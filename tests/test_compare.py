@@ -74,6 +74,20 @@ def test_win_only_beyond_twice_the_standard_error(mean, verdict):
     assert versus_subspace(_row("mcnc", 95.0, 0.0, seeds=1), rows).endswith("(1 seed: no test)")
 
 
+def test_scoreboard_counts_each_cells_verdict_against_its_best_rival():
+    from mcnc.comparison_report import is_subspace, scoreboard
+
+    rows = [_row("nola", 90.0, 0.3), _row("pranc", 85.0, 0.3), _row("mcnc", 91.0, 0.3),
+            _row("nola", 95.0, 0.3, budget=3000), _row("mcnc", 94.0, 0.3, budget=3000),
+            _row("nola", 80.0, 0.3, budget=300), _row("mcnc", 80.1, 0.3, budget=300),
+            _row("mcnc", 99.0, 0.3, budget=10_000),  # no rival there: not counted
+            _row("pruning", 97.0, 0.1, seeds=1, budget=3000),
+            {**_row("dense", 98.0, 0.1), "budget": None}]
+    assert scoreboard(rows, is_subspace) == [
+        "- mcnc: 1 wins, 1 ties, 1 losses",
+        "- pruning: 0 wins, 0 ties, 0 losses, 1 with one seed (untested)"]
+
+
 def test_late_change_is_the_gain_over_the_last_fifth():
     from mcnc.comparison_report import late_change
 

@@ -58,31 +58,67 @@ def late_change(history: list[dict]) -> float | None:
     return 100 * (history[-1]["test_accuracy"] - start["test_accuracy"])
 
 
+def is_subspace(row: dict) -> bool:
+    return row["label"] in SUBSPACES
+
+
+def is_reference(row: dict) -> bool:
+    return row["label"].endswith(" reference")
+
+
 def versus_subspace(row: dict, rows: list[dict]) -> str:
     """``row`` (a compressed method) against the best PRANC or NOLA row of its cell."""
-    return versus(row, [r for r in rows if r["label"] in SUBSPACES])
+    return versus(row, [r for r in rows if is_subspace(r)])
 
 
 def versus_reference(row: dict, rows: list[dict]) -> str:
     """``row`` (a variant) against the preset's reference settings in its cell (label
     ``"<method> reference"``)."""
-    return versus(row, [r for r in rows if r["label"].endswith(" reference")])
+    return versus(row, [r for r in rows if is_reference(r)])
 
 
-def versus(row: dict, candidates: list[dict]) -> str:
-    """``row`` against the best of ``candidates`` in its cell (data set, model, budget): the
-    difference of the means ± its Welch standard error, and the verdict."""
+def best_rival(row: dict, candidates: list[dict]) -> dict | None:
+    """The best of ``candidates`` (by mean) in ``row``'s cell (data set, model, budget), other
+    than ``row`` itself; None when there is none or ``row`` has no budget."""
     rivals = [r for r in candidates if r["label"] != row["label"]
               and (r["dataset"], r["model"], r["budget"]) == (row["dataset"], row["model"],
                                                              row["budget"])]
     if not rivals or row["budget"] is None:
+        return None
+    return max(rivals, key=lambda r: r["mean"])
+
+
+def versus(row: dict, candidates: list[dict]) -> str:
+    """``row`` against the best of ``candidates`` in its cell: the difference of the means
+    ± its Welch standard error, and the verdict."""
+    best = best_rival(row, candidates)
+    if best is None:
         return ""
-    best = max(rivals, key=lambda r: r["mean"])
-    diff, se, verdict = welch((row["mean"], row["std"], row["seeds"]),
-                              (best["mean"], best["std"], best["seeds"]))
+    diff, se, verdict = welch(_sample(row), _sample(best))
     if se is None:
         return f"{diff:+.2f} vs {best['label']} (1 seed: no test)"
     return f"{diff:+.2f} ± {se:.2f} vs {best['label']}: **{verdict}**"
+
+
+def _sample(row: dict) -> tuple[float, float, int]:
+    return row["mean"], row["std"], row["seeds"]
+
+
+def scoreboard(rows: list[dict], is_rival) -> list[str]:
+    """One line per label that has rivals: its wins, ties and losses against the best rival
+    of each cell (rows with one seed are left out and counted)."""
+    lines = []
+    for label in dict.fromkeys(r["label"] for r in rows if not is_rival(r)):
+        tally = {"win": 0, "tie": 0, "loss": 0, None: 0}
+        for row in (r for r in rows if r["label"] == label):
+            best = best_rival(row, [r for r in rows if is_rival(r)])
+            if best is not None:
+                tally[welch(_sample(row), _sample(best))[2]] += 1
+        if sum(tally.values()):
+            untested = f", {tally[None]} with one seed (untested)" if tally[None] else ""
+            lines.append(f"- {label}: {tally['win']} wins, {tally['tie']} ties, "
+                         f"{tally['loss']} losses{untested}")
+    return lines
 
 
 def welch(a: tuple[float, float, int], b: tuple[float, float, int]
@@ -98,10 +134,11 @@ def welch(a: tuple[float, float, int], b: tuple[float, float, int]
     return diff, se, "win" if diff > 2 * se else "loss" if diff < -2 * se else "tie"
 
 
-COMPARED = {"method": ("vs subspace", "the best of PRANC and NOLA", versus_subspace),
+COMPARED = {"method": ("vs subspace", "the best of PRANC and NOLA", is_subspace),
             "variant": ("vs reference", "the method at the preset's reference settings (the "
-                        "defaults when it was measured)", versus_reference)}
-"""Preset label -> (column, what it compares with, how): the comparison column of a table."""
+                        "defaults when it was measured)", is_reference)}
+"""Preset label -> (column, what it compares with, which rows are the rivals): the comparison
+column of a table and its scoreboard."""
 
 
 FLAT_POINTS = 0.3
@@ -139,7 +176,11 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
              f"*{COMPARED[preset.label][0]}*: the difference to {COMPARED[preset.label][1]} in "
              "the same cell ± its standard error (Welch); a win or loss only beyond twice the "
              "standard error." if preset.label in COMPARED else "", ""]
-    column, _, compare_row = COMPARED.get(preset.label, ("", "", lambda row, rows: ""))
+    column, rivals_named, is_rival = COMPARED.get(preset.label, ("", "", None))
+    board = scoreboard(rows, is_rival) if is_rival else []
+    if board:
+        lines += [f"Against {rivals_named}, one verdict per cell (Welch, 2 standard errors):",
+                  "", *board, ""]
     for (dataset, model) in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         lines += [f"## {dataset}, {model}", "",
                   "| method | budget | stored | bytes | accuracy % | n | late | train loss | "
@@ -154,10 +195,14 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
             size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
             lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
                          f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | {late} | "
-                         f"{r['train_loss']:.4f} | {compare_row(r, rows)} | "
+                         f"{r['train_loss']:.4f} | {_compared(r, rows, is_rival)} | "
                          f"{r['seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _compared(row: dict, rows: list[dict], is_rival) -> str:
+    return versus(row, [r for r in rows if is_rival(r)]) if is_rival else ""
 
 
 def plot(rows: list[dict], path: Path) -> None:
