@@ -205,6 +205,18 @@ def _compared(row: dict, rows: list[dict], is_rival) -> str:
     return versus(row, [r for r in rows if is_rival(r)]) if is_rival else ""
 
 
+def label_colors(labels) -> dict[str, str]:
+    """One colour per label, the same in every panel and plot of a preset (labels sorted,
+    then matplotlib's default cycle)."""
+    cycle = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+             "#7f7f7f", "#bcbd22", "#17becf"]
+    return {label: cycle[i % len(cycle)] for i, label in enumerate(sorted(set(labels)))}
+
+
+CURVE_COLUMNS = 4
+"""Cells per row of the learning-curve figure."""
+
+
 def plot(rows: list[dict], path: Path) -> None:
     """Accuracy against stored numbers (log x), one panel per data set and model."""
     import matplotlib
@@ -218,6 +230,7 @@ def plot(rows: list[dict], path: Path) -> None:
     cols = min(3, len(panels))
     fig, axes = plt.subplots(math.ceil(len(panels) / cols), cols, squeeze=False,
                              figsize=(5 * cols, 3.8 * math.ceil(len(panels) / cols)))
+    colors = label_colors(r["label"] for r in rows)
     for ax, (dataset, model) in zip(axes.flat, panels, strict=False):
         mine = [r for r in rows if (r["dataset"], r["model"]) == (dataset, model)]
         for label in dict.fromkeys(r["label"] for r in mine):
@@ -226,7 +239,8 @@ def plot(rows: list[dict], path: Path) -> None:
             if len(xs) == 1 and label == "dense":
                 ax.axhline(ys[0], color="k", ls="--", lw=1, label=f"dense ({xs[0]:,})")
             else:
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=label,
+                            color=colors[label])
         ax.set_xscale("log")
         ax.set_xlabel("stored numbers")
         ax.set_ylabel("test accuracy %")
@@ -258,8 +272,13 @@ def plot_curves(results: list[dict], path: Path, axis: str = "method",
     cells = [c for c in curves if c[2] is not None or axis != "method"]
     if not cells:
         return
-    fig, axes = plt.subplots(2, len(cells), squeeze=False, figsize=(4 * len(cells), 6.5))
-    for col, cell in enumerate(cells):
+    cols = min(CURVE_COLUMNS, len(cells))
+    blocks = math.ceil(len(cells) / cols)
+    fig, axes = plt.subplots(2 * blocks, cols, squeeze=False,
+                             figsize=(4 * cols, 6.5 * blocks))
+    colors = label_colors(label for cell in curves.values() for label in cell)
+    for i, cell in enumerate(cells):
+        top, bottom = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
         runs = dict(curves[cell])
         if axis == "method":  # the dense reference belongs to every budget's cell
             runs |= curves.get((cell[0], cell[1], None), {})
@@ -267,19 +286,22 @@ def plot_curves(results: list[dict], path: Path, axis: str = "method",
             epochs = min(len(h) for h in histories)
             if epochs == 0:
                 continue
-            for row, key, scale in ((0, "test_accuracy", 100), (1, "train_loss", 1)):
+            for ax, key, scale in ((top, "test_accuracy", 100), (bottom, "train_loss", 1)):
                 mean = [scale * sum(h[e][key] for h in histories) / len(histories)
                         for e in range(epochs)]
-                axes[row, col].plot(range(1, epochs + 1), mean, label=label)
+                ax.plot(range(1, epochs + 1), mean, label=label, color=colors[label])
         title = f"{cell[0]}, {cell[1]}" + ("" if cell[2] is None else f", budget {cell[2]:,}")
-        axes[0, col].set_title(title, fontsize=9)
-        axes[0, col].set_ylabel("test accuracy %")
-        axes[1, col].set_ylabel("train loss")
-        axes[1, col].set_yscale("log")
-        axes[1, col].set_xlabel("epoch")
-        for ax in axes[:, col]:
+        top.set_title(title, fontsize=9)
+        top.set_ylabel("test accuracy %")
+        bottom.set_ylabel("train loss")
+        bottom.set_yscale("log")
+        bottom.set_xlabel("epoch")
+        for ax in (top, bottom):
             ax.grid(alpha=0.3)
-        axes[0, col].legend(fontsize=6)
+        top.legend(fontsize=6)
+    for i in range(len(cells), blocks * cols):
+        axes[2 * (i // cols), i % cols].axis("off")
+        axes[2 * (i // cols) + 1, i % cols].axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
