@@ -122,8 +122,8 @@ def test_a_file_records_the_chunks_per_layer_and_reloads_bit_for_bit(tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda m: m.update(format_version=1), "a version-1 file neither"),
-    (lambda m: m.pop("layer_chunks"), "a version-1 file neither"),
+    (lambda m: m.update(format_version=1), "a version-1 file none of them"),
+    (lambda m: m.pop("layer_chunks"), "a version-1 file none of them"),
     (lambda m: m.update(mixing="fourier"), "unknown mixing 'fourier'"),
     (lambda m: m.update(mixing="hadamard"), "need mixing='none'"),
     (lambda m: m.update(layer_chunks=[{"targets": 2, "chunks": 5}]), "do not fit the layout"),

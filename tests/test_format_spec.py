@@ -31,6 +31,7 @@ from mcnc.baselines import (
 )
 from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
+from mcnc.compress import MCNCModel
 from mcnc.fileformat import FORMAT_VERSION, MAX_HEADER_BYTES, metadata_digest, tensor_digest
 from mcnc.generator import Generator, GeneratorSpec, fold_into_cube, seeded_weights
 from mcnc.initialisation import element_std, seeded_init
@@ -302,6 +303,20 @@ def test_version_2_adds_the_chunks_per_layer_and_the_mixing(tmp_path):
     meta = mcnc.read(mcnc.save(mixed, tmp_path / "mixed.mcnc"))[1]
     assert meta["format_version"] == 2
     assert set(meta) == keys(TOP_LEVEL, "mcnc") | {"mixing"}
+
+
+def test_a_linear_generator_is_version_2_and_round_trips(tmp_path):
+    config = mcnc.MCNCConfig(k=2, d=16, width=4, depth=1, mixing="none", activation="linear")
+    model = mcnc.compress(tiny_model(), config)
+    path = mcnc.save(model, tmp_path / "linear.mcnc")
+    meta = mcnc.read(path)[1]
+    assert meta["format_version"] == 2 and meta["generator"]["activation"] == "linear"
+    assert set(meta) == keys(TOP_LEVEL, "mcnc")
+    x = torch.randn(3, 6)
+    assert torch.equal(mcnc.load(path, tiny_model())(x), model(x))
+    meta["format_version"] = 1  # a version-1 reader would refuse the activation
+    with pytest.raises(mcnc.FormatError, match="linear generator"):
+        MCNCModel.config_from_file(meta)
 
 
 ADAPTERS = {

@@ -14,7 +14,7 @@ def test_outputs_are_unit_vectors_even_at_zero():
     torch.testing.assert_close(out.norm(dim=1), torch.ones(10))
 
 
-@pytest.mark.parametrize("activation,m", [("sine", 1), ("sine", 3), ("relu", 2)])
+@pytest.mark.parametrize("activation,m", [("sine", 1), ("sine", 3), ("relu", 2), ("linear", 1)])
 def test_combine_equals_the_sum_of_scaled_unit_vectors(activation, m):
     """The fused path (norms through W_out^T W_out, one product) is the textbook formula,
     values and gradients alike."""
@@ -28,6 +28,22 @@ def test_combine_equals_the_sum_of_scaled_unit_vectors(activation, m):
     grads = [torch.autograd.grad((out * weight).sum(), (alpha, beta)) for out in (fused, plain)]
     for got, expected in zip(*grads, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_linear_control_spans_a_k_plus_1_dimensional_subspace():
+    """Without activation, beta * phi(alpha) lies in the span of k + 1 fixed vectors."""
+    g = Generator(GeneratorSpec(k=3, d=50, width=8, depth=2, activation="linear", seed=1))
+    outputs = g.raw(torch.rand(40, 3) * 40 - 20)
+    assert torch.linalg.matrix_rank(outputs.double(), rtol=1e-5) == 4
+    sine = Generator(GeneratorSpec(k=3, d=50, width=8, depth=2, seed=1))
+    assert torch.linalg.matrix_rank(sine.raw(torch.rand(40, 3) * 40 - 20).double()) > 4
+
+
+def test_adapters_refuse_the_linear_control():
+    from mcnc import MCNCAdapterConfig
+
+    with pytest.raises(ValueError, match="control"):
+        MCNCAdapterConfig(activation="linear")
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

@@ -178,8 +178,9 @@ def _add_train(sub: _Subparsers) -> None:
     p.add_argument("--m", type=int, default=1, help="MCNC generator outputs summed per chunk")
     p.add_argument("--rank", type=int, help="rank of the factors of mcnc-lowrank and NOLA "
                    "(default: 32 and 64)")
-    p.add_argument("--activation", default="sine", choices=("sine", "relu"),
-                   help="activation of MCNC's generator")
+    p.add_argument("--activation", default="sine", choices=("sine", "relu", "linear"),
+                   help="activation of MCNC's generator (linear: a control without the "
+                   "manifold, a random linear subspace per chunk)")
     p.add_argument("--mixing", default="hadamard", choices=("none", "hadamard"),
                    help="MCNC: 'hadamard' (the default) spreads every chunk over all weights "
                    "with a seeded randomised Hadamard transform (format version 2 files); "

@@ -24,7 +24,7 @@ VARIANT_FIELDS = {"beta_lr_scale": 1.0, "warmup": 0.0}
 """Training settings a ``variant`` row may change, with their defaults."""
 VARIANT_METHOD_FIELDS = ("offset", "layer_scale", "alpha_init_scale", "width", "depth",
                          "hidden_gain", "L", "k", "m", "rank", "allocation_power",
-                         "mixing")
+                         "mixing", "activation")
 """MCNC settings a ``variant`` row may change; the preset's ``reference`` gives the values of
 its ``reference`` row (the defaults when the preset was measured)."""
 

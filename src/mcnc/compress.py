@@ -78,12 +78,14 @@ def chunk_total(layout: Layout, config: MCNCConfig,
     return layout.n_chunks(config.d) if per_layer is None else sum(per_layer[0])
 
 
-def _version_2_from_meta(meta: dict) -> dict:
+def _version_2_from_meta(meta: dict, spec: GeneratorSpec) -> dict:
     """The config fields of format version 2 (``layer_chunks`` with ``allocation_power``, and
-    ``mixing``): a version-2 file has at least one of them, a version-1 file none."""
-    if ("layer_chunks" in meta or "mixing" in meta) != (meta["format_version"] == 2):
-        raise FormatError("a version-2 file has layer_chunks or mixing, a version-1 file "
-                          "neither")
+    ``mixing``): a version-2 file has at least one of them or a linear generator, a version-1
+    file none."""
+    new = "layer_chunks" in meta or "mixing" in meta or spec.activation == "linear"
+    if new != (meta["format_version"] == 2):
+        raise FormatError("a version-2 file has layer_chunks, mixing or a linear generator, "
+                          "a version-1 file none of them")
     fields = {"mixing": meta.get("mixing", "none")}  # a file without the key is unmixed
     if fields["mixing"] not in MIXINGS or meta.get("mixing") == "none":
         raise FormatError(f"unknown mixing {meta['mixing']!r}; this mcnc knows 'hadamard'")
@@ -232,7 +234,9 @@ class MCNCModel(Reparameterized):
         return meta
 
     def format_version(self) -> int:
-        return 1 if self.per_layer is None and self.config.mixing == "none" else 2
+        plain = (self.per_layer is None and self.config.mixing == "none"
+                 and self.config.activation != "linear")
+        return 1 if plain else 2
 
     @classmethod
     def config_from_file(cls, meta: dict) -> MCNCConfig:
@@ -240,7 +244,7 @@ class MCNCModel(Reparameterized):
         if meta["alpha_bounds"] != "reflect":
             raise FormatError(f"unknown alpha bound handling {meta['alpha_bounds']!r}")
         return MCNCConfig(**spec.to_dict(), mode=meta["mode"], m=meta["m"], rank=meta["rank"],
-                          train_dense=meta["train_dense"], **_version_2_from_meta(meta))
+                          train_dense=meta["train_dense"], **_version_2_from_meta(meta, spec))
 
     @classmethod
     def expected_tensors(cls, config: MCNCConfig, layout: Layout, meta: dict

@@ -8,6 +8,8 @@ are regenerated from an integer seed by :mod:`mcnc.rng`::
     y   = W_out h_depth                         W_out ~ U(+-sqrt(6/width))
     phi(alpha) = y / ||y||
 
+``relu`` replaces the sine by max(0, .); ``linear`` drops it (a control: see ``ACTIVATIONS``).
+
 Design notes (the measurements behind them are in docs/design.md, "Generator design"):
 
 * alpha is used raw, in [-L, L]. With ``W_1 ~ U(+-1/k)`` the first layer is a SIREN first
@@ -45,7 +47,10 @@ from mcnc.limits import (
     is_number,
 )
 
-ACTIVATIONS = ("sine", "relu")
+ACTIVATIONS = ("sine", "relu", "linear")
+"""``linear`` (no activation) is a control, not a manifold: ``phi`` is then the normalised
+affine map ``A alpha + c``, so ``beta * phi(alpha)`` spans the (k+1)-dimensional linear
+subspace of ``[A, c]``, a random linear subspace per chunk (stored in version-2 files)."""
 GENERATOR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 """The floating-point types the generator computes in (sine and matrix products need them)."""
 NORM_EPS = 1e-12
@@ -173,10 +178,11 @@ def hidden_forward(
     alpha: torch.Tensor, weights: list[torch.Tensor], activation: str = "sine"
 ) -> torch.Tensor:
     """The last hidden layer ``h_depth`` (see module docstring): (n, k) -> (n, width)."""
-    act = torch.sin if activation == "sine" else F.relu
+    act = {"sine": torch.sin, "relu": F.relu, "linear": None}[activation]
     h = alpha
     for t in range(0, len(weights) - 1, 2):
-        h = act(F.linear(h, weights[t], weights[t + 1]))
+        h = F.linear(h, weights[t], weights[t + 1])
+        h = h if act is None else act(h)
     return h
 
 

@@ -275,15 +275,20 @@ HELD_IN_2_VARIANTS: tuple[tuple[dict, dict], ...] = (
     ({}, {"allocation_power": 0.75}),
     ({}, {"allocation_power": 0.5}),
     ({}, {"mixing": "hadamard"}),
+    ({}, {"activation": "linear"}),
+    ({}, {"activation": "linear", "mixing": "hadamard"}),
 )
 """(training settings, changes to ``BEFORE_MIXING``) of the second round of candidates: chunks
 per layer in proportion to size ** power, and a seeded mixing that spreads every chunk over
-all weights; the first is MCNC as it was."""
+all weights; the first is MCNC as it was. The last two are controls, not candidates: the
+generator without its nonlinearity (a random linear subspace per chunk, same numbers), with
+and without the mixing, to tell what the manifold itself adds."""
 PRESETS["held-in-2"] = Preset(
     "held-in-2", "second round of candidate changes to MCNC on the held-in set (MNIST MLP and "
     "LeNet-5 at budgets 300 and 1,000, converged-lr rates), against MCNC as it was then "
     "(gain 8, no mixing): chunks per layer (allocation_power 0.75 and 0.5) and a seeded "
-    "Hadamard mixing (the default since); 3 seeds",
+    "Hadamard mixing (the default since); and, as controls, a linear generator (no "
+    "activation: a random linear subspace per chunk) with and without the mixing; 3 seeds",
     tuple(_held_in_runs("mcnc", HELD_IN_2_VARIANTS, BEFORE_MIXING,
                         dict.fromkeys(HELD_IN_MODELS, HELD_IN_LR))),
     seeds=(0, 1, 2), label="variant", reference=BEFORE_MIXING)

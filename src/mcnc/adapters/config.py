@@ -120,6 +120,9 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
         AdapterConfig.__post_init__(self)
         GeneratorSpec.__post_init__(self)
         check_positive_ints(m=self.m)
+        if self.activation == "linear":
+            raise ValueError("activation='linear' is a control for compression experiments "
+                             "(mcnc.compress); adapters use 'sine' or 'relu'")
 
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(**{f.name: getattr(self, f.name) for f in fields(GeneratorSpec)})
