@@ -88,6 +88,18 @@ def test_scoreboard_counts_each_cells_verdict_against_its_best_rival():
         "- pruning: 0 wins, 0 ties, 0 losses, 1 with one seed (untested)"]
 
 
+def test_a_run_that_fell_below_half_its_best_accuracy_is_collapsed():
+    from mcnc.comparison_report import collapsed
+
+    def history(*accuracies):
+        return [{"test_accuracy": a} for a in accuracies]
+
+    assert collapsed(history(0.55, 0.91, 0.10, 0.11))
+    assert not collapsed(history(0.5, 0.8, 0.79))
+    assert not collapsed(history(0.11, 0.11))  # never learned: not collapsed, just bad
+    assert not collapsed([])
+
+
 def test_late_change_is_the_gain_over_the_last_fifth():
     from mcnc.comparison_report import late_change
 

@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 
 from mcnc.classifier_run import TrainSettings, train
-from mcnc.comparison_report import late_change, markdown_table, plot, plot_curves, row_label
+from mcnc.comparison_report import (
+    collapsed,
+    late_change,
+    markdown_table,
+    plot,
+    plot_curves,
+    row_label,
+)
 from mcnc.methods import SETTINGS_READ_BY, MethodSettings
 from mcnc.presets import PRESETS, Preset
 
@@ -96,6 +103,7 @@ class Comparison:
                          "mean": statistics.fmean(acc),
                          "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                          "seeds": len(acc),
+                         "collapsed": sum(collapsed(r.get("history") or []) for r in rs),
                          "train_loss": statistics.fmean(r["train_loss"] for r in rs),
                          "late": _mean_or_none([late_change(r.get("history") or [])
                                                 for r in rs]),

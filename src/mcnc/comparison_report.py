@@ -66,6 +66,13 @@ def is_reference(row: dict) -> bool:
     return row["label"].endswith(" reference")
 
 
+def collapsed(history: list[dict]) -> bool:
+    """Whether a run ended below half of its own best test accuracy: it learned, then fell
+    apart (a diverged run ends at chance, whatever the data set)."""
+    accuracies = [epoch["test_accuracy"] for epoch in history]
+    return bool(accuracies) and accuracies[-1] < 0.5 * max(accuracies)
+
+
 def versus_subspace(row: dict, rows: list[dict]) -> str:
     """``row`` (a compressed method) against the best PRANC or NOLA row of its cell."""
     return versus(row, [r for r in rows if is_subspace(r)])
@@ -173,6 +180,8 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
              "leftovers (normalisation layers); pruning files also hold a 4-byte index per "
              "kept weight, included in *bytes*. *late* is the test accuracy gained over the "
              "last fifth of the epochs (mean over seeds): near 0 when training has flattened. "
+             "‡: runs that ended below half their own best test accuracy (they diverged; "
+             "they stay in the mean). "
              f"*{COMPARED[preset.label][0]}*: the difference to {COMPARED[preset.label][1]} in "
              "the same cell ± its standard error (Welch); a win or loss only beyond twice the "
              "standard error." if preset.label in COMPARED else "", ""]
@@ -193,8 +202,10 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
             late = "" if r["late"] is None else f"{r['late']:+.2f}" + (
                 " †" if abs(r["late"]) >= FLAT_POINTS else "")
             size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
+            seeds = f"{r['seeds']}" + (f" ({r['collapsed']} collapsed ‡)" if r.get("collapsed")
+                                       else "")
             lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
-                         f"{r['mean']:.2f} ± {r['std']:.2f} | {r['seeds']} | {late} | "
+                         f"{r['mean']:.2f} ± {r['std']:.2f} | {seeds} | {late} | "
                          f"{r['train_loss']:.4f} | {_compared(r, rows, is_rival)} | "
                          f"{r['seconds']:.0f} |")
         lines.append("")
