@@ -88,16 +88,19 @@ def test_scoreboard_counts_each_cells_verdict_against_its_best_rival():
         "- pruning: 0 wins, 0 ties, 0 losses, 1 with one seed (untested)"]
 
 
-def test_a_run_that_fell_below_half_its_best_accuracy_is_collapsed():
-    from mcnc.comparison_report import collapsed
+def test_a_run_that_fell_apart_or_ends_at_chance_has_failed():
+    from mcnc.comparison_report import failed
 
-    def history(*accuracies):
-        return [{"test_accuracy": a} for a in accuracies]
+    def history(*pairs):
+        return [{"test_accuracy": a, "train_loss": loss} for a, loss in pairs]
 
-    assert collapsed(history(0.55, 0.91, 0.10, 0.11))
-    assert not collapsed(history(0.5, 0.8, 0.79))
-    assert not collapsed(history(0.11, 0.11))  # never learned: not collapsed, just bad
-    assert not collapsed([])
+    fell_apart = history((0.55, 0.7), (0.91, 0.4), (0.10, 2.3), (0.11, 2.3))
+    assert failed(fell_apart) and failed(fell_apart, classes=10)
+    never_learned = history((0.10, 4.7), (0.10, 2.31), (0.10, 2.302))
+    assert failed(never_learned, classes=10)
+    assert not failed(never_learned)  # classes unknown: only the fall is seen
+    assert not failed(history((0.5, 1.0), (0.8, 0.5), (0.79, 0.5)), classes=10)
+    assert not failed([])
 
 
 def test_late_change_is_the_gain_over_the_last_fifth():

@@ -19,13 +19,14 @@ import torch
 
 from mcnc.classifier_run import TrainSettings, train
 from mcnc.comparison_report import (
-    collapsed,
+    failed,
     late_change,
     markdown_table,
     plot,
     plot_curves,
     row_label,
 )
+from mcnc.data.registry import DATASETS
 from mcnc.methods import SETTINGS_READ_BY, MethodSettings
 from mcnc.presets import PRESETS, Preset
 
@@ -103,7 +104,8 @@ class Comparison:
                          "mean": statistics.fmean(acc),
                          "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                          "seeds": len(acc),
-                         "collapsed": sum(collapsed(r.get("history") or []) for r in rs),
+                         "failed": sum(failed(r.get("history") or [], _classes(dataset))
+                                       for r in rs),
                          "train_loss": statistics.fmean(r["train_loss"] for r in rs),
                          "late": _mean_or_none([late_change(r.get("history") or [])
                                                 for r in rs]),
@@ -118,6 +120,11 @@ def _matches(settings: TrainSettings, where: dict[str, str]) -> bool:
         raise ValueError(f"--where names unknown settings {sorted(unknown)}; use fields of "
                          f"TrainSettings such as model, method, budget, dataset, seed")
     return all(str(values[k]) == v for k, v in where.items())
+
+
+def _classes(dataset: str) -> int | None:
+    """Classes of a known data set (an image folder's registry entry says 0: unknown)."""
+    return DATASETS[dataset].num_classes if dataset in DATASETS else None
 
 
 def _mean_or_none(values: list[float | None]) -> float | None:

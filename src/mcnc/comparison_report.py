@@ -66,11 +66,21 @@ def is_reference(row: dict) -> bool:
     return row["label"].endswith(" reference")
 
 
-def collapsed(history: list[dict]) -> bool:
-    """Whether a run ended below half of its own best test accuracy: it learned, then fell
-    apart (a diverged run ends at chance, whatever the data set)."""
+CHANCE_LOSS_FRACTION = 0.98
+"""A run whose final training loss is at least this fraction of ``ln(classes)`` (the loss of
+a uniform guess) ends at chance."""
+
+
+def failed(history: list[dict], classes: int | None = None) -> bool:
+    """Whether a run diverged: it ended below half of its own best test accuracy (it learned,
+    then fell apart), or, with the number of classes known, at the training loss of a
+    uniform guess."""
+    if not history:
+        return False
     accuracies = [epoch["test_accuracy"] for epoch in history]
-    return bool(accuracies) and accuracies[-1] < 0.5 * max(accuracies)
+    at_chance = (classes is not None and classes > 1 and history[-1]["train_loss"]
+                 >= CHANCE_LOSS_FRACTION * math.log(classes))
+    return accuracies[-1] < 0.5 * max(accuracies) or at_chance
 
 
 def versus_subspace(row: dict, rows: list[dict]) -> str:
@@ -180,8 +190,8 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
              "leftovers (normalisation layers); pruning files also hold a 4-byte index per "
              "kept weight, included in *bytes*. *late* is the test accuracy gained over the "
              "last fifth of the epochs (mean over seeds): near 0 when training has flattened. "
-             "‡: runs that ended below half their own best test accuracy (they diverged; "
-             "they stay in the mean). "
+             "‡: runs that diverged, ending at chance (the training loss of a uniform guess) "
+             "or below half their own best test accuracy; they stay in the mean. "
              f"*{COMPARED[preset.label][0]}*: the difference to {COMPARED[preset.label][1]} in "
              "the same cell ± its standard error (Welch); a win or loss only beyond twice the "
              "standard error." if preset.label in COMPARED else "", ""]
@@ -202,8 +212,7 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
             late = "" if r["late"] is None else f"{r['late']:+.2f}" + (
                 " †" if abs(r["late"]) >= FLAT_POINTS else "")
             size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
-            seeds = f"{r['seeds']}" + (f" ({r['collapsed']} collapsed ‡)" if r.get("collapsed")
-                                       else "")
+            seeds = f"{r['seeds']}" + (f" ({r['failed']} failed ‡)" if r.get("failed") else "")
             lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
                          f"{r['mean']:.2f} ± {r['std']:.2f} | {seeds} | {late} | "
                          f"{r['train_loss']:.4f} | {_compared(r, rows, is_rival)} | "
