@@ -30,11 +30,13 @@ def test_combine_equals_the_sum_of_scaled_unit_vectors(activation, m):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_the_linear_control_spans_a_k_plus_1_dimensional_subspace():
-    """Without activation, beta * phi(alpha) lies in the span of k + 1 fixed vectors."""
+def test_the_linear_control_is_a_k_dimensional_subspace_in_every_direction():
+    """Without activation and biases, phi(alpha) is the unit vector of A alpha: k fixed
+    directions, and -alpha gives -phi(alpha) (every direction of the subspace is reached)."""
     g = Generator(GeneratorSpec(k=3, d=50, width=8, depth=2, activation="linear", seed=1))
-    outputs = g.raw(torch.rand(40, 3) * 40 - 20)
-    assert torch.linalg.matrix_rank(outputs.double(), rtol=1e-5) == 4
+    alpha = torch.rand(40, 3) * 40 - 20
+    assert torch.linalg.matrix_rank(g.raw(alpha).double(), rtol=1e-5) == 3
+    torch.testing.assert_close(g(-alpha), -g(alpha))
     sine = Generator(GeneratorSpec(k=3, d=50, width=8, depth=2, seed=1))
     assert torch.linalg.matrix_rank(sine.raw(torch.rand(40, 3) * 40 - 20).double()) > 4
 

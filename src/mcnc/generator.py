@@ -8,7 +8,8 @@ are regenerated from an integer seed by :mod:`mcnc.rng`::
     y   = W_out h_depth                         W_out ~ U(+-sqrt(6/width))
     phi(alpha) = y / ||y||
 
-``relu`` replaces the sine by max(0, .); ``linear`` drops it (a control: see ``ACTIVATIONS``).
+``relu`` replaces the sine by max(0, .); ``linear`` drops it and the biases (a control: see
+``ACTIVATIONS``).
 
 Design notes (the measurements behind them are in docs/design.md, "Generator design"):
 
@@ -48,9 +49,11 @@ from mcnc.limits import (
 )
 
 ACTIVATIONS = ("sine", "relu", "linear")
-"""``linear`` (no activation) is a control, not a manifold: ``phi`` is then the normalised
-affine map ``A alpha + c``, so ``beta * phi(alpha)`` spans the (k+1)-dimensional linear
-subspace of ``[A, c]``, a random linear subspace per chunk (stored in version-2 files)."""
+"""``linear`` is a control, not a manifold: no activation and no biases, so ``phi(alpha) =
+A alpha / ||A alpha||`` with ``A = W_out W_depth ... W_1`` (d x k) and ``beta * phi(alpha)``
+reaches every vector of the k-dimensional random subspace spanned by A's columns (alpha only
+sets the direction, so the cube restricts nothing): a random linear subspace per chunk, with
+the same chunks, numbers and mixing as MCNC (stored in version-2 files)."""
 GENERATOR_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 """The floating-point types the generator computes in (sine and matrix products need them)."""
 NORM_EPS = 1e-12
@@ -178,11 +181,14 @@ def hidden_forward(
     alpha: torch.Tensor, weights: list[torch.Tensor], activation: str = "sine"
 ) -> torch.Tensor:
     """The last hidden layer ``h_depth`` (see module docstring): (n, k) -> (n, width)."""
-    act = {"sine": torch.sin, "relu": F.relu, "linear": None}[activation]
     h = alpha
+    if activation == "linear":  # the control: no activation and no biases
+        for t in range(0, len(weights) - 1, 2):
+            h = F.linear(h, weights[t])
+        return h
+    act = torch.sin if activation == "sine" else F.relu
     for t in range(0, len(weights) - 1, 2):
-        h = F.linear(h, weights[t], weights[t + 1])
-        h = h if act is None else act(h)
+        h = act(F.linear(h, weights[t], weights[t + 1]))
     return h
 
 
