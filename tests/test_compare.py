@@ -242,7 +242,8 @@ def test_hadamard_mixing_is_the_default_and_records_before_it_ran_unmixed():
 
 
 @pytest.mark.parametrize("name", ["quick", "lr", "ablation-kd", "ablation-L", "ablation-m",
-                                  "ablation-activation", "held-in", "lowrank-rank"])
+                                  "ablation-activation", "held-in", "held-in-2",
+                                  "lowrank-rank"])
 def test_finished_presets_still_match_their_committed_records(name):
     """A change of defaults or rates must not detach a committed table from its command:
     every run of a finished preset still finds its record in results/<name>/runs.jsonl."""
