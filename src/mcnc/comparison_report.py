@@ -88,12 +88,6 @@ def versus_subspace(row: dict, rows: list[dict]) -> str:
     return versus(row, [r for r in rows if is_subspace(r)])
 
 
-def versus_reference(row: dict, rows: list[dict]) -> str:
-    """``row`` (a variant) against the preset's reference settings in its cell (label
-    ``"<method> reference"``)."""
-    return versus(row, [r for r in rows if is_reference(r)])
-
-
 def best_rival(row: dict, candidates: list[dict]) -> dict | None:
     """The best of ``candidates`` (by mean) in ``row``'s cell (data set, model, budget), other
     than ``row`` itself; None when there is none or ``row`` has no budget."""
@@ -124,11 +118,11 @@ def _sample(row: dict) -> tuple[float, float, int]:
 def scoreboard(rows: list[dict], is_rival) -> list[str]:
     """One line per label that has rivals: its wins, ties and losses against the best rival
     of each cell (rows with one seed are left out and counted)."""
-    lines = []
+    lines, rivals = [], [r for r in rows if is_rival(r)]
     for label in dict.fromkeys(r["label"] for r in rows if not is_rival(r)):
         tally = {"win": 0, "tie": 0, "loss": 0, None: 0}
         for row in (r for r in rows if r["label"] == label):
-            best = best_rival(row, [r for r in rows if is_rival(r)])
+            best = best_rival(row, rivals)
             if best is not None:
                 tally[welch(_sample(row), _sample(best))[2]] += 1
         if sum(tally.values()):
