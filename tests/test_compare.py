@@ -7,6 +7,7 @@ import pytest
 
 from mcnc import compare as cmp
 from mcnc.classifier_run import TrainSettings
+from mcnc.comparison_report import machines_line
 
 
 @pytest.fixture
@@ -144,7 +145,10 @@ def test_converged_presets_describe_their_grid():
     assert {s.budget for s in runs if s.method == "mcnc"} == {300, 1_000, 3_000, 10_000}
     assert PRESETS["converged"].seeds == (0, 1, 2)
     sweep = PRESETS["converged-lr"].runs
-    assert {s.dense_lr for s in sweep if s.method == "dense"} == {1e-4, 3e-4, 1e-3, 3e-3, 1e-2}
+    assert {s.dense_lr for s in sweep if s.method == "dense" and s.model != "resnet20"} == {
+        1e-4, 3e-4, 1e-3, 3e-3, 1e-2}
+    assert {s.dense_lr for s in sweep if s.method == "dense" and s.model == "resnet20"} == {
+        1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2}
     assert {s.lr for s in sweep if s.method == "mcnc"} == {0.01, 0.03, 0.1, 0.3, 1.0}
 
 
@@ -257,3 +261,11 @@ def test_finished_presets_still_match_their_committed_records(name):
     missing = [s for s in preset.runs for seed in preset.seeds
                if cmp._key(asdict(replace(s, seed=seed))) not in keys]
     assert not missing, f"{len(missing)} runs of {name} have no record, e.g. {missing[0]}"
+
+
+def test_machine_line_names_every_machine_the_runs_used():
+    assert machines_line({"cpu A": 3}) == "Machine: cpu A  "
+    two = machines_line({"cpu A": 3, "cpu B, NVIDIA H200": 2})
+    assert two.startswith("Machines: ") and "cpu A (3 runs)" in two
+    assert "cpu B, NVIDIA H200 (2 runs)" in two
+    assert "no runs yet" in machines_line({})

@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import statistics
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -178,7 +179,8 @@ def compare(preset: str, out: str | Path, data_root: str | None = None,
     expected = len(comparison.preset.runs) * len(comparison.preset.seeds)
     (out / "table.md").write_text(markdown_table(
         rows, comparison.preset, command or f"mcnc compare --preset {preset}", seconds,
-        finished=(len(comparison.results), expected)))
+        finished=(len(comparison.results), expected),
+        machines=Counter(r.get("machine", "not recorded") for r in comparison.results)))
     plot(rows, out / "plot.png")
     plot_curves(comparison.results, out / "curves.png", comparison.preset.label,
                 asdict(comparison.preset.reference))

@@ -168,15 +168,26 @@ def flatness_line(rows: list[dict]) -> str:
             f"Flat by the {FLAT_POINTS}-point rule: all {len(known)} rows.  ")
 
 
+def machines_line(machines: dict[str, int]) -> str:
+    """Where the runs ran: ``machines`` maps a machine description to its number of runs."""
+    if not machines:
+        return f"Machine: {machine_line()} (no runs yet)  "
+    if len(machines) == 1:
+        return f"Machine: {next(iter(machines))}  "
+    return "Machines: " + "; ".join(f"{m} ({n} runs)" for m, n in machines.items()) + "  "
+
+
 def markdown_table(rows: list[dict], preset, command: str, seconds: float,
-                   finished: tuple[int, int] | None = None) -> str:
+                   finished: tuple[int, int] | None = None,
+                   machines: dict[str, int] | None = None) -> str:
     """The table of a finished (or partly finished) preset, one section per data set and
-    model; ``finished``: (runs done, runs in the preset)."""
+    model; ``finished``: (runs done, runs in the preset); ``machines``: machine description
+    -> runs it trained."""
     done = "" if finished is None or finished[0] == finished[1] else (
         f"**Partial: {finished[0]} of {finished[1]} runs finished** (the command resumes "
         "the rest).  ")
     lines = [f"# mcnc compare --preset {preset.name}", "", preset.description, "",
-             f"Command: `{command}`  ", f"Machine: {machine_line()}  ",
+             f"Command: `{command}`  ", machines_line(machines or {}),
              f"Training time summed over all runs: {seconds / 60:.1f} min  ", done,
              flatness_line(rows), "",
              "Accuracy is top-1 on the test set, mean ± std over n seeds. *stored* counts every "

@@ -36,7 +36,8 @@ def machine_info() -> dict:
 
 def machine_line() -> str:
     m = machine_info()
-    return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+    gpu = f", {m['cuda']}" if m["cuda"] else ""
+    return (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads){gpu}, "
             f"{m['os']}, Python {m['python']}, torch {m['torch']}")
 
 
