@@ -265,7 +265,7 @@ def test_finished_presets_still_match_their_committed_records(name):
 
 def test_machine_line_names_every_machine_the_runs_used():
     assert machines_line({"cpu A": 3}) == "Machine: cpu A  "
-    two = machines_line({"cpu A": 3, "cpu B, NVIDIA H200": 2})
+    two = machines_line({"cpu A": 3, "cpu B, NVIDIA H200": 2, "cpu C": 1})
     assert two.startswith("Machines: ") and "cpu A (3 runs)" in two
-    assert "cpu B, NVIDIA H200 (2 runs)" in two
+    assert "cpu B, NVIDIA H200 (2 runs)" in two and "cpu C (1 run)" in two
     assert "no runs yet" in machines_line({})
