@@ -174,7 +174,8 @@ def machines_line(machines: dict[str, int]) -> str:
         return f"Machine: {machine_line()} (no runs yet)  "
     if len(machines) == 1:
         return f"Machine: {next(iter(machines))}  "
-    return "Machines: " + "; ".join(f"{m} ({n} run{'s' * (n != 1)})" for m, n in machines.items()) + "  "
+    runs = [f"{m} ({n} run{'s' * (n != 1)})" for m, n in machines.items()]
+    return "Machines: " + "; ".join(runs) + "  "
 
 
 def markdown_table(rows: list[dict], preset, command: str, seconds: float,
