@@ -1,9 +1,11 @@
 """mcnc compare: the grid runs once, resumes from runs.jsonl, and writes table and plot."""
 
 import json
+import warnings
 from dataclasses import asdict, replace
 
 import pytest
+import torch
 
 from mcnc import compare as cmp
 from mcnc.classifier_run import TrainSettings
@@ -173,6 +175,24 @@ def test_a_failing_run_does_not_stop_the_others(tmp_path, monkeypatch):
         cmp.compare("failing", tmp_path, progress=False, jobs=2)
     runs = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
     assert [r["method"] for r in runs] == ["mcnc"]
+
+
+def test_jobs_on_one_gpu_warn_that_the_runs_take_turns(monkeypatch):
+    class NoPool:
+        def __init__(self, *args, **kwargs):
+            raise InterruptedError("stop before training")
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cmp, "ProcessPoolExecutor", NoPool)
+    runs = [TrainSettings(seed=s) for s in (0, 1)]
+    with pytest.warns(UserWarning, match="--jobs 2 puts 2 training processes on one GPU"), \
+            pytest.raises(InterruptedError):
+        list(cmp._train_all(runs, jobs=2))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InterruptedError):
+            list(cmp._train_all(runs, jobs=2))
 
 
 def test_records_keep_the_settings_they_ran_at():

@@ -285,7 +285,8 @@ def _add_compare(sub: _Subparsers) -> None:
     p.add_argument("--data-root", help="data directory for presets on CIFAR or ImageNet-100")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own "
                    "process with cores/jobs threads (on a CPU, 2 single-threaded runs of a "
-                   "small model finish sooner than 1 two-threaded run)")
+                   "small model finish sooner than 1 two-threaded run; on a single GPU keep 1: the "
+                   "processes take turns on it)")
     p.add_argument("--where", nargs="+", default=[], metavar="FIELD=VALUE",
                    help="train only the runs whose settings match, e.g. model=lenet5 "
                    "method=mcnc (the table still shows every finished run)")

@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import statistics
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
@@ -133,6 +134,13 @@ def _mean_or_none(values: list[float | None]) -> float | None:
     return statistics.fmean(known) if known else None
 
 
+GPU_SHARING_WARNING = (
+    "--jobs {jobs} puts {jobs} training processes on one GPU, which runs them in turn, not side "
+    "by side: on an H200, four ResNet-20 runs at once finished none in 420 s, where one alone "
+    "took 110 s (the steps of these small models are bound by kernel launches). Use --jobs 1 "
+    "on a single GPU.")
+
+
 def _train_in_worker(settings: TrainSettings, threads: int) -> dict:
     torch.set_num_threads(threads)
     return train(settings)
@@ -147,6 +155,8 @@ def _train_all(todo: list[TrainSettings], jobs: int):
             yield s, train(s)
         return
     threads = max(1, torch.get_num_threads() // jobs)
+    if torch.cuda.device_count() == 1:
+        warnings.warn(GPU_SHARING_WARNING.format(jobs=jobs), stacklevel=2)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context) as pool:
         futures = {pool.submit(_train_in_worker, s, threads): s for s in todo}

@@ -58,7 +58,8 @@ LR_GRID_EXTENSIONS: dict[tuple[str, str], tuple[float, ...]] = {
     ("resnet20", "dense"): (3e-2,)}
 """(model, method) -> rates added where the best of ``LR_GRID`` was at its edge (MCNC w/ LoRA
 on the MLP at hidden gain 4: 1.0, at gain 8 0.1; on LeNet-5 with the mixing and rank 32: 1.0,
-with 0.3 diverged; the dense ResNet-20 on an H200: 1e-2, the top of ``DENSE_LR_GRID``)."""
+with 0.3 diverged; the dense ResNet-20 on an H200: 1e-2, the top of ``DENSE_LR_GRID``, and
+still the best with 3e-2)."""
 DENSE_LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
 """Adam learning rates of the dense model (``dense_lr``: every parameter is dense)."""
 PRANC_MAX_BASIS = 100_000_000
@@ -71,6 +72,7 @@ CONVERGED_LR: dict[tuple[str, str], float] = {
     ("mlp", "pranc"): 0.3, ("mlp", "nola"): 0.3, ("mlp", "pruning"): 0.1,
     ("lenet5", "dense"): 3e-3, ("lenet5", "mcnc"): 0.3, ("lenet5", "mcnc-lowrank"): 1.0,
     ("lenet5", "pranc"): 0.3, ("lenet5", "nola"): 0.3, ("lenet5", "pruning"): 0.03,
+    ("resnet20", "dense"): 1e-2,
 }
 """(model, method) -> the best rate of ``converged-lr`` (results/converged-lr/table.md); a pair
 not listed trains at the method's default. MCNC and MCNC w/ LoRA at today's defaults (mixing,
