@@ -31,11 +31,12 @@ import re
 import statistics
 import tempfile
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mcnc.comparison_report import welch
+from mcnc.comparison_report import machines_line, welch
 from mcnc.machine import machine_line
 
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
@@ -87,10 +88,13 @@ def sweep_of(cell: Cell, done: dict[str, dict], steps: int) -> dict[float, dict]
     return {lr: done[k] for lr in LADDER if (k := run_key(cell, lr, 0, steps)) in done}
 
 
-def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int
-              ) -> list[tuple[float, int]]:
+def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int,
+              rate: float | None = None) -> list[tuple[float, int]]:
     """The (lr, seed) runs the cell needs next: the three start rungs, then one more rung
-    while the best is at an end of those tried, then the other seeds at the best rate."""
+    while the best is at an end of those tried, then the other seeds at the best rate; with
+    a fixed ``rate`` (chosen elsewhere), no sweep: every seed at that rate."""
+    if rate is not None:
+        return [(rate, s) for s in range(seeds) if run_key(cell, rate, s, steps) not in done]
     sweep = sweep_of(cell, done, steps)
     i = LADDER.index(cell.start)
     missing = [lr for lr in LADDER[max(0, i - 1):i + 2] if lr not in sweep]
@@ -103,6 +107,22 @@ def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int
     if best == max(sweep) and j < len(LADDER) - 1:
         return [(LADDER[j + 1], 0)]
     return [(best, s) for s in range(1, seeds) if run_key(cell, best, s, steps) not in done]
+
+
+def best_rates(done: dict[str, dict], steps: int) -> dict[str, float]:
+    """Cell label -> the best rate of its finished sweep at ``steps`` in ``done``."""
+    rates = {}
+    for cell in cells():
+        if sweep := sweep_of(cell, done, steps):
+            rates[cell.label] = min(sweep, key=lambda lr: _loss(sweep[lr]))
+    return rates
+
+
+def _read_runs(path: Path) -> dict[str, dict]:
+    """A runs.jsonl by key ({} if the file does not exist yet)."""
+    if not path.exists():
+        return {}
+    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
 def _run_in_worker(settings: dict, threads: int) -> dict:
@@ -171,7 +191,8 @@ def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
         best = min(sweep, key=lambda lr: _loss(sweep[lr]))
         records = [done[k] for s in range(args.seeds)
                    if (k := run_key(cell, best, s, args.steps)) in done]
-        finished = not next_runs(cell, done, args.steps, args.seeds)
+        finished = not next_runs(cell, done, args.steps, args.seeds,
+                                 args.rates.get(cell.label))
         rows.append({"cell": cell, "lr": best, "tried": sorted(sweep), "records": records,
                      "finished": finished})
     return rows
@@ -198,22 +219,33 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
     rows = cell_rows(done, args)
     base = done.get(run_key(BASE, LADDER[0], 0, 0))
     seconds = sum(r.get("train_seconds", 0) for r in done.values())
+    machines = Counter(r["machine"] for r in done.values() if "machine" in r)
+    rate_rule = ("the best of the ladder 1e-4..3 (steps of ~3), strictly inside the rungs "
+                 "tried (sweep.md)" if not args.rates_from else
+                 f"each cell's best at {args.rates_steps} steps in {args.rates_from} "
+                 "(no sweep at this length)")
+    command = " ".join(["python benchmarks/finetune_peers.py", f"--out {args.out}",
+                        f"--jobs {args.jobs}"]
+                       + ([f"--steps {args.steps} --eval-every {args.eval_every} "
+                           f"--seeds {args.seeds}"] if args.steps != 300 else [])
+                       + ([f"--rates-from {args.rates_from}"] if args.rates_from else [])
+                       + ([f'--cells "{args.cells}"'] if args.cells != "." else []))
     lines = [
         "# SmolLM2-135M-Instruct: MCNC beside peft's small adapters",
         "",
         f"{args.steps} steps, batch 4, at most 128 tokens, English chatterbot Q/A pairs "
         "(1,044 train / 116 validation), every linear layer of the 30 transformer blocks; "
         "AdamW, 5% warm-up then cosine decay to 10%. Loss and token accuracy (greedy "
-        "next-token prediction) over the validation answers. Learning rate: the best of the "
-        "ladder 1e-4..3 (steps of ~3), strictly inside the rungs tried (sweep.md). mean ± std "
+        f"next-token prediction) over the validation answers. Learning rate: {rate_rule}. "
+        "mean ± std "
         "(seeds). *vs MCNC*: validation loss minus MCNC's at the same budget ± Welch standard "
         "error; a verdict only beyond 2 SE. *late*: change of validation loss over the last "
         "fifth of the steps. Peak memory: the process's peak resident set while training "
         "(model included) on a CPU, CUDA memory allocated on a GPU. Merge error: largest "
         "logit change from merging, relative to the largest logit.",
         "",
-        f"Command: `python benchmarks/finetune_peers.py --out {args.out} --jobs {args.jobs}`  ",
-        f"Machine: {next(iter(done.values()))['machine'] if done else machine_line()}  ",
+        f"Command: `{command}`  ",
+        machines_line(dict(machines)),
         f"Training time of all runs: {seconds / 3600:.1f} h (summed over runs).",
         "",
     ]
@@ -297,18 +329,31 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds at each cell's best rate")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
+    parser.add_argument("--rates-from", help="no sweep: train each cell at its best rate in "
+                        "this folder's runs (e.g. the 300-step benchmark, to check it at more "
+                        "steps)")
+    parser.add_argument("--rates-steps", type=int, default=300,
+                        help="the length of the sweep --rates-from reads")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
-    done = ({r["key"]: r for r in map(json.loads, log.read_text().splitlines())}
-            if log.exists() else {})
+    done = _read_runs(log)
+    args.rates = {}
+    if args.rates_from:
+        args.rates = best_rates(_read_runs(Path(args.rates_from) / "runs.jsonl"),
+                                args.rates_steps)
+        if not args.rates:
+            parser.error(f"{args.rates_from}/runs.jsonl has no finished sweep at "
+                         f"{args.rates_steps} steps (--rates-steps)")
     chosen = [c for c in cells() if re.search(args.cells, c.label)]
     started = time.perf_counter()
     while not args.report_only:
         todo = [(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
-                for c in chosen for lr, seed in next_runs(c, done, args.steps, args.seeds)]
+                for c in chosen if not args.rates_from or c.label in args.rates
+                for lr, seed in next_runs(c, done, args.steps, args.seeds,
+                                          args.rates.get(c.label))]
         base_key = run_key(BASE, LADDER[0], 0, 0)
         if base_key not in done:
             todo.append((base_key, {**BASE.settings, "model": args.model, "lr": LADDER[0],

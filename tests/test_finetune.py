@@ -164,3 +164,8 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     assert bench.next_runs(cell, done, 300, 2) == []
     done[bench.run_key(cell, 3.0, 0, 300)] = {"diverged": True}  # a diverged rung is worst
     assert bench.next_runs(cell, done, 300, 2) == []
+    assert bench.best_rates(done, 300) == {"mcnc @ 6,000": 1.0}
+    # at another length with the rate fixed: no sweep, only the seeds at that rate
+    assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 0), (1.0, 1)]
+    done[bench.run_key(cell, 1.0, 0, 900)] = {"val_loss": 2.1}
+    assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 1)]
