@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import safetensors.torch
 import torch
 from toymodels import fit
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -10,6 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import mcnc
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.sources import generate_all
+from mcnc.fileformat import metadata_digest
 from mcnc.generator import Generator
 
 VOCAB = 96
@@ -106,6 +108,35 @@ def test_mcnc_file_holds_only_alpha_and_beta(tmp_path):
     assert size < 4 * (source.alpha.numel() + source.beta.numel()) + 400
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert config["method"] == "mcnc" and config["k"] == 5 and len(config["targets"]) == 14
+
+
+def _rewrite_config(folder, config: dict) -> None:
+    """Replace a folder's config, with the digest its tensors' metadata must hold."""
+    tensors = safetensors.torch.load_file(folder / WEIGHTS_NAME)
+    metadata = {"format": "mcnc-adapter", "config_sha256": metadata_digest(config)}
+    safetensors.torch.save_file(tensors, folder / WEIGHTS_NAME, metadata)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+
+
+def test_config_lists_one_target_per_line_and_version_1_still_loads(tmp_path):
+    """Version 2 writes each target as one ``[name, out, in]`` line; version 1 wrote an object
+    of five lines per target, and such folders still load to the same logits."""
+    model = trained_model("mcnc")
+    model.save_pretrained(tmp_path)
+    text = (tmp_path / CONFIG_NAME).read_text()
+    config = json.loads(text)
+    assert config["format_version"] == 2 and len(config["targets"]) == 14
+    assert config["targets"][0] == ["model.layers.0.self_attn.q_proj", 32, 32]
+    assert len(text.splitlines()) == len(config) + len(config["targets"]) + 3  # braces, "]"
+    keys = ("name", "out_features", "in_features")
+    objects = [dict(zip(keys, t, strict=True)) for t in config["targets"]]
+    _rewrite_config(tmp_path, {**config, "format_version": 1, "targets": objects})
+    restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    ids = tokens()
+    assert torch.equal(logits(restored, ids), logits(model, ids))
+    _rewrite_config(tmp_path, {**config, "targets": objects})  # objects in a version-2 file
+    with pytest.raises(mcnc.FormatError, match=r"list of \[name, out_features, in_features\]"):
+        mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
 
 
 def test_merged_forward_equals_unmerged(method):

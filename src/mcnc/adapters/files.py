@@ -2,10 +2,11 @@
 ``adapter_model.safetensors``.
 
 ``adapter_config.json``: the config's fields and ``method``, plus ``format``
-(``"mcnc-adapter"``), ``format_version``, ``targets`` (every adapted layer's name and
-``(out, in)`` features, in factor order), ``base_model_name_or_path`` (informative, as in
-peft) and ``payload_sha256`` (the digest of the tensors, so a config and tensors that do not belong
-together are detected).
+(``"mcnc-adapter"``), ``format_version``, ``targets`` (every adapted layer as
+``[name, out_features, in_features]``, in factor order, one per line; version 1 wrote each as
+an object, which costs twice the bytes on a model with hundreds of target layers and is still
+read), ``base_model_name_or_path`` (informative, as in peft) and ``payload_sha256`` (the digest
+of the tensors, so a config and tensors that do not belong together are detected).
 
 ``adapter_model.safetensors``'s metadata holds ``config_sha256``, the digest of the config's
 canonical JSON, so a changed config is detected too (folders written before it existed load
@@ -47,7 +48,8 @@ from mcnc.limits import (
 )
 
 FORMAT = "mcnc-adapter"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 16 << 20
@@ -65,14 +67,23 @@ def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model
         **source.config.to_dict(),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "targets": [t.to_dict() for t in source.layout.targets],
+        "targets": [[t.name, t.out_features, t.in_features] for t in source.layout.targets],
         "base_model_name_or_path": base_model,
         "payload_sha256": tensor_digest(tensors),
     }
     metadata = {"format": FORMAT, "config_sha256": metadata_digest(config)}
     atomic_write(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, metadata))
-    atomic_write(directory / CONFIG_NAME, json.dumps(config, indent=2).encode())
+    atomic_write(directory / CONFIG_NAME, _config_json(config))
     return directory
+
+
+def _config_json(config: dict) -> bytes:
+    """``config`` as JSON with 2-space indentation, but one line per target (an adapter on
+    every linear layer of a language model names hundreds)."""
+    marker = json.dumps("\0targets\0")
+    rows = ",\n".join(f"    {json.dumps(t)}" for t in config["targets"])
+    text = json.dumps({**config, "targets": "\0targets\0"}, indent=2)
+    return text.replace(marker, f"[\n{rows}\n  ]").encode()
 
 
 def _read_bytes(path: Path, limit: int | None = None) -> bytes:
@@ -85,18 +96,25 @@ def _read_bytes(path: Path, limit: int | None = None) -> bytes:
     return path.read_bytes()
 
 
-def _targets(data: object) -> tuple[TargetShape, ...]:
-    def ok(t: object) -> bool:
-        return (isinstance(t, dict) and set(t) == {"name", "out_features", "in_features"}
-                and isinstance(t["name"], str)
-                and all(is_int(t[f], 1, (1 << 31) - 1) for f in ("out_features", "in_features")))
+def _targets(data: object, version: int) -> tuple[TargetShape, ...]:
+    """The targets of a version-2 config (``[name, out, in]`` lists) or a version-1 one
+    (``{name, out_features, in_features}`` objects)."""
+    def fields(t: object) -> list | None:
+        if version == 1:
+            keys = ("name", "out_features", "in_features")
+            return [t[k] for k in keys] if isinstance(t, dict) and set(t) == set(keys) else None
+        return t if isinstance(t, list) and len(t) == 3 else None
 
-    if not isinstance(data, list) or not data or not all(ok(t) for t in data):
-        raise FormatError("'targets' must be a non-empty list of {name, out_features, "
-                          "in_features} with positive integer features")
-    if len({t["name"] for t in data}) != len(data):
+    rows = [fields(t) for t in data] if isinstance(data, list) else []
+    if not rows or not all(r is not None and isinstance(r[0], str)
+                           and all(is_int(f, 1, (1 << 31) - 1) for f in r[1:]) for r in rows):
+        form = ("{name, out_features, in_features}" if version == 1
+                else "[name, out_features, in_features]")
+        raise FormatError(f"'targets' must be a non-empty list of {form} with positive "
+                          "integer features")
+    if len({r[0] for r in rows}) != len(rows):
         raise FormatError("'targets' names a layer twice")
-    return tuple(TargetShape(**t) for t in data)
+    return tuple(TargetShape(*r) for r in rows)
 
 
 _INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "format_version"}
@@ -171,16 +189,18 @@ def read_adapter(directory: str | os.PathLike
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise FormatError(f"{directory / CONFIG_NAME} is not an mcnc adapter config "
                           f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
-    if not is_int(meta.get("format_version"), FORMAT_VERSION, FORMAT_VERSION):
-        raise FormatError(f"adapter format version {meta.get('format_version')!r} is not "
-                          f"supported (this mcnc reads version {FORMAT_VERSION}); upgrade mcnc")
+    version = meta.get("format_version")
+    if not is_int(version, 1, FORMAT_VERSION):
+        raise FormatError(f"adapter format version {version!r} is not supported (this mcnc "
+                          f"reads versions {' and '.join(map(str, READABLE_VERSIONS))}); "
+                          "upgrade mcnc")
     fields = {k: v for k, v in meta.items() if k not in
               ("format", "format_version", "targets", "base_model_name_or_path",
                "payload_sha256")}
     try:
         _check_types(meta)
         config = config_from_dict(fields)
-        layout = FactorLayout(_targets(meta.get("targets")), config.rank)
+        layout = FactorLayout(_targets(meta.get("targets"), version), config.rank)
         if layout.total_a + layout.total_b > MAX_ADAPTER_FACTOR_NUMBERS:
             raise FormatError(f"the adapter's factors would have "
                               f"{layout.total_a + layout.total_b:,} numbers; refusing")

@@ -39,10 +39,6 @@ class TargetShape:
     out_features: int
     in_features: int
 
-    def to_dict(self) -> dict:
-        return {"name": self.name, "out_features": self.out_features,
-                "in_features": self.in_features}
-
 
 @dataclass(frozen=True)
 class FactorLayout:
