@@ -6,7 +6,9 @@ linear layer of the 30 transformer blocks).
 
 Cells: MCNC, NOLA, FourierFT, Uni-LoRA, TinyLoRA and VB-LoRA at two matched budgets of trained
 numbers (6,000 and 26,880; each method's own knobs set the count, reported exactly), every peft
-peer at its documented default, and LoRA rank 1 for scale.
+peer at its documented default, and LoRA rank 1 for scale; also MCNC with its factors mixed
+by a seeded Hadamard transform (``mcnc-mixed``: every chunk moves entries of every layer, as
+each of Uni-LoRA's numbers does), a candidate for where MCNC trails.
 
 Learning rates: one ladder for every cell (1e-4 to 3, steps of ~3). Each cell first runs three
 rungs around a start value at seed 0, then adds the next rung while the best is at an end of
@@ -66,6 +68,8 @@ class Cell:
 
 def cells() -> list[Cell]:
     out = [Cell(f"{m} @ {b:,}", {"method": m, "budget": b}) for b in BUDGETS for m in MATCHED]
+    out += [Cell(f"mcnc-mixed @ {b:,}", {"method": "mcnc", "budget": b, "mixing": "hadamard"})
+            for b in BUDGETS]
     out += [Cell(f"{m} default", {"method": m, "budget": 0}) for m in DEFAULTS]
     out.append(Cell("lora r1", {"method": "lora", "rank": 1}))
     return out

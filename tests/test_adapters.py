@@ -1,6 +1,8 @@
 """Adapters on a tiny LLaMA built from a config (random weights, no download)."""
 
 import json
+import math
+from dataclasses import replace
 
 import pytest
 import safetensors.torch
@@ -227,6 +229,68 @@ def test_mcnc_adapters_are_generated_in_one_call(monkeypatch):
             torch.testing.assert_close(got, alone, atol=1e-6, rtol=1e-6)
 
 
+MIXED = mcnc.MCNCAdapterConfig(rank=4, d=400, seed=1, mixing="hadamard")
+PINNED_BETA = 1.9955506324768066
+PINNED_A = [0.10562377, 0.1627412, 0.12560068, -0.0096879313]
+PINNED_SIGNS = [1.0, -1.0, 1.0, -1.0, 1.0, 1.0, -1.0, 1.0]
+PINNED_ORDER = [1361, 512, 646, 433, 18, 1134]
+
+
+def test_mixed_mcnc_adapter_starts_with_loras_spread_per_layer():
+    """With the mixing every A entry moves with every chunk, but each layer's A still starts
+    with the spread of LoRA's initial A (1 / sqrt(3 in_features)); B starts at zero."""
+    model = mcnc.get_adapter_model(tiny_llama(), MIXED)
+    ids = tokens()
+    assert torch.equal(logits(model, ids), logits(tiny_llama(), ids))
+    source = model.adapters["default"]
+    with torch.no_grad():
+        a, b = source.factors()
+    assert not b.any()
+    layout = source.layout
+    for t, part in zip(layout.targets, torch.split(a, [layout.a_size(t) for t in layout.targets]),
+                       strict=True):
+        assert part.std().item() == pytest.approx(1 / math.sqrt(3 * t.in_features), rel=0.2)
+    # every chunk reaches beyond its own d entries: the first chunk's gradient covers them all
+    alpha = source.alpha.detach().clone().requires_grad_()
+    flat = source.generator.chunks(alpha, source.beta.detach()).reshape(-1)
+    grad = torch.autograd.grad(source.split(flat)[0][-100:].sum(), alpha)[0]
+    assert grad[0].abs().sum() > 0  # chunk 0 moves the last A entries
+
+
+def test_mixed_mcnc_adapter_trains_saves_merges_and_batches(tmp_path):
+    model = mcnc.get_adapter_model(tiny_llama(), MIXED)
+    train_steps(model)
+    ids = tokens()
+    trained = logits(model, ids)
+    assert not torch.equal(trained, logits(tiny_llama(), ids))
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["mixing"] == "hadamard"
+    restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(logits(restored, ids), trained)
+    model.add_adapter("plain", replace(MIXED, mixing="none"))
+    sources = {n: model.adapters[n] for n in ("default", "plain")}
+    together = generate_all(sources)  # one generator call for both, each mixed or not
+    for name, source in sources.items():
+        for got, alone in zip(together[name], source.factors(), strict=True):
+            torch.testing.assert_close(got, alone, atol=1e-6, rtol=1e-6)
+    model.set_adapter("default")
+    model.merge_adapter()
+    torch.testing.assert_close(logits(model, ids), trained, atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_mcnc_adapter_regenerates_pinned_values():
+    """The seeded signs and permutation of both regions (streams 0x0ADC0000 + 0..3) and the
+    initial betas, pinned: a change to any of them changes what every saved folder means."""
+    source = mcnc.get_adapter_model(tiny_llama(), MIXED).adapters["default"]
+    with torch.no_grad():
+        a, _ = source.factors()
+    assert source.mixings[0].length == 2048 and source.mixings[1].length == 2048
+    assert source.beta[0, 0].item() == pytest.approx(PINNED_BETA, rel=1e-6)
+    torch.testing.assert_close(a[:4], torch.tensor(PINNED_A), atol=1e-7, rtol=1e-5)
+    assert source.mixings[0].signs[:8].tolist() == PINNED_SIGNS
+    assert source.mixings[1].order[:6].tolist() == PINNED_ORDER
+
+
 def test_set_adapter_chooses_what_trains():
     model = several_adapters()
     model.set_adapter("nola")
@@ -281,6 +345,7 @@ def test_corrupt_files_raise_format_errors(tmp_path):
     ({"target_modules": []}, "target_modules"),
     ({"dropout": 1.5}, "dropout"),
     ({"k": 50, "d": 50}, "k must be smaller than d"),
+    ({"mixing": "fft"}, "mixing must be one of"),
 ])
 def test_bad_configs_say_what_to_change(kwargs, message):
     with pytest.raises(ValueError, match=message):

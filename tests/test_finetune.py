@@ -41,11 +41,13 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     torch.testing.assert_close(alphas[0], alphas[1], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["mcnc", "nola", "lora"])
+@pytest.mark.parametrize("method", ["mcnc", "mcnc-mixed", "nola", "lora"])
 def test_finetune_reports_and_saves(method, tmp_path):
-    result = finetune(FinetuneSettings(model="tiny-llama", method=method, steps=3, rank=4,
-                                       budget=120, max_length=48, val_batches=2,
-                                       out=str(tmp_path), progress=False))
+    mixing = "hadamard" if method == "mcnc-mixed" else "none"
+    result = finetune(FinetuneSettings(model="tiny-llama", method=method.removesuffix("-mixed"),
+                                       mixing=mixing, steps=3, rank=4, budget=120,
+                                       max_length=48, val_batches=2, out=str(tmp_path),
+                                       progress=False))
     adapter = tmp_path / "adapter"
     assert result["adapter_bytes"] == sum(f.stat().st_size for f in adapter.iterdir())
     for key in ("train_loss", "val_loss", "train_tokens_per_s", "inference_tokens_per_s"):
@@ -61,6 +63,11 @@ def test_finetune_reports_and_saves(method, tmp_path):
         assert result["peak_memory_bytes"] > 0
     line = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
     assert line["val_loss"] == result["val_loss"]
+
+
+def test_mixing_is_an_mcnc_option():
+    with pytest.raises(ValueError, match="--mixing hadamard is an MCNC option; nola"):
+        FinetuneSettings(model="tiny-llama", method="nola", mixing="hadamard")
 
 
 def test_the_validation_curve_starts_before_training_and_ends_with_the_result():
@@ -169,3 +176,5 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 0), (1.0, 1)]
     done[bench.run_key(cell, 1.0, 0, 900)] = {"val_loss": 2.1}
     assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 1)]
+    mixed = next(c for c in bench.cells() if c.label == "mcnc-mixed @ 6,000")
+    assert mixed.settings == {"method": "mcnc", "budget": 6000, "mixing": "hadamard"}

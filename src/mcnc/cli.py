@@ -227,6 +227,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _add_finetune(sub: _Subparsers) -> None:
     """Add ``mcnc finetune`` and its options; it runs :func:`_finetune`."""
+    from mcnc.config import MIXINGS
     from mcnc.llm.finetune import ADAPTER_METHODS, BASES, DEFAULT_LR
 
     p = _add_command(sub, "finetune", "fine-tune a language model with an MCNC, NOLA or LoRA "
@@ -247,6 +248,9 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
     p.add_argument("--base", default="float32", choices=BASES, help="gguf-4bit: keep the GGUF "
                    "file's 4-bit weights for the linear layers (QLoRA-style)")
+    p.add_argument("--mixing", default="none", choices=MIXINGS, help="MCNC: 'hadamard' mixes "
+                   "the generated A and B factors with a seeded randomised Hadamard transform, "
+                   "so every chunk moves entries of every layer")
     p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
                    "memory instead of regenerating them every step")
     p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
@@ -264,7 +268,8 @@ def _finetune(args: argparse.Namespace) -> None:
         model=args.model, method=args.method, budget=args.budget, rank=args.rank,
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, lr=args.lr, seed=args.seed, base=args.base,
-        nola_on_the_fly=not args.nola_in_memory, val_batches=args.val_batches,
+        mixing=args.mixing, nola_on_the_fly=not args.nola_in_memory,
+        val_batches=args.val_batches,
         eval_every=args.eval_every, out=args.out,
         progress=not args.no_progress))
     if int(os.environ.get("RANK", "0")) == 0:

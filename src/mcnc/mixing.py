@@ -108,13 +108,16 @@ class _Permute(torch.autograd.Function):
 
 class SeededMixing(nn.Module):
     """``y = P H S x / sqrt(D)`` for x of length ``numbers`` (zero-padded to D), keeping the
-    first ``keep`` entries of y."""
+    first ``keep`` entries of y; S and P from the random streams ``streams`` (signs,
+    permutation keys) of ``seed``."""
 
-    def __init__(self, numbers: int, keep: int, seed: int):
+    def __init__(self, numbers: int, keep: int, seed: int,
+                 streams: tuple[int, int] = (rng.MIXING_SIGN_STREAM,
+                                             rng.MIXING_PERMUTATION_STREAM)):
         super().__init__()
         self.length, self.keep = padded_length(numbers), keep
-        unit = rng.uniform(seed, rng.MIXING_SIGN_STREAM, (self.length,), 1.0)
-        keys = rng.uniform(seed, rng.MIXING_PERMUTATION_STREAM, (self.length,), 1.0)
+        unit = rng.uniform(seed, streams[0], (self.length,), 1.0)
+        keys = rng.uniform(seed, streams[1], (self.length,), 1.0)
         self.register_buffer("signs", torch.where(unit < 0, -1.0, 1.0), persistent=False)
         self.register_buffer("order", torch.argsort(keys, stable=True)[:keep],
                              persistent=False)

@@ -80,6 +80,9 @@ MIXING_SIGN_STREAM = 0x313A0000
 """MCNC's mixing (format version 2): the random signs."""
 MIXING_PERMUTATION_STREAM = 0x313A0001
 """MCNC's mixing (format version 2): keys whose stable sort is the permutation."""
+ADAPTER_MIXING_STREAM = 0x0ADC0000
+"""MCNC adapter mixing of region r (0: the A factors, 1: the B factors): signs from stream
+``ADAPTER_MIXING_STREAM + 2r``, permutation keys from ``+ 2r + 1``."""
 STREAMS = {
     "generator layer t: weights 2t, bias 2t + 1": GENERATOR_LAYER_STREAM,
     "MCNC initial alpha (init)": ALPHA_INIT_STREAM,
@@ -93,6 +96,8 @@ STREAMS = {
     "MCNC seeded offset theta0 (experimental: not in files yet)": MCNC_OFFSET_STREAM,
     "MCNC mixing signs (version 2)": MIXING_SIGN_STREAM,
     "MCNC mixing permutation keys (version 2)": MIXING_PERMUTATION_STREAM,
+    "MCNC adapter mixing of region r: signs (+ 2r), permutation keys (+ 2r + 1)":
+        ADAPTER_MIXING_STREAM,
 }
 """The table above by purpose, as docs/format.md lists it."""
 

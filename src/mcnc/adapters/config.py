@@ -20,6 +20,7 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
+from mcnc.config import MIXINGS
 from mcnc.generator import GeneratorSpec
 from mcnc.limits import check_positive_ints, check_seed, is_number
 
@@ -115,11 +116,17 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     depth: int = 1
     m: int = 1
     """Generator outputs summed per chunk."""
+    mixing: str = "none"
+    """``"hadamard"``: the generated A region and B region are each mixed by a seeded
+    randomised Hadamard transform (as ``mcnc.compress`` does by default), so every chunk moves
+    entries of every layer; ``"none"``: chunk j makes entries ``j d .. (j + 1) d - 1``."""
 
     def __post_init__(self) -> None:
         AdapterConfig.__post_init__(self)
         GeneratorSpec.__post_init__(self)
         check_positive_ints(m=self.m)
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
         if self.activation == "linear":
             raise ValueError("activation='linear' is a control for compression experiments "
                              "(mcnc.compress); adapters use 'sine' or 'relu'")

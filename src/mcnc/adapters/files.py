@@ -119,7 +119,7 @@ def _targets(data: object, version: int) -> tuple[TargetShape, ...]:
 
 _INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "format_version"}
 _NUMBERS = {"scaling", "dropout", "L", "hidden_gain"}
-_STRINGS = {"method", "format", "activation", "payload_sha256"}
+_STRINGS = {"method", "format", "activation", "mixing", "payload_sha256"}
 
 
 def _check_types(meta: dict) -> None:

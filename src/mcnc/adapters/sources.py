@@ -29,6 +29,7 @@ from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.generator import Generator, initial_alpha
 from mcnc.initialisation import UNIT_BOUND
+from mcnc.mixing import SeededMixing
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,14 @@ class NOLASource(FactorSource):
 class MCNCSource(FactorSource):
     """``a`` and ``b`` are each cut into chunks of ``d`` (the last one zero-padded), chunk j is
     ``sum_i beta[j, i] * phi(alpha[j, i])``. Chunks of ``a`` start with the norm of LoRA's
-    initial ``A``; chunks of ``b`` with ``beta = 0``."""
+    initial ``A``; chunks of ``b`` with ``beta = 0``.
+
+    With ``mixing="hadamard"`` the chunks of each region, end to end (x_a, x_b), are mixed
+    before use: ``a = (std_i / s) * M_a x_a`` and ``b = M_b x_b``, where ``M`` is
+    :class:`~mcnc.mixing.SeededMixing` (an isometry; streams ``ADAPTER_MIXING_STREAM + 2r``,
+    ``+ 2r + 1`` for region r), std_i the spread of LoRA's initial A at entry i and s their
+    root mean square; A's betas then start at ``s sqrt(D_a / (n_a m))`` for ``n_a`` chunks
+    padded to ``D_a`` numbers, so that ``a`` starts with LoRA's spread per layer."""
 
     method = "mcnc"
 
@@ -176,15 +184,30 @@ class MCNCSource(FactorSource):
         self.generator = generator or Generator(config.generator_spec())
         d = config.d
         self.chunks_a, self.chunks_b = layout.chunks(d)
+        self.mixings = None
+        if config.mixing == "hadamard":
+            streams = [(rng.ADAPTER_MIXING_STREAM + 2 * r, rng.ADAPTER_MIXING_STREAM + 2 * r + 1)
+                       for r in (0, 1)]
+            self.mixings = nn.ModuleList([
+                SeededMixing(self.chunks_a * d, layout.total_a, config.seed, streams[0]),
+                SeededMixing(self.chunks_b * d, layout.total_b, config.seed, streams[1])])
+            self.a_spread = _root_mean_square(layout)
+            scale = [torch.full((layout.a_size(t),), 1 / math.sqrt(3 * t.in_features)
+                                / self.a_spread) for t in layout.targets]  # in double, then fl32
+            self.register_buffer("a_scale", torch.cat(scale), persistent=False)
         self.alpha = nn.Parameter(initial_alpha(self.generator.spec, self.chunks_a + self.chunks_b,
                                                  config.m))
         self.beta = nn.Parameter(self._initial_beta())
 
     def _initial_beta(self) -> torch.Tensor:
         c, d = self.config, self.config.d
-        var = self.layout.a_std().pow(2)
-        var = torch.cat([var, var.new_zeros(self.chunks_a * d - var.numel())])
-        beta_a = (var.view(self.chunks_a, d).sum(1) / c.m).sqrt()
+        if self.mixings is not None:
+            mixed = self.a_spread * math.sqrt(self.mixings[0].length / (self.chunks_a * c.m))
+            beta_a = torch.full((self.chunks_a,), mixed)
+        else:
+            var = self.layout.a_std().pow(2)
+            var = torch.cat([var, var.new_zeros(self.chunks_a * d - var.numel())])
+            beta_a = (var.view(self.chunks_a, d).sum(1) / c.m).sqrt()
         beta = torch.cat([beta_a, torch.zeros(self.chunks_b)])
         return beta.unsqueeze(1).expand(-1, c.m).clone()
 
@@ -194,9 +217,13 @@ class MCNCSource(FactorSource):
         return (self.chunks_a + self.chunks_b) * self.config.d
 
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The generated chunks (laid end to end) -> ``(a, b)`` without padding (views; one
-        split, so the backward pass assembles the gradient in one concatenation)."""
+        """The generated chunks (laid end to end) -> ``(a, b)`` without padding (unmixed:
+        views of one split, so the backward pass assembles the gradient in one
+        concatenation; mixed: each region through its mixing)."""
         d, total_a, total_b = self.config.d, self.layout.total_a, self.layout.total_b
+        if self.mixings is not None:
+            x_a, x_b = torch.split(flat, [self.chunks_a * d, self.chunks_b * d])
+            return self.mixings[0](x_a) * self.a_scale, self.mixings[1](x_b)
         a, _, b, _ = torch.split(flat, [total_a, self.chunks_a * d - total_a,
                                         total_b, self.chunks_b * d - total_b])
         return a, b
@@ -207,11 +234,20 @@ class MCNCSource(FactorSource):
     def generation_flops(self) -> int:
         spec = self.generator.spec
         vectors = (self.chunks_a + self.chunks_b) * self.config.m
-        return vectors * (spec.flops_per_vector() + 2 * spec.d)
+        mixing = 0 if self.mixings is None else sum(  # signs, butterflies, 1/sqrt(D), scale
+            mix.length * (mix.length.bit_length() + 2) for mix in self.mixings)
+        return vectors * (spec.flops_per_vector() + 2 * spec.d) + mixing
 
     def after_step(self) -> None:
         with torch.no_grad():
             self.alpha.copy_(self.generator.fold(self.alpha))
+
+
+def _root_mean_square(layout: FactorLayout) -> float:
+    """Root mean square of the A entries' initial spreads, summed per target in double so
+    that it does not depend on how a parallel sum would be split."""
+    return math.sqrt(math.fsum(layout.a_size(t) / (3 * t.in_features) for t in layout.targets)
+                     / layout.total_a)
 
 
 def build_source(config: AdapterConfig, layout: FactorLayout, **options) -> FactorSource:

@@ -70,6 +70,9 @@ class FinetuneSettings:
     base: str = "float32"
     """``float32`` or ``gguf-4bit``: the transformer's linear layers keep the GGUF file's own
     4-bit blocks and are dequantised on the fly (QLoRA-style; not with ``tiny-llama``)."""
+    mixing: str = "none"
+    """MCNC: ``"hadamard"`` mixes the generated factors (see
+    :class:`~mcnc.adapters.MCNCAdapterConfig`); other methods need ``"none"``."""
     nola_on_the_fly: bool = True
     """NOLA regenerates its random bases in every forward and backward pass instead of keeping
     them in memory (the paper's comparison; MCNC always generates on the fly)."""
@@ -79,6 +82,11 @@ class FinetuneSettings:
     """Also evaluate every this many steps (and before the first), for a validation curve."""
     out: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mixing != "none" and self.method != "mcnc":
+            raise ValueError(f"--mixing {self.mixing} is an MCNC option; {self.method} has no "
+                             "generated vector to mix (drop --mixing)")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,7 +104,7 @@ def adapter_config(s: FinetuneSettings, model: AdapterModel) -> AdapterConfig:
     if s.method == "nola":
         return NOLAAdapterConfig(**common, coefficients=s.budget)
     if s.method == "mcnc":
-        config = MCNCAdapterConfig(**common)
+        config = MCNCAdapterConfig(**common, mixing=s.mixing)
         layout = FactorLayout(model.select_targets(config), s.rank)
         return replace(config, d=d_for_budget(layout, s.budget, config.k, config.m))
     raise ValueError(f"unknown adapter method {s.method!r}; choose one of {OWN_METHODS}")
