@@ -75,10 +75,14 @@ class FactorLayout:
         return {t.name: (A.view(self.rank, t.in_features), B.view(t.out_features, self.rank))
                 for t, A, B in zip(self.targets, As, Bs, strict=True)}
 
+    @staticmethod
+    def a_spread(t: TargetShape) -> float:
+        """Standard deviation of ``U(-1/sqrt(in), 1/sqrt(in))``, LoRA's initial A of ``t``."""
+        return 1 / math.sqrt(3 * t.in_features)
+
     def a_std(self) -> torch.Tensor:
-        """(total_a,) standard deviation of ``U(-1/sqrt(in), 1/sqrt(in))`` for every A entry."""
-        return torch.cat([torch.full((self.a_size(t),), 1 / math.sqrt(3 * t.in_features))
-                          for t in self.targets])
+        """(total_a,) :meth:`a_spread` of every A entry."""
+        return torch.cat([torch.full((self.a_size(t),), self.a_spread(t)) for t in self.targets])
 
     def b_std(self) -> torch.Tensor:
         """(total_b,) the spread an ``nn.Linear(rank, out)`` would have: the scale of the
@@ -192,8 +196,8 @@ class MCNCSource(FactorSource):
                 SeededMixing(self.chunks_a * d, layout.total_a, config.seed, streams[0]),
                 SeededMixing(self.chunks_b * d, layout.total_b, config.seed, streams[1])])
             self.a_spread = _root_mean_square(layout)
-            scale = [torch.full((layout.a_size(t),), 1 / math.sqrt(3 * t.in_features)
-                                / self.a_spread) for t in layout.targets]  # in double, then fl32
+            scale = [torch.full((layout.a_size(t),), layout.a_spread(t) / self.a_spread)
+                     for t in layout.targets]  # in double, then fl32
             self.register_buffer("a_scale", torch.cat(scale), persistent=False)
         self.alpha = nn.Parameter(initial_alpha(self.generator.spec, self.chunks_a + self.chunks_b,
                                                  config.m))
@@ -246,8 +250,8 @@ class MCNCSource(FactorSource):
 def _root_mean_square(layout: FactorLayout) -> float:
     """Root mean square of the A entries' initial spreads, summed per target in double so
     that it does not depend on how a parallel sum would be split."""
-    return math.sqrt(math.fsum(layout.a_size(t) / (3 * t.in_features) for t in layout.targets)
-                     / layout.total_a)
+    return math.sqrt(math.fsum(layout.a_size(t) * layout.a_spread(t) ** 2
+                               for t in layout.targets) / layout.total_a)
 
 
 def build_source(config: AdapterConfig, layout: FactorLayout, **options) -> FactorSource:
