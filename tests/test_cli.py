@@ -88,6 +88,22 @@ def test_train_command_prints_one_json_line_and_inspects_any_method(tmp_path, ca
     assert "nola file" in out and "nola.coefficients" in out and "[400]" in out
 
 
+def test_train_beta_lr_scale_sets_and_records_beta_s_own_rate(tmp_path, capsys, monkeypatch):
+    import mcnc.classifier_run as run
+
+    groups = []
+    real = run.param_groups
+    monkeypatch.setattr(run, "param_groups", lambda *a, **kw: groups.append(real(*a, **kw))
+                        or groups[-1])
+    assert main(["train", "--budget", "300", "--lr", "0.2", "--beta-lr-scale", "0.25",
+                 "--epochs", "1", "--train-subset", "128", "--test-subset", "64",
+                 "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["lr"] == 0.2 and result["beta_lr_scale"] == 0.25
+    rates = sorted(g["initial_lr"] for g in groups[-1])  # "lr" has decayed to 0 by now
+    assert rates[:2] == [pytest.approx(0.05), 0.2]
+
+
 def test_train_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert main(["train", "--method", "pranc", "--epochs", "1", "--train-subset", "64"]) == 2
     assert "--budget" in capsys.readouterr().err

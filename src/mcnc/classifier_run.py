@@ -315,8 +315,9 @@ class Run:
             "test_accuracy": last.get("test_accuracy", math.nan),
             "train_loss": last.get("train_loss", math.nan),
             "train_seconds": seconds, "world_size": self.ctx.world,
-            "lr": self.lr, "train_samples": len(self.train_set),
-            "test_samples": len(self.test_set), "machine": machine_line(),
+            "lr": self.lr, "beta_lr_scale": self.s.beta_lr_scale,
+            "train_samples": len(self.train_set), "test_samples": len(self.test_set),
+            "machine": machine_line(),
             "history": self.history,
         }
 

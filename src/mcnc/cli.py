@@ -169,6 +169,8 @@ def _add_train(sub: _Subparsers) -> None:
                    "(default: the method's tuned default)")
     p.add_argument("--dense-lr", type=float, default=1e-3,
                    help="Adam lr of dense parameters (normalisation layers, dense method)")
+    p.add_argument("--beta-lr-scale", type=float, default=1.0, help="MCNC: beta trains at "
+                   "--lr times this (alpha at --lr); below 1 where a large budget diverges")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the run (initialisation, subsets, data order)")
     p.add_argument("--k", type=int, default=16, help="MCNC manifold dimension: alphas per chunk")
@@ -217,7 +219,8 @@ def _train(args: argparse.Namespace) -> None:
     result = train(TrainSettings(
         model=args.model, dataset=args.dataset, method=args.method, budget=args.budget,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dense_lr=args.dense_lr,
-        seed=args.seed, method_settings=method, data_root=args.data_root,
+        beta_lr_scale=args.beta_lr_scale, seed=args.seed, method_settings=method,
+        data_root=args.data_root,
         train_subset=args.train_subset, test_subset=args.test_subset, augment=args.augment,
         out=args.out, resume=args.resume, progress=not args.no_progress,
         workers=args.workers, bn_batches=args.bn_batches, deterministic=args.deterministic))
