@@ -91,6 +91,20 @@ def test_scoreboard_counts_each_cells_verdict_against_its_best_rival():
         "- pruning: 0 wins, 0 ties, 0 losses, 1 with one seed (untested)"]
 
 
+def test_glance_has_a_line_per_cell_a_column_per_method_and_bolds_the_best():
+    from mcnc.comparison_report import glance
+
+    rows = [_row("mcnc", 91.0, 0.3), _row("nola", 90.0, 0.25),
+            {**_row("mcnc", 40.5, 50.0, budget=10_000), "failed": 2},
+            {**_row("dense", 98.0, 0.1), "budget": None}]
+    assert glance(rows) == [
+        "| data set, model | budget | mcnc | nola | dense |",
+        "|---|---:|---:|---:|---:|",
+        "| mnist, mlp | 1,000 | **91.00 ± 0.30 (3)** | 90.00 ± 0.25 (3) | 98.00 ± 0.10 (3) |",
+        "| mnist, mlp | 10,000 | 40.50 ± 50.00 (3 ‡) |  | 98.00 ± 0.10 (3) |"]  # alone: no bold
+    assert glance([rows[-1]]) == []
+
+
 def test_a_run_that_fell_apart_or_ends_at_chance_has_failed():
     from mcnc.comparison_report import failed
 

@@ -156,6 +156,35 @@ FLAT_POINTS = 0.3
 """A run has flattened when its last fifth of epochs moved test accuracy by less than this."""
 
 
+def glance(rows: list[dict]) -> list[str]:
+    """Accuracy at a glance: one line per data set, model and budget, one column per method
+    (mean ± std, n), the best of two or more methods in bold, ‡ where runs failed; the last
+    column is the dense model of the same data set and model. Empty without budgets."""
+    methods = list(dict.fromkeys(r["label"] for r in rows if r["budget"] is not None))
+    if not methods:
+        return []
+    dense = {(r["dataset"], r["model"]): r for r in rows if r["budget"] is None}
+    cells = dict.fromkeys((r["dataset"], r["model"], r["budget"]) for r in rows
+                          if r["budget"] is not None)
+    lines = ["| data set, model | budget | " + " | ".join(methods) + " | dense |",
+             "|---|---:|" + "---:|" * (len(methods) + 1)]
+    for dataset, model, budget in cells:
+        here = {r["label"]: r for r in rows
+                if (r["dataset"], r["model"], r["budget"]) == (dataset, model, budget)}
+        best = max(here.values(), key=lambda r: r["mean"])["label"] if len(here) > 1 else None
+        entries = [_glance_entry(here.get(m), m == best) for m in methods]
+        entries.append(_glance_entry(dense.get((dataset, model)), False))
+        lines.append(f"| {dataset}, {model} | {budget:,} | " + " | ".join(entries) + " |")
+    return lines
+
+
+def _glance_entry(row: dict | None, best: bool) -> str:
+    if row is None:
+        return ""
+    text = f"{row['mean']:.2f} ± {row['std']:.2f} ({row['seeds']}{' ‡' * bool(row.get('failed'))})"
+    return f"**{text}**" if best else text
+
+
 def flatness_line(rows: list[dict]) -> str:
     """How many rows have flattened (``|late| < FLAT_POINTS``), naming the others' mark."""
     known = [r for r in rows if r["late"] is not None]
@@ -206,6 +235,10 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
     if board:
         lines += [f"Against {rivals_named}, one verdict per cell (Welch, 2 standard errors):",
                   "", *board, ""]
+    grid = glance(rows) if preset.label == "method" else []
+    if grid:
+        lines += ["At a glance: accuracy % (n seeds), the best compressed method of each line in "
+                  "bold; the sections below give every column and the verdicts.", "", *grid, ""]
     for (dataset, model) in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         lines += [f"## {dataset}, {model}", "",
                   "| method | budget | stored | bytes | accuracy % | n | late | train loss | "
