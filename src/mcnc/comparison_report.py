@@ -164,13 +164,13 @@ def glance(rows: list[dict]) -> list[str]:
     if not methods:
         return []
     dense = {(r["dataset"], r["model"]): r for r in rows if r["budget"] is None}
-    cells = dict.fromkeys((r["dataset"], r["model"], r["budget"]) for r in rows
-                          if r["budget"] is not None)
+    cells: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        if r["budget"] is not None:
+            cells.setdefault((r["dataset"], r["model"], r["budget"]), {})[r["label"]] = r
     lines = ["| data set, model | budget | " + " | ".join(methods) + " | dense |",
              "|---|---:|" + "---:|" * (len(methods) + 1)]
-    for dataset, model, budget in cells:
-        here = {r["label"]: r for r in rows
-                if (r["dataset"], r["model"], r["budget"]) == (dataset, model, budget)}
+    for (dataset, model, budget), here in cells.items():
         best = max(here.values(), key=lambda r: r["mean"])["label"] if len(here) > 1 else None
         entries = [_glance_entry(here.get(m), m == best) for m in methods]
         entries.append(_glance_entry(dense.get((dataset, model)), False))
