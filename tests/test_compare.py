@@ -96,12 +96,17 @@ def test_glance_has_a_line_per_cell_a_column_per_method_and_bolds_the_best():
 
     rows = [_row("mcnc", 91.0, 0.3), _row("nola", 90.0, 0.25),
             {**_row("mcnc", 40.5, 50.0, budget=10_000), "failed": 2},
+            {**_row("nola", 10.3, 0.9, budget=10_000), "failed": 3},
+            {**_row("mcnc", 60.0, 40.0, budget=3_000), "failed": 1},
+            {**_row("nola", 59.0, 0.2, budget=3_000)},
             {**_row("dense", 98.0, 0.1), "budget": None}]
     assert glance(rows) == [
         "| data set, model | budget | mcnc | nola | dense |",
         "|---|---:|---:|---:|---:|",
         "| mnist, mlp | 1,000 | **91.00 ± 0.30 (3)** | 90.00 ± 0.25 (3) | 98.00 ± 0.10 (3) |",
-        "| mnist, mlp | 10,000 | 40.50 ± 50.00 (3 ‡) |  | 98.00 ± 0.10 (3) |"]  # alone: no bold
+        "| mnist, mlp | 10,000 | 40.50 ± 50.00 (3 ‡) | 10.30 ± 0.90 (3 ‡) | 98.00 ± 0.10 (3) |",
+        "| mnist, mlp | 3,000 | 60.00 ± 40.00 (3 ‡) | **59.00 ± 0.20 (3)** | 98.00 ± 0.10 (3) |"]
+    assert glance(rows[:1] + rows[-1:])[2].count("**") == 0  # alone: no bold
     assert glance([rows[-1]]) == []
 
 

@@ -158,8 +158,9 @@ FLAT_POINTS = 0.3
 
 def glance(rows: list[dict]) -> list[str]:
     """Accuracy at a glance: one line per data set, model and budget, one column per method
-    (mean ± std, n), the best of two or more methods in bold, ‡ where runs failed; the last
-    column is the dense model of the same data set and model. Empty without budgets."""
+    (mean ± std, n), ‡ where runs failed, and in bold the best of two or more methods whose
+    runs all trained (a cell where every method failed has no bold); the last column is the
+    dense model of the same data set and model. Empty without budgets."""
     methods = list(dict.fromkeys(r["label"] for r in rows if r["budget"] is not None))
     if not methods:
         return []
@@ -171,7 +172,8 @@ def glance(rows: list[dict]) -> list[str]:
     lines = ["| data set, model | budget | " + " | ".join(methods) + " | dense |",
              "|---|---:|" + "---:|" * (len(methods) + 1)]
     for (dataset, model, budget), here in cells.items():
-        best = max(here.values(), key=lambda r: r["mean"])["label"] if len(here) > 1 else None
+        trained = [r for r in here.values() if not r.get("failed")]
+        best = max(trained, key=lambda r: r["mean"])["label"] if len(here) > 1 and trained else None
         entries = [_glance_entry(here.get(m), m == best) for m in methods]
         entries.append(_glance_entry(dense.get((dataset, model)), False))
         lines.append(f"| {dataset}, {model} | {budget:,} | " + " | ".join(entries) + " |")
@@ -237,8 +239,9 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
                   "", *board, ""]
     grid = glance(rows) if preset.label == "method" else []
     if grid:
-        lines += ["At a glance: accuracy % (n seeds), the best compressed method of each line in "
-                  "bold; the sections below give every column and the verdicts.", "", *grid, ""]
+        lines += ["At a glance: accuracy % (n seeds), in bold the best compressed method of each "
+                  "line among those with no failed run (‡); the sections below give every column "
+                  "and the verdicts.", "", *grid, ""]
     for (dataset, model) in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         lines += [f"## {dataset}, {model}", "",
                   "| method | budget | stored | bytes | accuracy % | n | late | train loss | "
