@@ -48,13 +48,14 @@ def test_rows_give_mean_and_std_over_seeds():
     comparison = cmp.Comparison(preset, out=None)
     for acc in (0.5, 0.7):
         comparison.results.append({"settings": {"dataset": "mnist", "model": "mlp",
-                                                "method": "mcnc", "budget": 10},
+                                                "method": "mcnc", "budget": 10, "lr": 0.1},
                                    "test_accuracy": acc, "stored_numbers": 10,
                                    "file_bytes": 100, "train_seconds": 1.0,
                                    "train_loss": 0.1})
     (row,) = comparison.rows()
     assert row["mean"] == pytest.approx(60.0)
     assert row["std"] == pytest.approx(14.142, abs=1e-3)
+    assert row["lr"] == 0.1 and row["fell"] == 0
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path):
@@ -123,6 +124,43 @@ def test_a_run_that_fell_apart_or_ends_at_chance_has_failed():
     assert not failed(never_learned)  # classes unknown: only the fall is seen
     assert not failed(history((0.5, 1.0), (0.8, 0.5), (0.79, 0.5)), classes=10)
     assert not failed([])
+
+
+def test_a_sweep_picks_the_best_rate_below_the_first_that_fell_to_chance():
+    from mcnc.comparison_report import fell_to_chance, picked_rates, stable_best
+
+    assert fell_to_chance([{"test_accuracy": 0.098}, {"test_accuracy": 0.98}], classes=10)
+    assert not fell_to_chance([{"test_accuracy": 0.21}], classes=10)
+    assert not fell_to_chance([{"test_accuracy": 0.0}], classes=None)
+
+    def rung(lr, mean, fell=0):
+        return {**_row(f"mcnc lr={lr:g}", mean, 0.0, seeds=1), "lr": lr, "fell": fell}
+
+    # 1.0 recovered to the best accuracy after falling to chance: too close to the edge
+    sweep = [rung(0.03, 97.6), rung(0.1, 98.1), rung(0.3, 11.3, fell=1), rung(1.0, 98.2, fell=1)]
+    assert stable_best(sweep)["lr"] == 0.1
+    assert stable_best([rung(0.1, 90.0, fell=1)]) is None
+    assert picked_rates(sweep) == [
+        "- mnist, mlp, mcnc: **0.1** (98.10 %; fell to chance at 0.3, 1)"]
+    assert picked_rates(sweep[:2]) == [
+        "- mnist, mlp, mcnc: **0.1** (98.10 %; at the edge of the rates tried)"]
+
+
+def test_converged_rates_are_the_picks_of_the_committed_sweep():
+    """``CONVERGED_LR`` is what ``stable_best`` picks from results/converged-lr (committed)."""
+    from pathlib import Path
+
+    from mcnc.comparison_report import stable_best
+    from mcnc.presets import CONVERGED_LR
+
+    sweep = cmp.Comparison(cmp.PRESETS["converged-lr"],
+                           Path(__file__).parents[1] / "results" / "converged-lr")
+    sweep.run(progress=False, train=False)
+    by_pair: dict[tuple, list[dict]] = {}
+    for row in sweep.rows():
+        by_pair.setdefault((row["model"], row["label"].split(" lr=")[0]), []).append(row)
+    assert set(CONVERGED_LR) <= set(by_pair)
+    assert {pair: stable_best(by_pair[pair])["lr"] for pair in CONVERGED_LR} == CONVERGED_LR
 
 
 def test_late_change_is_the_gain_over_the_last_fifth():

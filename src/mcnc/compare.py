@@ -22,8 +22,10 @@ import torch
 from mcnc.classifier_run import TrainSettings, train
 from mcnc.comparison_report import (
     failed,
+    fell_to_chance,
     late_change,
     markdown_table,
+    method_rate,
     plot,
     plot_curves,
     row_label,
@@ -106,8 +108,11 @@ class Comparison:
                          "mean": statistics.fmean(acc),
                          "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                          "seeds": len(acc),
+                         "lr": method_rate(rs[0]["settings"]),
                          "failed": sum(failed(r.get("history") or [], _classes(dataset))
                                        for r in rs),
+                         "fell": sum(fell_to_chance(r.get("history") or [], _classes(dataset))
+                                     for r in rs),
                          "train_loss": statistics.fmean(r["train_loss"] for r in rs),
                          "late": _mean_or_none([late_change(r.get("history") or [])
                                                 for r in rs]),

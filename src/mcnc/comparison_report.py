@@ -44,9 +44,13 @@ def row_label(settings: dict, axis: str, reference: dict | None = None) -> str:
                     if method.get(k, reference[k]) != reference[k]]
         return f"{settings['method']} " + (", ".join(changed) or "reference")
     if axis == "lr":
-        lr = settings["dense_lr"] if settings["method"] == "dense" else settings["lr"]
-        return f"{settings['method']} lr={lr:g}"
+        return f"{settings['method']} lr={method_rate(settings):g}"
     return f"{axis}={settings['method_settings'][axis]}"
+
+
+def method_rate(settings: dict) -> float | None:
+    """The learning rate a run's method trains at (the dense model's is ``dense_lr``)."""
+    return settings["dense_lr"] if settings["method"] == "dense" else settings["lr"]
 
 
 def late_change(history: list[dict]) -> float | None:
@@ -81,6 +85,46 @@ def failed(history: list[dict], classes: int | None = None) -> bool:
     at_chance = (classes is not None and classes > 1 and history[-1]["train_loss"]
                  >= CHANCE_LOSS_FRACTION * math.log(classes))
     return accuracies[-1] < 0.5 * max(accuracies) or at_chance
+
+
+def fell_to_chance(history: list[dict], classes: int | None) -> bool:
+    """Whether a run's test accuracy was ever below twice a uniform guess's (``2 / classes``),
+    at any epoch: it blew up, even if it recovered later (False with the classes unknown)."""
+    if not classes or classes < 3:
+        return False
+    return any(epoch["test_accuracy"] < 2 / classes for epoch in history)
+
+
+def stable_best(sweep: list[dict]) -> dict | None:
+    """The rate a learning-rate sweep picks: the most accurate of the rows (``lr``, ``mean``,
+    ``fell``: runs that fell to chance) whose rate is below the smallest rate that fell to
+    chance at any epoch. A rate at the edge of stability can recover on one seed and diverge
+    on the next, so the sweep never picks it or anything above it (None if nothing is left)."""
+    edge = min((r["lr"] for r in sweep if r["fell"]), default=math.inf)
+    stable = [r for r in sweep if r["lr"] < edge]
+    return max(stable, key=lambda r: r["mean"]) if stable else None
+
+
+def picked_rates(rows: list[dict]) -> list[str]:
+    """One line per data set, model and method of a learning-rate sweep: the rate
+    ``stable_best`` picks and whether it lies strictly inside the rates tried."""
+    sweeps: dict[tuple, list[dict]] = {}
+    for r in rows:
+        sweeps.setdefault((r["dataset"], r["model"], r["label"].split(" lr=")[0]), []).append(r)
+    lines = []
+    for (dataset, model, method), sweep in sweeps.items():
+        best = stable_best(sweep)
+        if best is None:
+            lines.append(f"- {dataset}, {model}, {method}: every rate tried fell to chance")
+            continue
+        rates = sorted(r["lr"] for r in sweep)
+        inside = rates[0] < best["lr"] < rates[-1]
+        fell = sorted(r["lr"] for r in sweep if r["fell"])
+        lines.append(f"- {dataset}, {model}, {method}: **{best['lr']:g}** ({best['mean']:.2f} %"
+                     f"{'' if inside else '; at the edge of the rates tried'}"
+                     + (f"; fell to chance at {', '.join(f'{x:g}' for x in fell)}" if fell
+                        else "") + ")")
+    return lines
 
 
 def versus_subspace(row: dict, rows: list[dict]) -> str:
@@ -237,6 +281,10 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
     if board:
         lines += [f"Against {rivals_named}, one verdict per cell (Welch, 2 standard errors):",
                   "", *board, ""]
+    if preset.label == "lr":
+        lines += ["Picked rates: the most accurate rate below the smallest one whose run fell to "
+                  "chance (test accuracy under twice a uniform guess's) at any epoch, even if it "
+                  "recovered (↯ in the table).", "", *picked_rates(rows), ""]
     grid = glance(rows) if preset.label == "method" else []
     if grid:
         lines += ["At a glance: accuracy % (n seeds), in bold the best compressed method of each "
@@ -254,7 +302,8 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
             late = "" if r["late"] is None else f"{r['late']:+.2f}" + (
                 " †" if abs(r["late"]) >= FLAT_POINTS else "")
             size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
-            seeds = f"{r['seeds']}" + (f" ({r['failed']} failed ‡)" if r.get("failed") else "")
+            seeds = f"{r['seeds']}" + (f" ({r['failed']} failed ‡)" if r.get("failed") else "") + (
+                " ↯" if r.get("fell") else "")
             lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
                          f"{r['mean']:.2f} ± {r['std']:.2f} | {seeds} | {late} | "
                          f"{r['train_loss']:.4f} | {_compared(r, rows, is_rival)} | "
