@@ -303,7 +303,7 @@ def markdown_table(rows: list[dict], preset, command: str, seconds: float,
                 " †" if abs(r["late"]) >= FLAT_POINTS else "")
             size = "-" if r["bytes"] is None else f"{r['bytes']:,}"
             seeds = f"{r['seeds']}" + (f" ({r['failed']} failed ‡)" if r.get("failed") else "") + (
-                " ↯" if r.get("fell") else "")
+                " ↯" if r.get("fell") and preset.label == "lr" else "")
             lines.append(f"| {r['label']} | {budget} | {r['stored']:,} | {size} | "
                          f"{r['mean']:.2f} ± {r['std']:.2f} | {seeds} | {late} | "
                          f"{r['train_loss']:.4f} | {_compared(r, rows, is_rival)} | "
