@@ -27,19 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import re
 import statistics
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mcnc.comparison_report import machines_line, welch
 from mcnc.machine import machine_line
+from mcnc.worker_pool import process_pool
 
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 BUDGETS = (6_000, 26_880)
@@ -152,8 +152,7 @@ def _settings(cell: Cell, lr: float, seed: int, args: argparse.Namespace) -> dic
 def run_all(todo: list[tuple[str, dict]], log: Path, done: dict[str, dict], jobs: int) -> None:
     """Run ``todo`` (key, settings), ``jobs`` at a time, appending each result to ``log``."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context, max_tasks_per_child=1) as pool:
+    with process_pool(jobs, max_tasks_per_child=1) as pool:
         futures = {pool.submit(_run_in_worker, s, threads): k for k, s in todo}
         for n, future in enumerate(as_completed(futures), 1):
             key = futures[future]

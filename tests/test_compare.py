@@ -240,7 +240,7 @@ def test_jobs_on_one_gpu_warn_that_the_runs_take_turns(monkeypatch):
             raise InterruptedError("stop before training")
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(cmp, "ProcessPoolExecutor", NoPool)
+    monkeypatch.setattr(cmp, "process_pool", NoPool)
     runs = [TrainSettings(seed=s) for s in (0, 1)]
     with pytest.warns(UserWarning, match="--jobs 2 puts 2 training processes on one GPU"), \
             pytest.raises(InterruptedError):

@@ -8,12 +8,11 @@ skips the runs already there, so an interrupted comparison resumes where it stop
 from __future__ import annotations
 
 import json
-import multiprocessing
 import statistics
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from mcnc.comparison_report import (
 from mcnc.data.registry import DATASETS
 from mcnc.methods import SETTINGS_READ_BY, MethodSettings
 from mcnc.presets import PRESETS, Preset
+from mcnc.worker_pool import process_pool
 
 RECORDED_DEFAULTS = {"hidden_gain": 4.0, "mixing": "none"}
 """Method settings whose default has changed, with the value a record that predates the field
@@ -162,8 +162,7 @@ def _train_all(todo: list[TrainSettings], jobs: int):
     threads = max(1, torch.get_num_threads() // jobs)
     if torch.cuda.device_count() == 1:
         warnings.warn(GPU_SHARING_WARNING.format(jobs=jobs), stacklevel=2)
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(jobs, mp_context=context) as pool:
+    with process_pool(jobs) as pool:
         futures = {pool.submit(_train_in_worker, s, threads): s for s in todo}
         for future in as_completed(futures):
             s = futures[future]
