@@ -17,7 +17,8 @@ sweep is at the full length, so seed 0 of the main runs is the sweep's best run.
 
 Runs append to ``<out>/runs.jsonl`` as they finish and are never repeated, so the benchmark can
 be stopped and restarted (the sweep resumes where it was). ``--jobs 2`` runs two single-threaded
-runs at once (each in a fresh process, so its peak memory is its own).
+runs at once (each in a fresh process, so its peak memory is its own); when one ends, the next
+pending run of the earliest cell that has one starts at once.
 
     python benchmarks/finetune_peers.py --out results/finetune-peers --jobs 2
     python benchmarks/finetune_peers.py --out results/finetune-peers --report-only
@@ -33,7 +34,7 @@ import statistics
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,21 +150,49 @@ def _settings(cell: Cell, lr: float, seed: int, args: argparse.Namespace) -> dic
             "steps": args.steps, "eval_every": args.eval_every}
 
 
-def run_all(todo: list[tuple[str, dict]], log: Path, done: dict[str, dict], jobs: int) -> None:
-    """Run ``todo`` (key, settings), ``jobs`` at a time, appending each result to ``log``."""
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    with process_pool(jobs, max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_run_in_worker, s, threads): k for k, s in todo}
-        for n, future in enumerate(as_completed(futures), 1):
-            key = futures[future]
-            record = future.result() | {"key": key}
-            record.pop("losses", None)
-            with open(log, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            done[key] = record
-            loss = "diverged" if record.get("diverged") else f"val loss {record['val_loss']:.4f}"
-            print(f"[{n}/{len(todo)}] {key}: {loss} "
-                  f"({record.get('train_seconds', 0):.0f} s)", flush=True)
+def pending(chosen: list[Cell], done: dict[str, dict],
+            args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """The runs (key, settings) the chosen cells need next given ``done``, in cell order (so
+    earlier cells come first), and the base model's evaluation while it is missing."""
+    todo = [(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
+            for c in chosen if not args.rates_from or c.label in args.rates
+            for lr, seed in next_runs(c, done, args.steps, args.seeds, args.rates.get(c.label))]
+    base_key = run_key(BASE, LADDER[0], 0, 0)
+    if base_key not in done:
+        todo.append((base_key, {**BASE.settings, "model": args.model, "lr": LADDER[0],
+                                "seed": 0, "steps": 0}))
+    return todo
+
+
+def run_all(chosen: list[Cell], args: argparse.Namespace, log: Path,
+            done: dict[str, dict]) -> None:
+    """Run what the chosen cells need, ``args.jobs`` at a time, appending each result to
+    ``log``. Rolling: as soon as a run ends, its cell's next run (the next rung, the next
+    seed) is worked out and a free worker takes the first pending run, so no core waits for
+    a slower cell's run to finish."""
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    running: dict[Future, str] = {}
+    with process_pool(args.jobs, max_tasks_per_child=1) as pool:
+        while True:
+            for key, settings in pending(chosen, done, args):
+                if len(running) == args.jobs:
+                    break
+                if key not in running.values():
+                    running[pool.submit(_run_in_worker, settings, threads)] = key
+            if not running:
+                return
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                key = running.pop(future)
+                record = future.result() | {"key": key}
+                record.pop("losses", None)
+                with open(log, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                done[key] = record
+                loss = ("diverged" if record.get("diverged")
+                        else f"val loss {record['val_loss']:.4f}")
+                print(f"{time.strftime('%H:%M')} {key}: {loss} "
+                      f"({record.get('train_seconds', 0):.0f} s)", flush=True)
 
 
 def _fmt(values: list[float], scale: float = 1.0, digits: int = 4) -> str:
@@ -352,18 +381,8 @@ def main() -> None:
                          f"{args.rates_steps} steps (--rates-steps)")
     chosen = [c for c in cells() if re.search(args.cells, c.label)]
     started = time.perf_counter()
-    while not args.report_only:
-        todo = [(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
-                for c in chosen if not args.rates_from or c.label in args.rates
-                for lr, seed in next_runs(c, done, args.steps, args.seeds,
-                                          args.rates.get(c.label))]
-        base_key = run_key(BASE, LADDER[0], 0, 0)
-        if base_key not in done:
-            todo.append((base_key, {**BASE.settings, "model": args.model, "lr": LADDER[0],
-                                    "seed": 0, "steps": 0}))
-        if not todo:
-            break
-        run_all(todo, log, done, args.jobs)
+    if not args.report_only:
+        run_all(chosen, args, log, done)
     (out / "table.md").write_text(table(done, args))
     (out / "sweep.md").write_text(sweep_table(done, args))
     if done:

@@ -1,6 +1,7 @@
 """mcnc finetune on a tiny LLaMA with SmolLM2's tokenizer: the command, its report, budgets and
 torchrun with 2 CPU processes."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -178,3 +179,17 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 1)]
     mixed = next(c for c in bench.cells() if c.label == "mcnc-mixed @ 6,000")
     assert mixed.settings == {"method": "mcnc", "budget": 6000, "mixing": "hadamard"}
+
+
+def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last():
+    bench = _load_benchmark("finetune_peers")
+    chosen = [c for c in bench.cells() if c.label in ("nola @ 6,000", "mcnc @ 26,880")]
+    args = argparse.Namespace(steps=300, seeds=2, rates_from=None, rates={}, model="tiny-llama",
+                              eval_every=60)
+    keys = [key for key, _ in bench.pending(chosen, {}, args)]
+    assert keys == [bench.run_key(chosen[0], lr, 0, 300) for lr in (0.03, 0.1, 0.3)] + [
+        bench.run_key(chosen[1], lr, 0, 300) for lr in (0.1, 0.3, 1.0)] + [
+        bench.run_key(bench.BASE, bench.LADDER[0], 0, 0)]
+    settings = dict(bench.pending(chosen, {}, args))[keys[0]]
+    assert settings == {"method": "nola", "budget": 6000, "model": "tiny-llama", "lr": 0.03,
+                        "seed": 0, "steps": 300, "eval_every": 60}
