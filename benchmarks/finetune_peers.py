@@ -247,6 +247,14 @@ def _versus_mcnc(row: dict, rows: list[dict]) -> str:
     return f"{diff:+.4f} ± {se:.4f}: **{word}**"
 
 
+def _cpus(records: list[dict]) -> str:
+    """The short names of the machines the runs trained on ("AMD EPYC", "Intel Xeon"): speeds
+    compare only between rows of one machine."""
+    names = sorted({r.get("machine", "?").split(",")[0].replace("(R)", "").replace(" Processor", "")
+                    for r in records})
+    return " + ".join(names)
+
+
 def table(done: dict[str, dict], args: argparse.Namespace) -> str:
     rows = cell_rows(done, args)
     base = done.get(run_key(BASE, LADDER[0], 0, 0))
@@ -272,8 +280,10 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
         "mean ± std "
         "(seeds). *vs MCNC*: validation loss minus MCNC's at the same budget ± Welch standard "
         "error; a verdict only beyond 2 SE. *late*: change of validation loss over the last "
-        "fifth of the steps. Peak memory: the process's peak resident set while training "
-        "(model included) on a CPU, CUDA memory allocated on a GPU. Merge error: largest "
+        "fifth of the steps. Train tokens/s: median over seeds, on the machine named (they "
+        "differ, and a run shares the machine with another run, so speeds are rough; compare "
+        "them within one machine). Peak memory: the process's peak resident set while "
+        "training (model included) on a CPU, CUDA memory allocated on a GPU. Merge error: largest "
         "logit change from merging, relative to the largest logit.",
         "",
         f"Command: `{command}`  ",
@@ -286,7 +296,7 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
                   f"accuracy {100 * base['token_accuracy']:.2f}%.", ""]
     lines += [
         "| adapter | trained numbers | lr (rungs tried) | val loss | vs MCNC | token acc. % "
-        "| late | file bytes | without projection | train tokens/s | peak memory MiB "
+        "| late | file bytes | without projection | train tokens/s (machine) | peak memory MiB "
         "| merge error |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -304,7 +314,7 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
             f"| {_fmt([r['val_loss'] for r in rs])} | {_versus_mcnc(row, rows)} "
             f"| {_fmt([r['token_accuracy'] for r in rs], 100, 2)} | {_late(rs)} "
             f"| {rs[0]['adapter_bytes']:,} | {f'{lean:,}' if lean else '-'} "
-            f"| {statistics.median(r['train_tokens_per_s'] for r in rs):.0f} "
+            f"| {statistics.median(r['train_tokens_per_s'] for r in rs):.0f} ({_cpus(rs)}) "
             f"| {f'{max(memory) / 2**20:,.0f}' if memory else 'n/a'} "
             f"| {max(r['merge_error'] for r in rs):.1e} |")
     return "\n".join(lines) + "\n"
