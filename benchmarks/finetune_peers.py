@@ -50,6 +50,8 @@ MATCHED = ("mcnc", "nola", "fourierft", "unilora", "tinylora", "vblora")
 """Methods that can be set to both budgets (VeRA and RandLoRA cannot go below 155,730 and
 218,880 trained numbers on this model: results/finetune/peer_budgets.md)."""
 DEFAULTS = ("fourierft", "unilora", "tinylora", "vblora", "vera", "randlora")
+MODEL_TITLES = {"smollm2-135m": "SmolLM2-135M-Instruct",
+                "tiny-llama": "A tiny random Llama (a trial of the benchmark, not a result)"}
 START = {"mcnc": 0.3, "nola": 0.1, "lora": 1e-2}
 """Where each method's sweep starts (mcnc's: their earlier 80-step sweep; peft's: 1e-2)."""
 
@@ -266,15 +268,16 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
                  "(no sweep at this length)")
     command = " ".join(["python benchmarks/finetune_peers.py", f"--out {args.out}",
                         f"--jobs {args.jobs}"]
+                       + ([f"--model {args.model}"] if args.model != "smollm2-135m" else [])
                        + ([f"--steps {args.steps} --eval-every {args.eval_every} "
                            f"--seeds {args.seeds}"] if args.steps != 300 else [])
                        + ([f"--rates-from {args.rates_from}"] if args.rates_from else [])
                        + ([f'--cells "{args.cells}"'] if args.cells != "." else []))
     lines = [
-        "# SmolLM2-135M-Instruct: MCNC beside peft's small adapters",
+        f"# {MODEL_TITLES.get(args.model, args.model)}: MCNC beside peft's small adapters",
         "",
         f"{args.steps} steps, batch 4, at most 128 tokens, English chatterbot Q/A pairs "
-        "(1,044 train / 116 validation), every linear layer of the 30 transformer blocks; "
+        "(1,044 train / 116 validation), every linear layer of the transformer blocks; "
         "AdamW, 5% warm-up then cosine decay to 10%. Loss and token accuracy (greedy "
         f"next-token prediction) over the validation answers. Learning rate: {rate_rule}. "
         "mean ± std "

@@ -193,3 +193,14 @@ def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last()
     settings = dict(bench.pending(chosen, {}, args))[keys[0]]
     assert settings == {"method": "nola", "budget": 6000, "model": "tiny-llama", "lr": 0.03,
                         "seed": 0, "steps": 300, "eval_every": 60}
+
+
+def test_the_peer_table_names_the_model_and_its_command():
+    bench = _load_benchmark("finetune_peers")
+    args = argparse.Namespace(steps=4, seeds=1, rates_from=None, rates={}, model="tiny-llama",
+                              eval_every=2, out="/tmp/try", jobs=1, cells=".")
+    text = bench.table({}, args)
+    assert text.startswith("# A tiny random Llama (a trial of the benchmark, not a result)")
+    assert "--model tiny-llama" in text
+    smollm2 = bench.table({}, argparse.Namespace(**{**vars(args), "model": "smollm2-135m"}))
+    assert smollm2.startswith("# SmolLM2-135M-Instruct:") and "--model" not in smollm2
