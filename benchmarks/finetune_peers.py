@@ -27,6 +27,7 @@ pending run of the earliest cell that has one starts at once.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -37,6 +38,7 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from mcnc.comparison_report import machines_line, welch
 from mcnc.machine import machine_line
@@ -363,6 +365,21 @@ def plot_curves(done: dict[str, dict], args: argparse.Namespace, path: Path) -> 
     plt.close(fig)
 
 
+def hold_folder(out: Path) -> IO:
+    """Lock ``out`` for this process (released when it ends): a second benchmark on the same
+    folder would repeat the first one's runs, and both would share the cores, which slows
+    every run and skews its speed."""
+    handle = open(out / ".running", "w")  # noqa: SIM115 (held open until the process ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RuntimeError(f"another finetune_peers.py is already running on {out}; wait for "
+                           "it to end (its runs resume from runs.jsonl) or pick another --out"
+                           ) from None
+    return handle
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/finetune-peers")
@@ -395,7 +412,12 @@ def main() -> None:
     chosen = [c for c in cells() if re.search(args.cells, c.label)]
     started = time.perf_counter()
     if not args.report_only:
-        run_all(chosen, args, log, done)
+        try:
+            lock = hold_folder(out)
+        except RuntimeError as error:
+            parser.error(str(error))
+        with lock:
+            run_all(chosen, args, log, done)
     (out / "table.md").write_text(table(done, args))
     (out / "sweep.md").write_text(sweep_table(done, args))
     if done:

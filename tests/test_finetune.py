@@ -204,3 +204,11 @@ def test_the_peer_table_names_the_model_and_its_command():
     assert "--model tiny-llama" in text
     smollm2 = bench.table({}, argparse.Namespace(**{**vars(args), "model": "smollm2-135m"}))
     assert smollm2.startswith("# SmolLM2-135M-Instruct:") and "--model" not in smollm2
+
+
+def test_a_second_peer_benchmark_on_the_same_folder_is_refused(tmp_path):
+    bench = _load_benchmark("finetune_peers")
+    with bench.hold_folder(tmp_path), pytest.raises(RuntimeError,
+                                                     match=r"already running on .*--out"):
+        bench.hold_folder(tmp_path)
+    bench.hold_folder(tmp_path).close()  # free again once the first one ends
