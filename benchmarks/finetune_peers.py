@@ -27,13 +27,13 @@ pending run of the earliest cell that has one starts at once.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
 import statistics
 import tempfile
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -44,6 +44,11 @@ from mcnc.comparison_report import machines_line, welch
 from mcnc.machine import machine_line
 from mcnc.worker_pool import process_pool
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; hold_folder says so
+    fcntl = None
+
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 BUDGETS = (6_000, 26_880)
 """About 6,000 and 26,880 trained numbers: the second is 64 NOLA coefficients for each of the
@@ -52,7 +57,8 @@ MATCHED = ("mcnc", "nola", "fourierft", "unilora", "tinylora", "vblora")
 """Methods that can be set to both budgets (VeRA and RandLoRA cannot go below 155,730 and
 218,880 trained numbers on this model: results/finetune/peer_budgets.md)."""
 DEFAULTS = ("fourierft", "unilora", "tinylora", "vblora", "vera", "randlora")
-MODEL_TITLES = {"smollm2-135m": "SmolLM2-135M-Instruct",
+DEFAULT_MODEL = "smollm2-135m"
+MODEL_TITLES = {DEFAULT_MODEL: "SmolLM2-135M-Instruct",
                 "tiny-llama": "A tiny random Llama (a trial of the benchmark, not a result)"}
 START = {"mcnc": 0.3, "nola": 0.1, "lora": 1e-2}
 """Where each method's sweep starts (mcnc's: their earlier 80-step sweep; peft's: 1e-2)."""
@@ -270,7 +276,7 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
                  "(no sweep at this length)")
     command = " ".join(["python benchmarks/finetune_peers.py", f"--out {args.out}",
                         f"--jobs {args.jobs}"]
-                       + ([f"--model {args.model}"] if args.model != "smollm2-135m" else [])
+                       + ([f"--model {args.model}"] if args.model != DEFAULT_MODEL else [])
                        + ([f"--steps {args.steps} --eval-every {args.eval_every} "
                            f"--seeds {args.seeds}"] if args.steps != 300 else [])
                        + ([f"--rates-from {args.rates_from}"] if args.rates_from else [])
@@ -370,6 +376,10 @@ def hold_folder(out: Path) -> IO:
     folder would repeat the first one's runs, and both would share the cores, which slows
     every run and skews its speed."""
     handle = open(out / ".running", "w")  # noqa: SIM115 (held open until the process ends)
+    if fcntl is None:
+        warnings.warn("this platform has no fcntl: the folder is not locked, so do not start a "
+                      "second benchmark on the same --out", stacklevel=2)
+        return handle
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -383,8 +393,8 @@ def hold_folder(out: Path) -> IO:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/finetune-peers")
-    parser.add_argument("--model", default="smollm2-135m",
-                        help="smollm2-135m, or tiny-llama to try the benchmark in seconds")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{DEFAULT_MODEL}, or tiny-llama to try the benchmark in seconds")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=60,
                         help="validation curve: evaluate every N steps (60: the last fifth of 300)")

@@ -212,3 +212,11 @@ def test_a_second_peer_benchmark_on_the_same_folder_is_refused(tmp_path):
                                                      match=r"already running on .*--out"):
         bench.hold_folder(tmp_path)
     bench.hold_folder(tmp_path).close()  # free again once the first one ends
+
+
+def test_without_fcntl_the_peer_benchmark_warns_that_its_folder_is_unlocked(tmp_path,
+                                                                            monkeypatch):
+    bench = _load_benchmark("finetune_peers")
+    monkeypatch.setattr(bench, "fcntl", None)
+    with pytest.warns(UserWarning, match="not locked"):
+        bench.hold_folder(tmp_path).close()
