@@ -121,7 +121,7 @@ def test_a_nan_loss_stops_finetuning_without_writing_an_adapter(tmp_path, monkey
 
 @pytest.mark.parametrize(("method", "budget", "expected"), [
     ("unilora", 120, 120), ("fourierft", 140, 140), ("tinylora", 140, 140),
-    ("vblora", 0, None), ("vera", 120, None), ("peft-lora", 120, None)])
+    ("vblora", 0, None), ("vera", 120, None), ("randlora", 0, None), ("peft-lora", 120, None)])
 def test_peft_peers_run_through_peft(method, budget, expected, tmp_path):
     pytest.importorskip("peft")
     result = finetune(FinetuneSettings(model="tiny-llama", method=method, budget=budget,
@@ -135,10 +135,32 @@ def test_peft_peers_run_through_peft(method, budget, expected, tmp_path):
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
     assert result["merge_error"] < 1e-5
     lean = result["adapter_bytes_without_projection"]
-    if method in ("vera", "tinylora"):  # they can leave their seeded projections out
+    if method in ("vera", "tinylora", "randlora"):  # they can leave their projections out
         assert lean < result["adapter_bytes"]
     else:
         assert lean is None
+
+
+def test_sizing_without_projection_matches_a_randlora_built_without_it_and_restores():
+    """RandLoRA reads ``save_projection`` only when it is built: the lean size must come out as
+    if it had been built with False, and the model must save its bases again afterwards."""
+    peft = pytest.importorskip("peft")
+    from mcnc.llm.finetune import _without_projection
+
+    def adapter_keys(save_projection: bool, flip: bool = False) -> set[str]:
+        torch.manual_seed(0)
+        base = build_language_model("tiny-llama")[0]
+        config = peft.RandLoraConfig(target_modules=["q_proj", "v_proj"],
+                                     save_projection=save_projection)
+        model = peft.get_peft_model(base, config)
+        if not flip:
+            return set(peft.get_peft_model_state_dict(model))
+        with _without_projection(model, config):
+            lean = set(peft.get_peft_model_state_dict(model))
+        assert set(peft.get_peft_model_state_dict(model)) == adapter_keys(True)
+        return lean
+
+    assert adapter_keys(True, flip=True) == adapter_keys(False) < adapter_keys(True)
 
 
 def _load_benchmark(name: str):

@@ -17,6 +17,8 @@ import json
 import math
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -334,13 +336,10 @@ class FinetuneRun:
         sizes: dict[str, int | None] = {"adapter_bytes": _folder_bytes(folder),
                                         "adapter_bytes_without_projection": None}
         if getattr(self.config, "save_projection", False):
-            self.config.save_projection = False
-            try:
-                with tempfile.TemporaryDirectory() as lean:
-                    self.model.save_pretrained(lean)
-                    sizes["adapter_bytes_without_projection"] = _folder_bytes(Path(lean))
-            finally:
-                self.config.save_projection = True
+            with _without_projection(self.model, self.config), \
+                    tempfile.TemporaryDirectory() as lean:
+                self.model.save_pretrained(lean)
+                sizes["adapter_bytes_without_projection"] = _folder_bytes(Path(lean))
         return sizes
 
     def run(self) -> dict:
@@ -384,6 +383,28 @@ class FinetuneRun:
 
         batch = collate(self.val_set[:self.s.batch_size], self.pad_id)
         return merge_error(self.model, _to(batch, self.ctx.device))
+
+
+@contextmanager
+def _without_projection(model: nn.Module, config) -> Iterator[None]:
+    """Save as if the peft ``config`` had been built with ``save_projection=False``: peft
+    reads the flag at save time for some methods (VeRA, TinyLoRA filter their state dict) and
+    only at construction for others (RandLoRA registers its seeded bases as persistent
+    buffers then), so flip both the flag and the buffers' persistence, and restore them."""
+    from peft.tuners._buffer_dict import BufferDict
+
+    flipped = [(holder, name, buffer) for holder in model.modules()
+               if isinstance(holder, BufferDict) and holder.persistent
+               for name, buffer in holder.named_buffers(recurse=False)]
+    config.save_projection = False
+    for holder, name, buffer in flipped:
+        holder.register_buffer(name, buffer, persistent=False)
+    try:
+        yield
+    finally:
+        config.save_projection = True
+        for holder, name, buffer in flipped:
+            holder.register_buffer(name, buffer, persistent=True)
 
 
 def _folder_bytes(folder: Path) -> int:
