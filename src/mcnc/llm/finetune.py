@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -386,15 +387,14 @@ class FinetuneRun:
 
 
 @contextmanager
-def _without_projection(model: nn.Module, config) -> Iterator[None]:
+def _without_projection(model: nn.Module, config: Any) -> Iterator[None]:
     """Save as if the peft ``config`` had been built with ``save_projection=False``: peft
     reads the flag at save time for some methods (VeRA, TinyLoRA filter their state dict) and
-    only at construction for others (RandLoRA registers its seeded bases as persistent
-    buffers then), so flip both the flag and the buffers' persistence, and restore them."""
-    from peft.tuners._buffer_dict import BufferDict
-
+    only at construction for others (RandLoRA registers its seeded bases then, in buffer
+    holders whose ``persistent`` follows the flag), so flip both the flag and the persistence
+    of those holders' buffers, and restore them."""
     flipped = [(holder, name, buffer) for holder in model.modules()
-               if isinstance(holder, BufferDict) and holder.persistent
+               if getattr(holder, "persistent", None) is True
                for name, buffer in holder.named_buffers(recurse=False)]
     config.save_projection = False
     for holder, name, buffer in flipped:
