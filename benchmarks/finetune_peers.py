@@ -124,6 +124,12 @@ def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int,
     return [(best, s) for s in range(1, seeds) if run_key(cell, best, s, steps) not in done]
 
 
+def seed_runs(cell: Cell, lr: float, done: dict[str, dict], steps: int) -> list[dict]:
+    """The cell's finished runs at ``lr``: every seed recorded (also beyond ``--seeds``)."""
+    return sorted((r for k, r in done.items() if k == run_key(cell, lr, r.get("seed", 0), steps)),
+                  key=lambda r: r["seed"])
+
+
 def best_rates(done: dict[str, dict], steps: int) -> dict[str, float]:
     """Cell label -> the best rate of its finished sweep at ``steps`` in ``done``."""
     rates = {}
@@ -180,7 +186,7 @@ def run_all(chosen: list[Cell], args: argparse.Namespace, log: Path,
     ``log``. Rolling: as soon as a run ends, its cell's next run (the next rung, the next
     seed) is worked out and a free worker takes the first pending run, so no core waits for
     a slower cell's run to finish."""
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     running: dict[Future, str] = {}
     with process_pool(args.jobs, max_tasks_per_child=1) as pool:
         while True:
@@ -231,8 +237,7 @@ def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
         if not sweep:
             continue
         best = min(sweep, key=lambda lr: _loss(sweep[lr]))
-        records = [done[k] for s in range(args.seeds)
-                   if (k := run_key(cell, best, s, args.steps)) in done]
+        records = seed_runs(cell, best, done, args.steps)
         finished = not next_runs(cell, done, args.steps, args.seeds,
                                  args.rates.get(cell.label))
         rows.append({"cell": cell, "lr": best, "tried": sorted(sweep), "records": records,
@@ -400,6 +405,8 @@ def main() -> None:
                         help="validation curve: evaluate every N steps (60: the last fifth of 300)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds at each cell's best rate")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="torch threads per run (default: the "
+                        "cores shared out among --jobs)")
     parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
     parser.add_argument("--rates-from", help="no sweep: train each cell at its best rate in "
                         "this folder's runs (e.g. the 300-step benchmark, to check it at more "

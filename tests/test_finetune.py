@@ -204,6 +204,19 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     assert mixed.settings == {"method": "mcnc", "budget": 6000, "mixing": "hadamard"}
 
 
+def test_the_peer_table_counts_every_seed_recorded_at_the_best_rate():
+    bench = _load_benchmark("finetune_peers")
+    cell = next(c for c in bench.cells() if c.label == "nola @ 6,000")  # starts at 0.1
+    losses = {(0.03, 0): 2.5, (0.1, 0): 2.3, (0.3, 0): 2.4, (0.1, 1): 2.2, (0.1, 2): 2.1,
+              (0.3, 1): 9.0}  # a stray seed at another rate is not the best rate's
+    done = {bench.run_key(cell, lr, seed, 300): {"val_loss": v, "seed": seed}
+            for (lr, seed), v in losses.items()}
+    args = argparse.Namespace(steps=300, seeds=2, rates={})
+    (row,) = bench.cell_rows(done, args)
+    assert row["lr"] == 0.1 and row["finished"]
+    assert [r["val_loss"] for r in row["records"]] == [2.3, 2.2, 2.1]  # a third seed counts
+
+
 def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last():
     bench = _load_benchmark("finetune_peers")
     chosen = [c for c in bench.cells() if c.label in ("nola @ 6,000", "mcnc @ 26,880")]
