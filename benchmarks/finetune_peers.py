@@ -126,7 +126,7 @@ def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int,
 
 def seed_runs(cell: Cell, lr: float, done: dict[str, dict], steps: int) -> list[dict]:
     """The cell's finished runs at ``lr``: every seed recorded (also beyond ``--seeds``)."""
-    return sorted((r for k, r in done.items() if k == run_key(cell, lr, r.get("seed", 0), steps)),
+    return sorted((r for k, r in done.items() if k == run_key(cell, lr, r["seed"], steps)),
                   key=lambda r: r["seed"])
 
 
