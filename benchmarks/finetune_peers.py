@@ -415,6 +415,8 @@ def main() -> None:
                         help="the length of the sweep --rates-from reads")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads {args.threads}: give 1 or more torch threads per run")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"

@@ -242,6 +242,15 @@ def test_the_peer_table_names_the_model_and_its_command():
     assert smollm2.startswith("# SmolLM2-135M-Instruct:") and "--model" not in smollm2
 
 
+def test_the_peer_benchmark_refuses_fewer_than_one_thread(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "finetune_peers.py"
+    done = subprocess.run([sys.executable, str(script), "--threads", "0", "--report-only",
+                           "--out", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "--threads 0: give 1 or more" in done.stderr
+
+
 def test_a_second_peer_benchmark_on_the_same_folder_is_refused(tmp_path):
     bench = _load_benchmark("finetune_peers")
     with bench.hold_folder(tmp_path), pytest.raises(RuntimeError,
