@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,11 +165,13 @@ def test_sizing_without_projection_matches_a_randlora_built_without_it_and_resto
     assert adapter_keys(model) == full
 
 
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+
+
 def _load_benchmark(name: str):
     import importlib.util
-    from pathlib import Path
 
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    path = BENCHMARKS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
@@ -243,9 +246,7 @@ def test_the_peer_table_names_the_model_and_its_command():
 
 
 def test_the_peer_benchmark_refuses_fewer_than_one_thread(tmp_path):
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "benchmarks" / "finetune_peers.py"
+    script = BENCHMARKS / "finetune_peers.py"
     done = subprocess.run([sys.executable, str(script), "--threads", "0", "--report-only",
                            "--out", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 2 and "--threads 0: give 1 or more" in done.stderr
