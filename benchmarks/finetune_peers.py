@@ -77,13 +77,41 @@ class Cell:
         return START.get(self.settings["method"], 1e-2)
 
 
-def cells() -> list[Cell]:
+def peer_cells() -> list[Cell]:
     out = [Cell(f"{m} @ {b:,}", {"method": m, "budget": b}) for b in BUDGETS for m in MATCHED]
     out += [Cell(f"mcnc-mixed @ {b:,}", {"method": "mcnc", "budget": b, "mixing": "hadamard"})
             for b in BUDGETS]
     out += [Cell(f"{m} default", {"method": m, "budget": 0}) for m in DEFAULTS]
     out.append(Cell("lora r1", {"method": "lora", "rank": 1}))
     return out
+
+
+VISION_GENERATOR = {"depth": 2, "width": 64, "hidden_gain": 8.0}
+"""The generator the image side chose (results/held-in): two hidden layers of 64, gain 8."""
+HELD_IN_CANDIDATES = {
+    "mcnc": {},
+    "mcnc-mixed": {"mixing": "hadamard"},
+    "mcnc-mixed r4": {"mixing": "hadamard", "rank": 4},
+    "mcnc-mixed gen-vision": {"mixing": "hadamard", "mcnc_options": VISION_GENERATOR},
+    "mcnc r4": {"rank": 4},
+    "mcnc gen-vision": {"mcnc_options": VISION_GENERATOR},
+}
+"""The MCNC adapter's held-in candidates (issue 33): today's default first, each candidate
+the settings it changes."""
+
+
+def held_in_cells() -> list[Cell]:
+    """The candidates at 6,000 trained numbers (the screen), then at 26,880."""
+    return [Cell(f"{name} @ {b:,}", {"method": "mcnc", "budget": b, **change})
+            for b in BUDGETS for name, change in HELD_IN_CANDIDATES.items()]
+
+
+GRIDS = {"peers": peer_cells, "adapter-held-in": held_in_cells}
+"""``--grid``: the side-by-side table, or the held-in programme of the MCNC adapter."""
+
+
+def cells(grid: str = "peers") -> list[Cell]:
+    return GRIDS[grid]()
 
 
 BASE = Cell("no adapter", {"method": "lora", "rank": 1})
@@ -130,10 +158,10 @@ def seed_runs(cell: Cell, lr: float, done: dict[str, dict], steps: int) -> list[
                   key=lambda r: r["seed"])
 
 
-def best_rates(done: dict[str, dict], steps: int) -> dict[str, float]:
+def best_rates(done: dict[str, dict], steps: int, grid: str) -> dict[str, float]:
     """Cell label -> the best rate of its finished sweep at ``steps`` in ``done``."""
     rates = {}
-    for cell in cells():
+    for cell in cells(grid):
         if sweep := sweep_of(cell, done, steps):
             rates[cell.label] = min(sweep, key=lambda lr: _loss(sweep[lr]))
     return rates
@@ -232,7 +260,7 @@ def _late(records: list[dict]) -> str:
 def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
     """Per cell: the best rate, the rungs tried and the records at the best rate."""
     rows = []
-    for cell in cells():
+    for cell in cells(args.grid):
         sweep = sweep_of(cell, done, args.steps)
         if not sweep:
             continue
@@ -281,6 +309,7 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
                  "(no sweep at this length)")
     command = " ".join(["python benchmarks/finetune_peers.py", f"--out {args.out}",
                         f"--jobs {args.jobs}"]
+                       + ([f"--grid {args.grid}"] if args.grid != "peers" else [])
                        + ([f"--model {args.model}"] if args.model != DEFAULT_MODEL else [])
                        + ([f"--steps {args.steps} --eval-every {args.eval_every} "
                            f"--seeds {args.seeds}"] if args.steps != 300 else [])
@@ -407,6 +436,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--threads", type=int, help="torch threads per run (default: the "
                         "cores shared out among --jobs)")
+    parser.add_argument("--grid", default="peers", choices=sorted(GRIDS),
+                        help="peers: MCNC beside peft's adapters; adapter-held-in: the MCNC "
+                        "adapter's candidate settings")
     parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
     parser.add_argument("--rates-from", help="no sweep: train each cell at its best rate in "
                         "this folder's runs (e.g. the 300-step benchmark, to check it at more "
@@ -424,11 +456,11 @@ def main() -> None:
     args.rates = {}
     if args.rates_from:
         args.rates = best_rates(_read_runs(Path(args.rates_from) / "runs.jsonl"),
-                                args.rates_steps)
+                                args.rates_steps, args.grid)
         if not args.rates:
             parser.error(f"{args.rates_from}/runs.jsonl has no finished sweep at "
                          f"{args.rates_steps} steps (--rates-steps)")
-    chosen = [c for c in cells() if re.search(args.cells, c.label)]
+    chosen = [c for c in cells(args.grid) if re.search(args.cells, c.label)]
     started = time.perf_counter()
     if not args.report_only:
         try:

@@ -72,6 +72,19 @@ def test_mixing_is_an_mcnc_option():
         FinetuneSettings(model="tiny-llama", method="nola", mixing="hadamard")
 
 
+def test_mcnc_options_reach_the_adapter_and_are_checked():
+    result = finetune(FinetuneSettings(model="tiny-llama", steps=1, rank=4, budget=240,
+                                       max_length=48, val_batches=1, progress=False,
+                                       mcnc_options={"depth": 2, "width": 16, "k": 3}))
+    assert {k: result["adapter"][k] for k in ("depth", "width", "k")} == {
+        "depth": 2, "width": 16, "k": 3}
+    assert result["trainable"] <= 240 and result["mcnc_options"]["k"] == 3
+    with pytest.raises(ValueError, match=r"mcnc_options \['k'\] are MCNC settings; lora"):
+        FinetuneSettings(model="tiny-llama", method="lora", mcnc_options={"k": 3})
+    with pytest.raises(ValueError, match=r"mcnc_options \['d'\] cannot be set here"):
+        FinetuneSettings(model="tiny-llama", mcnc_options={"d": 100})
+
+
 def test_the_validation_curve_starts_before_training_and_ends_with_the_result():
     result = finetune(FinetuneSettings(model="tiny-llama", steps=4, rank=4, budget=120,
                                        max_length=48, val_batches=1, eval_every=2,
@@ -198,7 +211,7 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     assert bench.next_runs(cell, done, 300, 2) == []
     done[bench.run_key(cell, 3.0, 0, 300)] = {"diverged": True}  # a diverged rung is worst
     assert bench.next_runs(cell, done, 300, 2) == []
-    assert bench.best_rates(done, 300) == {"mcnc @ 6,000": 1.0}
+    assert bench.best_rates(done, 300, "peers") == {"mcnc @ 6,000": 1.0}
     # at another length with the rate fixed: no sweep, only the seeds at that rate
     assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 0), (1.0, 1)]
     done[bench.run_key(cell, 1.0, 0, 900)] = {"val_loss": 2.1}
@@ -214,7 +227,7 @@ def test_the_peer_table_counts_every_seed_recorded_at_the_best_rate():
               (0.3, 1): 9.0}  # a stray seed at another rate is not the best rate's
     done = {bench.run_key(cell, lr, seed, 300): {"val_loss": v, "seed": seed}
             for (lr, seed), v in losses.items()}
-    args = argparse.Namespace(steps=300, seeds=2, rates={})
+    args = argparse.Namespace(steps=300, seeds=2, rates={}, grid="peers")
     (row,) = bench.cell_rows(done, args)
     assert row["lr"] == 0.1 and row["finished"]
     assert [r["val_loss"] for r in row["records"]] == [2.3, 2.2, 2.1]  # a third seed counts
@@ -237,12 +250,25 @@ def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last()
 def test_the_peer_table_names_the_model_and_its_command():
     bench = _load_benchmark("finetune_peers")
     args = argparse.Namespace(steps=4, seeds=1, rates_from=None, rates={}, model="tiny-llama",
-                              eval_every=2, out="/tmp/try", jobs=1, cells=".")
+                              eval_every=2, out="/tmp/try", jobs=1, cells=".", grid="peers")
     text = bench.table({}, args)
     assert text.startswith("# A tiny random Llama (a trial of the benchmark, not a result)")
     assert "--model tiny-llama" in text
     smollm2 = bench.table({}, argparse.Namespace(**{**vars(args), "model": "smollm2-135m"}))
     assert smollm2.startswith("# SmolLM2-135M-Instruct:") and "--model" not in smollm2
+
+
+def test_the_held_in_grid_changes_one_setting_per_candidate_from_the_default():
+    bench = _load_benchmark("finetune_peers")
+    held_in = {c.label: c.settings for c in bench.cells("adapter-held-in")}
+    assert held_in["mcnc @ 6,000"] == {"method": "mcnc", "budget": 6000}
+    assert held_in["mcnc r4 @ 26,880"] == {"method": "mcnc", "budget": 26880, "rank": 4}
+    assert held_in["mcnc gen-vision @ 6,000"]["mcnc_options"] == {
+        "depth": 2, "width": 64, "hidden_gain": 8.0}
+    args = argparse.Namespace(steps=300, seeds=1, rates_from=None, rates={}, model="tiny-llama",
+                              eval_every=2, out="/tmp/try", jobs=1, cells=".",
+                              grid="adapter-held-in")
+    assert "--grid adapter-held-in" in bench.table({}, args)
 
 
 def test_the_peer_benchmark_refuses_fewer_than_one_thread(tmp_path):

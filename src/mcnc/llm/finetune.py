@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,8 @@ DEFAULT_LR = {"mcnc": 0.2, "nola": 0.1, "lora": 3e-3} | dict.fromkeys(PEERS, 1e-
 """mcnc's adapters: the best of the learning-rate sweep on SmolLM2 (results/finetune/sweep.md;
 rank 16). peft's: 1e-2, not tuned yet; pass ``--lr`` (a sweep chooses it)."""
 BASES = ("float32", "gguf-4bit")
+_SET_BY_FINETUNE = {"target_modules", "rank", "seed", "mixing", "d"}
+"""MCNCAdapterConfig fields that FinetuneSettings sets itself (not through mcnc_options)."""
 
 
 @dataclass
@@ -76,6 +78,9 @@ class FinetuneSettings:
     mixing: str = "none"
     """MCNC: ``"hadamard"`` mixes the generated factors (see
     :class:`~mcnc.adapters.MCNCAdapterConfig`); other methods need ``"none"``."""
+    mcnc_options: dict[str, Any] = field(default_factory=dict)
+    """MCNC: further :class:`~mcnc.adapters.MCNCAdapterConfig` fields (``k``, ``m``,
+    ``width``, ``depth``, ``hidden_gain``, ``L``) for experiments; ``d`` follows the budget."""
     nola_on_the_fly: bool = True
     """NOLA regenerates its random bases in every forward and backward pass instead of keeping
     them in memory (the paper's comparison; MCNC always generates on the fly)."""
@@ -90,6 +95,13 @@ class FinetuneSettings:
         if self.mixing != "none" and self.method != "mcnc":
             raise ValueError(f"--mixing {self.mixing} is an MCNC option; {self.method} has no "
                              "generated vector to mix (drop --mixing)")
+        if self.mcnc_options and self.method != "mcnc":
+            raise ValueError(f"mcnc_options {sorted(self.mcnc_options)} are MCNC settings; "
+                             f"{self.method} has none (leave them out)")
+        allowed = {f.name for f in fields(MCNCAdapterConfig)} - _SET_BY_FINETUNE
+        if unknown := sorted(set(self.mcnc_options) - allowed):
+            raise ValueError(f"mcnc_options {unknown} cannot be set here; choose among "
+                             f"{sorted(allowed)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +119,7 @@ def adapter_config(s: FinetuneSettings, model: AdapterModel) -> AdapterConfig:
     if s.method == "nola":
         return NOLAAdapterConfig(**common, coefficients=s.budget)
     if s.method == "mcnc":
-        config = MCNCAdapterConfig(**common, mixing=s.mixing)
+        config = MCNCAdapterConfig(**common, mixing=s.mixing, **s.mcnc_options)
         layout = FactorLayout(model.select_targets(config), s.rank)
         return replace(config, d=d_for_budget(layout, s.budget, config.k, config.m))
     raise ValueError(f"unknown adapter method {s.method!r}; choose one of {OWN_METHODS}")
