@@ -1,0 +1,40 @@
+"""Both MCNC paths (``mcnc.compress`` and the MCNC adapter) train to the same bits as the code
+that wrote tests/data/manifold_reference.safetensors (tests/data/make_manifold_reference.py,
+commit ef03cb3), and the files that code wrote reload to the same values."""
+
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from manifold_cases import CASES, _stack, adapter_input, alpha_beta, train_a_few_steps
+
+import mcnc
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_few_steps_give_the_reference_alphas_and_betas(case):
+    reference = safetensors.torch.load_file(DATA / "manifold_reference.safetensors")
+    model = CASES[case]()
+    train_a_few_steps(model)
+    alpha, beta = alpha_beta(model)
+    assert torch.equal(alpha, reference[f"{case}.alpha"])
+    assert torch.equal(beta, reference[f"{case}.beta"])
+
+
+def test_an_adapter_folder_written_before_the_shared_module_reloads():
+    served = mcnc.AdapterModel.from_pretrained(_stack(), DATA / "adapter_v2")
+    with torch.no_grad():
+        logits = served(adapter_input())
+    expected = safetensors.torch.load_file(DATA / "adapter_v2_logits.safetensors")["logits"]
+    assert torch.equal(logits, expected)
+
+
+def test_a_mixed_file_written_before_the_shared_module_reconstructs():
+    expected = safetensors.torch.load_file(DATA / "mixed_v2_weights.safetensors")
+    state = mcnc.reconstruct(DATA / "mixed_v2.mcnc")
+    assert sorted(state) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(state[name], tensor), name
