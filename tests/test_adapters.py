@@ -75,7 +75,8 @@ def test_training_changes_only_adapter_parameters(method):
                if not torch.equal(v, adapter_before[k])]
     trained = {n for n, p in model.adapters.named_parameters() if p.requires_grad}
     assert set(changed) == trained == {f"default.{n}" for n in
-                                       {"mcnc": ["alpha", "beta"], "nola": ["coefficients"],
+                                       {"mcnc": ["manifold.alpha", "manifold.beta"],
+                                        "nola": ["coefficients"],
                                         "lora": ["A", "B"]}[method]}
     assert not torch.equal(logits(model, tokens()), logits(tiny_llama(), tokens()))
 
@@ -284,11 +285,11 @@ def test_mixed_mcnc_adapter_regenerates_pinned_values():
     source = mcnc.get_adapter_model(tiny_llama(), MIXED).adapters["default"]
     with torch.no_grad():
         a, _ = source.factors()
-    assert source.mixings[0].length == 2048 and source.mixings[1].length == 2048
+    assert source.manifold.mixings[0].length == 2048 and source.manifold.mixings[1].length == 2048
     assert source.beta[0, 0].item() == pytest.approx(PINNED_BETA, rel=1e-6)
     torch.testing.assert_close(a[:4], torch.tensor(PINNED_A), atol=1e-7, rtol=1e-5)
-    assert source.mixings[0].signs[:8].tolist() == PINNED_SIGNS
-    assert source.mixings[1].order[:6].tolist() == PINNED_ORDER
+    assert source.manifold.mixings[0].signs[:8].tolist() == PINNED_SIGNS
+    assert source.manifold.mixings[1].order[:6].tolist() == PINNED_ORDER
 
 
 def test_set_adapter_chooses_what_trains():

@@ -32,7 +32,7 @@ def test_inspect(tmp_path, capsys):
 
 @pytest.mark.parametrize("options, line", [
     ({"mixing": "hadamard"}, "mixing: hadamard"),
-    ({"allocation_power": 0.5, "mixing": "none"}, "chunks per layer (allocation power 0.5): ["),
+    ({"activation": "linear", "mixing": "none"}, "generator linear k=3"),
 ])
 def test_inspect_shows_what_makes_a_file_version_2(tmp_path, capsys, options, line):
     model = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8, **options))
@@ -222,7 +222,3 @@ def test_errors_name_the_flag_the_user_typed(tmp_path, capsys):
     assert main(["train", "--dataset", "cifar10", "--epochs", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--data-root" in err and "root=" not in err
-    assert main(["train", "--model", "mlp", "--method", "mcnc", "--budget", "300",
-                 "--allocation-power", "0.5", "--epochs", "1", "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "--allocation-power < 1" in err and "need --mixing none" in err

@@ -7,6 +7,7 @@ the chunk layout and the file parsing together.
 
 from pathlib import Path
 
+import filebytes
 import pytest
 import torch
 from toymodels import example_input, make
@@ -57,3 +58,16 @@ def test_committed_demo_file_loads():
     path = Path(__file__).parents[1] / "results" / "demo" / "demo.mcnc"
     model = mcnc.load(path, small_cnn())
     assert mcnc.summarize(model).param_ratio > 100
+
+
+def test_a_file_with_chunks_per_layer_is_refused_with_the_removed_option_named(tmp_path):
+    """mcnc 0.1.0 could write chunks per layer (``layer_chunks``); 0.2 no longer reads them."""
+    model = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8, mixing="none"))
+    tensors, meta = filebytes.split(mcnc.fileformat.to_bytes(model))
+    meta |= {"format_version": 2, "allocation_power": 0.5,
+             "layer_chunks": [{"targets": 4, "chunks": 4}]}
+    path = tmp_path / "per-layer.mcnc"
+    path.write_bytes(filebytes.join(tensors, meta))
+    with pytest.raises(mcnc.FormatError, match=r"chunks of its own \(layer_chunks, "
+                       r"allocation_power\).*mcnc 0\.1\.0"):
+        mcnc.reconstruct(path)

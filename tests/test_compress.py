@@ -11,6 +11,14 @@ from mcnc.generator import fold_into_cube
 from mcnc.layout import plan_layout
 
 
+def test_a_checkpoint_that_names_alpha_and_beta_at_the_top_level_loads():
+    m = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, m=2, width=8))
+    old = {k.removeprefix("manifold."): v + 1 for k, v in m.state_dict().items()}
+    fresh = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, m=2, width=8))
+    fresh.load_state_dict(old, strict=True)
+    assert torch.equal(fresh.alpha, m.alpha + 1) and torch.equal(fresh.beta, m.beta + 1)
+
+
 def test_accounting_with_tail_chunk_conv_embedding_and_no_bias():
     model = make("odd")
     m = mcnc.compress(model, mcnc.MCNCConfig(k=3, d=64, m=2, width=8))
@@ -19,7 +27,8 @@ def test_accounting_with_tail_chunk_conv_embedding_and_no_bias():
     assert m.layout.total == 77 + 105 + 15 + 3  # 200: 3 full chunks and a tail of 8
     assert m.alpha.shape == (4, 2, 3) and m.beta.shape == (4, 2)
     trainable = {n: p.numel() for n, p in m.named_parameters()}
-    assert trainable == {"alpha": 24, "beta": 8, "base.norm.weight": 5, "base.norm.bias": 5}
+    assert trainable == {"manifold.alpha": 24, "manifold.beta": 8, "base.norm.weight": 5,
+                         "base.norm.bias": 5}
     s = mcnc.summarize(m)
     assert s.original_params == 210
     assert s.trainable_params == 42
@@ -59,8 +68,8 @@ def test_initial_scale_matches_default_init():
 
 def test_parameters_are_exactly_alpha_beta_and_dense_leftovers():
     m = mcnc.compress(make("convnet"), mcnc.MCNCConfig(k=4, d=100, width=8))
-    assert [n for n, _ in m.named_parameters()] == ["alpha", "beta", "base.1.weight",
-                                                     "base.1.bias"]
+    assert [n for n, _ in m.named_parameters()] == ["manifold.alpha", "manifold.beta",
+                                                     "base.1.weight", "base.1.bias"]
     assert "base.1.running_mean" in m.state_dict()
     assert not any(k.startswith("generator") for k in m.state_dict())
 
@@ -80,7 +89,8 @@ def test_training_lowers_the_loss(mode):
     assert losses[-1] < 0.5 * losses[0]
     if mode == "delta":
         assert torch.equal(m.theta0, before_theta0)
-        assert [n for n, p in m.named_parameters() if p.requires_grad] == ["alpha", "beta"]
+        assert [n for n, p in m.named_parameters() if p.requires_grad] == ["manifold.alpha",
+                                                                          "manifold.beta"]
 
 
 def test_deepcopy_after_a_training_step():

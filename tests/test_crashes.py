@@ -244,7 +244,7 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, 
     assert checkpoint.read_bytes() == saved["bytes"]
     tensors, meta = read_checkpoint(checkpoint)
     assert meta["info"]["epoch"] == 1
-    assert tensors["model.alpha"].abs().max() <= 20.0
+    assert tensors["model.manifold.alpha"].abs().max() <= 20.0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.safetensors"]
 
 

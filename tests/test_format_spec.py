@@ -18,7 +18,6 @@ from torch import nn
 
 import mcnc
 from mcnc import rng
-from mcnc.allocation import fold_onto_layers
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -153,11 +152,6 @@ def check_mcnc_chunks(v: dict) -> None:
     close(chunks, v["chunks"], v)
 
 
-def check_layer_chunks(v: dict) -> None:
-    flat = fold_onto_layers(torch.tensor(v["chunks"]), v["layer_chunks"], v["layer_sizes"])
-    assert flat.tolist() == v["flat"]
-
-
 def check_mixing(v: dict) -> None:
     mixing = SeededMixing(len(v["x"]), v["total"], v["seed"])
     assert mixing.signs.tolist() == v["signs"]
@@ -227,7 +221,6 @@ CHECKS = {
     "generator-output": check_generator_output,
     "fold": check_fold,
     "mcnc-chunks": check_mcnc_chunks,
-    "layer-chunks": check_layer_chunks,
     "mixing": check_mixing,
     "materialize": check_materialize,
     "nola-split": check_nola_split,
@@ -290,14 +283,8 @@ def test_metadata_tables_list_the_keys_of_a_real_file(method, tmp_path):
     assert {n for n in tensors if not n.startswith("dense.")} <= documented
 
 
-def test_version_2_adds_the_chunks_per_layer_and_the_mixing(tmp_path):
-    model = mcnc.compress(tiny_model(), mcnc.MCNCConfig(k=2, d=16, width=4, depth=1,
-                                                        allocation_power=0.5, mixing="none"))
-    meta = mcnc.read(mcnc.save(model, tmp_path / "model.mcnc"))[1]
-    assert meta["format_version"] == 2
-    assert set(meta) == keys(TOP_LEVEL, "mcnc") | {"layer_chunks", "allocation_power"}
-    assert keys(TOP_LEVEL, "mcnc (version 2)") - keys(TOP_LEVEL, "mcnc") == {
-        "layer_chunks", "allocation_power", "mixing"}
+def test_version_2_adds_the_mixing(tmp_path):
+    assert keys(TOP_LEVEL, "mcnc (version 2)") - keys(TOP_LEVEL, "mcnc") == {"mixing"}
     mixed = mcnc.compress(tiny_model(), mcnc.MCNCConfig(k=2, d=16, width=4, depth=1,
                                                         mixing="hadamard"))
     meta = mcnc.read(mcnc.save(mixed, tmp_path / "mixed.mcnc"))[1]

@@ -20,7 +20,7 @@ from mcnc.fileformat import FormatError, load, read, reconstruct, save
 from mcnc.generator import Generator, GeneratorSpec, fold_into_cube
 from mcnc.summary import Summary, summarize
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AdapterModel",

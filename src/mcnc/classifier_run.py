@@ -187,8 +187,8 @@ class Run:
 
     def _new_optimizer(self) -> None:
         lr = self.s.dense_lr if self.phase == "dense" else self.lr
-        scales = {"beta": self.s.beta_lr_scale} if self.s.beta_lr_scale != 1.0 else None
-        self.optimizer = torch.optim.Adam(param_groups(self.model, lr, self.s.dense_lr, scales))
+        rates = {"beta_lr_scale": self.s.beta_lr_scale} if self.s.beta_lr_scale != 1.0 else {}
+        self.optimizer = torch.optim.Adam(param_groups(self.model, lr, self.s.dense_lr, **rates))
         steps_per_epoch = -(-len(self.train_set) // self.s.batch_size)
         steps = max(1, self._phase_length() * steps_per_epoch)
         self.scheduler = warmup_cosine(self.optimizer, steps, self.s.warmup)

@@ -187,9 +187,6 @@ def _add_train(sub: _Subparsers) -> None:
                    help="MCNC: 'hadamard' (the default) spreads every chunk over all weights "
                    "with a seeded randomised Hadamard transform (format version 2 files); "
                    "'none': every chunk makes its own d weights, as in the paper")
-    p.add_argument("--allocation-power", type=float, default=1.0,
-                   help="MCNC: below 1, every layer gets chunks of its own, in proportion to "
-                   "its size to this power (needs --mixing none; format version 2 files)")
     p.add_argument("--max-basis-gb", type=float, default=4.0, help="PRANC/NOLA bases larger "
                    "than this are regenerated block by block instead of kept in memory")
     p.add_argument("--train-subset", type=int, help="train on N samples (seeded subset)")
@@ -214,7 +211,6 @@ def _train(args: argparse.Namespace) -> None:
     ranks = {} if args.rank is None else {"rank": args.rank, "nola_rank": args.rank}
     method = MethodSettings(k=args.k, d=args.d, L=args.L, m=args.m, **ranks,
                             activation=args.activation, mixing=args.mixing,
-                            allocation_power=args.allocation_power,
                             max_basis_bytes=int(args.max_basis_gb * 2**30))
     result = train(TrainSettings(
         model=args.model, dataset=args.dataset, method=args.method, budget=args.budget,
@@ -379,9 +375,6 @@ def _inspect(args: argparse.Namespace) -> None:
           f"{', fitted weights stored' if g['fitted'] else ''})")
     if "mixing" in meta:
         print(f"mixing: {meta['mixing']} (every chunk spread over all weights)")
-    if "layer_chunks" in meta:
-        print(f"chunks per layer (allocation power {meta['allocation_power']:g}): "
-              f"{[layer['chunks'] for layer in meta['layer_chunks']]}")
     print(f"{len(targets)} compressed tensors, {original:,} values, generated from {manifold:,} "
           f"alphas and betas ({original / manifold:.1f}x)")
     order = {f"dense.{k}": i for i, k in enumerate(meta["layout"]["state_keys"])}
@@ -425,8 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FLAG_NAMES = {
-    "train": (("root=", "--data-root "), ("mixing='none'", "--mixing none"),
-              ("allocation_power", "--allocation-power")),
+    "train": (("root=", "--data-root "),),
     "compare": (("root=", "--data-root "),),
     "reconstruct": (("base_state_dict", "--base"),),
 }

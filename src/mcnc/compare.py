@@ -20,6 +20,7 @@ import torch
 
 from mcnc.classifier_run import TrainSettings, train
 from mcnc.comparison_report import (
+    REMOVED_METHOD_DEFAULTS,
     failed,
     fell_to_chance,
     late_change,
@@ -47,6 +48,9 @@ def _key(settings: dict) -> str:
     else today's default; records written before the budget and seed left ``method_settings``
     keep their keys)."""
     method = {k: v for k, v in settings["method_settings"].items() if k not in ("budget", "seed")}
+    removed = {k: method.pop(k) for k in list(method) if k in REMOVED_METHOD_DEFAULTS}
+    if any(v != REMOVED_METHOD_DEFAULTS[k] for k, v in removed.items()):
+        return json.dumps(settings, sort_keys=True)  # a removed option: no preset run matches
     full = TrainSettings(**{**settings, "method_settings": MethodSettings(
         **{**RECORDED_DEFAULTS, **method})})
     values = asdict(replace(full, out=None, progress=False, resume=False))

@@ -27,6 +27,9 @@ VARIANT_METHOD_FIELDS = ("offset", "layer_scale", "alpha_init_scale", "width", "
                          "mixing", "activation")
 """MCNC settings a ``variant`` row may change; the preset's ``reference`` gives the values of
 its ``reference`` row (the defaults when the preset was measured)."""
+REMOVED_METHOD_DEFAULTS = {"offset": "none", "layer_scale": False, "allocation_power": 1.0}
+"""Options mcnc no longer has, with their defaults: committed held-in records still name
+them."""
 
 
 def row_label(settings: dict, axis: str, reference: dict | None = None) -> str:
@@ -39,7 +42,7 @@ def row_label(settings: dict, axis: str, reference: dict | None = None) -> str:
         method = settings["method_settings"]
         changed = [f"{k}={settings.get(k, v)}" for k, v in VARIANT_FIELDS.items()
                    if settings.get(k, v) != v]
-        reference = reference or asdict(MethodSettings())
+        reference = REMOVED_METHOD_DEFAULTS | (reference or asdict(MethodSettings()))
         changed += [f"{k}={method.get(k, reference[k])}" for k in VARIANT_METHOD_FIELDS
                     if method.get(k, reference[k]) != reference[k]]
         return f"{settings['method']} " + (", ".join(changed) or "reference")

@@ -10,11 +10,10 @@ from typing import ClassVar
 from torch import nn
 
 from mcnc.generator import GeneratorSpec
-from mcnc.limits import check_positive_ints, is_int, is_number
+from mcnc.limits import check_positive_ints, is_number
 
 FACTOR_RULES = ("always", "when-smaller")
 """How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
-OFFSETS = ("none", "seeded")
 MIXINGS = ("none", "hadamard")
 BASE_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -124,71 +123,24 @@ class MCNCConfig(GeneratorSpec, Selection):
     """Rank of the factors in ``"lowrank"`` mode (paper: 64 for ResNets, 32 for DeiT). 32 won
     or tied every cell of results/lowrank-rank against 64 (MNIST MLP and LeNet-5 at budgets 300
     and 1,000; ranks 4 and 8 lost); files record the rank, so older files reload."""
-    offset: str = "none"
-    """Experimental (training only; such models cannot be saved yet): ``"seeded"`` adds a
-    frozen default initialisation theta0, regenerated from the seed, to the generated weights
-    in ``scratch``/``lowrank`` mode (theta = theta0 + generated), as PRANC does."""
-    layer_scale: bool = False
-    """Experimental (training only): multiply every generated entry by the standard deviation
-    of its layer's default initialisation, so that one chunk spanning layers of different
-    scales is not dominated by one of them; beta then starts near ``sqrt(d / m)``."""
     alpha_init_scale: float = 1.0
     """Initial alphas are uniform on ``[-s L, s L]^k`` for this ``s`` (1: the whole cube)."""
-    allocation_power: float = 1.0
-    """Below 1, every layer gets its own chunks, one each and the rest in proportion to
-    ``size ** allocation_power``, instead of cutting all layers end to end into chunks (1).
-    See :mod:`mcnc.allocation`."""
     mixing: str = "hadamard"
     """``"hadamard"`` mixes the generated vector with a seeded randomised Hadamard transform,
     so that every chunk moves weights all over the network, and scales each entry to its
     layer's default spread (see :mod:`mcnc.mixing`; files record it, format version 2).
     ``"none"``: each chunk generates its own d weights, as in the paper (and format version
     1). Hadamard won every cell of the held-in set (results/held-in-2, scratch mode)."""
-    layer_chunks: tuple[tuple[int, int], ...] | None = None
-    """Chunks per layer, as ``(targets, chunks)`` for each run of consecutive layout targets
-    (``d`` must cover every layer: ``chunks * d >= its generated numbers``). ``None``: with
-    ``allocation_power < 1`` the fewest chunks that cover every layer at this ``d``, shared out
-    by the power; with 1, no chunks per layer. Files record it (format version 2)."""
 
     def __post_init__(self) -> None:
         GeneratorSpec.__post_init__(self)
         Selection.__post_init__(self)
         check_positive_ints(m=self.m, rank=self.rank)
-        if self.offset not in OFFSETS or (self.offset != "none" and self.mode == "delta"):
-            raise ValueError(f"offset must be one of {OFFSETS} (and 'none' in delta mode, "
-                             f"whose offset is the pretrained model), got {self.offset!r}")
-        if not is_number(self.allocation_power, -1e-12, 1 + 1e-12):
-            raise ValueError(f"allocation_power must be in [0, 1], got "
-                             f"{self.allocation_power!r}")
         if self.mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
-        if self.mixing != "none" and (self.layer_scale or self.per_layer):
-            raise ValueError("chunks per layer (allocation_power < 1, layer_chunks) and "
-                             "layer_scale need mixing='none': mixing spreads every chunk over "
-                             "all layers and scales each layer itself")
-        if self.layer_chunks is not None and not (
-                isinstance(self.layer_chunks, tuple) and self.layer_chunks and all(
-                    isinstance(g, tuple) and len(g) == 2 and all(is_int(v, 1) for v in g)
-                    for g in self.layer_chunks)):
-            raise ValueError(f"layer_chunks must be a non-empty tuple of (targets, chunks) pairs "
-                             f"of positive integers, got {self.layer_chunks!r}")
-        if self.per_layer and self.layer_scale:
-            raise ValueError("chunks per layer (allocation_power < 1 or layer_chunks) and "
-                             "layer_scale cannot be combined yet; choose one")
         if not is_number(self.alpha_init_scale, 0, 1 + 1e-12):
             raise ValueError(f"alpha_init_scale must be in (0, 1], got "
                              f"{self.alpha_init_scale!r}")
-
-    @property
-    def experimental(self) -> list[str]:
-        """The experimental options this config turns on (a file cannot record them yet)."""
-        return [name for name, on in (("offset", self.offset != "none"),
-                                      ("layer_scale", self.layer_scale)) if on]
-
-    @property
-    def per_layer(self) -> bool:
-        """Whether every layer gets chunks of its own (see :mod:`mcnc.allocation`)."""
-        return self.layer_chunks is not None or self.allocation_power != 1
 
     def generator_spec(self) -> GeneratorSpec:
         """The :class:`GeneratorSpec` part of this config."""

@@ -48,23 +48,15 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return (predict(model, x) == y).float().mean().item()
 
 
-def param_groups(model: nn.Module, lr: float, dense_lr: float,
-                 scales: dict[str, float] | None = None) -> list[dict]:
-    """A compressed model's own numbers (MCNC: alpha and beta) at ``lr``, every other trainable
-    parameter at ``dense_lr``; ``scales`` multiplies the rate of named method tensors (e.g.
-    ``{"beta": 0.3}``), each then in a group of its own."""
-    own = model.method_tensors() if isinstance(model, Reparameterized) else {}
-    scales = scales or {}
-    unknown = set(scales) - set(own)
-    if unknown:
-        raise ValueError(f"no method tensor named {sorted(unknown)}; this model trains "
-                         f"{sorted(own)}")
-    ids = {id(p) for p in own.values()}
-    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in ids]
-    groups = [{"params": [t for n, t in own.items() if n not in scales], "lr": lr}]
-    groups += [{"params": [own[n]], "lr": lr * s} for n, s in scales.items()]
-    groups.append({"params": dense, "lr": dense_lr})
-    return [g for g in groups if g["params"]]
+def param_groups(model: nn.Module, lr: float, dense_lr: float, **rates: float) -> list[dict]:
+    """A compressed model's own groups (:meth:`~mcnc.reparam.Reparameterized.param_groups`:
+    its numbers at ``lr``, with ``rates`` such as MCNC's ``beta_lr_scale``, the rest at
+    ``dense_lr``); a dense model's trainable parameters at ``dense_lr``."""
+    if isinstance(model, Reparameterized):
+        return model.param_groups(lr, dense_lr, **rates)
+    if rates:
+        raise ValueError(f"{sorted(rates)}: a dense model has one rate (dense_lr)")
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": dense_lr}]
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float = 0.0

@@ -22,12 +22,6 @@ from dataclasses import dataclass, replace
 
 from torch import nn
 
-from mcnc.allocation import (
-    covering_chunk_size,
-    layer_groups,
-    layer_sizes,
-    split_chunks,
-)
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -39,7 +33,7 @@ from mcnc.baselines import (
     prune,
 )
 from mcnc.baselines.basis import DEFAULT_MAX_BYTES
-from mcnc.compress import chunk_total, chunks_per_layer, compress
+from mcnc.compress import compress
 from mcnc.config import MCNCConfig
 from mcnc.layout import plan_layout
 from mcnc.limits import MAX_D
@@ -77,14 +71,8 @@ class MethodSettings:
     """MCNC generator: hidden (sine) layers."""
     hidden_gain: float = 8.0
     """MCNC generator: scale of the hidden layers' initialisation (8, as ``MCNCConfig``)."""
-    offset: str = "none"
-    """MCNC: ``"seeded"`` adds a frozen seeded initialisation (experimental, see MCNCConfig)."""
-    layer_scale: bool = False
-    """MCNC: scale generated entries by their layer's initial spread (experimental)."""
     alpha_init_scale: float = 1.0
     """MCNC: initial alphas uniform on this fraction of the cube."""
-    allocation_power: float = 1.0
-    """MCNC: below 1, chunks per layer in proportion to size ** power (experimental)."""
     mixing: str = "hadamard"
     """MCNC: ``"hadamard"`` spreads every chunk over all weights (as ``MCNCConfig``)."""
     max_basis_bytes: int = DEFAULT_MAX_BYTES
@@ -92,7 +80,7 @@ class MethodSettings:
 
 MCNC_METHODS = ("mcnc", "mcnc-lowrank")
 _GENERATOR_SETTINGS = ("k", "d", "L", "m", "activation", "width", "depth", "hidden_gain",
-                       "offset", "layer_scale", "alpha_init_scale", "allocation_power", "mixing")
+                       "alpha_init_scale", "mixing")
 SETTINGS_READ_BY: dict[str, tuple[str, ...]] = {
     "dense": (), "mcnc": _GENERATOR_SETTINGS, "mcnc-lowrank": (*_GENERATOR_SETTINGS, "rank"),
     "pranc": ("max_basis_bytes",), "nola": ("nola_rank", "max_basis_bytes"), "lora": (),
@@ -105,14 +93,12 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
                  mode: str) -> MCNCConfig:
     config = MCNCConfig(k=s.k, d=s.d or s.k + 1, L=s.L, m=s.m, rank=s.rank, mode=mode,
                         activation=s.activation, width=s.width, depth=s.depth,
-                        hidden_gain=s.hidden_gain, offset=s.offset, layer_scale=s.layer_scale,
-                        alpha_init_scale=s.alpha_init_scale,
-                        allocation_power=s.allocation_power, mixing=s.mixing, seed=seed)
+                        hidden_gain=s.hidden_gain, alpha_init_scale=s.alpha_init_scale,
+                        mixing=s.mixing, seed=seed)
     per_chunk = s.m * (s.k + 1)
-    layout = plan_layout(model, config)
-    sizes = layer_sizes(layout)
+    total = plan_layout(model, config).total
     if s.d is not None:
-        n = chunk_total(layout, config, chunks_per_layer(layout, config))
+        n = -(-total // s.d)
         if budget is not None and n * per_chunk > budget:
             raise ValueError(f"with d={s.d}, the {n} chunks train {n * per_chunk} numbers,"
                              f" more than the budget of {budget}; raise d or the budget, or "
@@ -121,17 +107,7 @@ def _mcnc_config(model: nn.Module, s: MethodSettings, budget: int | None, seed: 
     if _need_budget(budget) < per_chunk:
         raise ValueError(f"a budget of {budget} cannot pay for one chunk of m * (k + 1) = "
                          f"{per_chunk} numbers; raise the budget or lower k or m")
-    chunks = budget // per_chunk
-    if s.allocation_power == 1:
-        d = -(-sum(sizes) // chunks)
-    else:
-        if chunks < len(sizes):
-            raise ValueError(f"a budget of {budget} pays for {chunks} chunks, fewer than the "
-                             f"{len(sizes)} layers; raise the budget or use allocation_power=1")
-        counts = split_chunks(sizes, chunks, s.allocation_power)
-        d = covering_chunk_size(sizes, counts)
-        config = replace(config, layer_chunks=tuple(zip(layer_groups(layout), counts,
-                                                        strict=True)))
+    d = -(-total // (budget // per_chunk))
     if d > MAX_D:
         raise ValueError(f"a budget of {budget} needs chunks of d={d} > {MAX_D}; raise the "
                          "budget or k, or use m > 1")

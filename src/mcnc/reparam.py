@@ -125,6 +125,23 @@ class Reparameterized(nn.Module):
     def after_step(self) -> None:
         """Called by training loops after each optimiser step (e.g. to project parameters)."""
 
+    def method_param_groups(self, lr: float, **rates: float) -> list[dict]:
+        """Optimiser groups of the method's own tensors: one group at ``lr``. MCNC takes a
+        ``beta_lr_scale``; other methods refuse any rate of their own."""
+        if rates:
+            raise ValueError(f"{sorted(rates)}: {self.method} has no such rate (it trains "
+                             f"{sorted(self.method_tensors())} at one rate)")
+        return [{"params": list(self.method_tensors().values()), "lr": lr}]
+
+    def param_groups(self, lr: float, dense_lr: float, **rates: float) -> list[dict]:
+        """Optimiser groups, as nanoGPT's ``configure_optimizers`` builds them: the method's
+        tensors at ``lr`` (:meth:`method_param_groups`, which reads ``rates``), every other
+        trainable parameter at ``dense_lr``."""
+        own = self.method_param_groups(lr, **rates)
+        ids = {id(p) for group in own for p in group["params"]}
+        dense = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [g for g in [*own, {"params": dense, "lr": dense_lr}] if g["params"]]
+
     # -- the shared machinery -------------------------------------------------------------------
     def _refresh(self) -> None:
         """Install the current weights on the modules (subclasses call it at the end of init)."""

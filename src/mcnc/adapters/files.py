@@ -46,6 +46,7 @@ from mcnc.limits import (
     is_int,
     is_number,
 )
+from mcnc.manifold import Region, chunk_count, expected_shapes
 
 FORMAT = "mcnc-adapter"
 FORMAT_VERSION = 2
@@ -147,9 +148,10 @@ def _expected_shapes(config: AdapterConfig, layout: FactorLayout) -> dict[str, t
     """The trained tensors a folder must hold, from its config and targets alone (checked
     before anything is allocated), and a check that regenerating them is within limits."""
     if isinstance(config, MCNCAdapterConfig):
-        n = sum(layout.chunks(config.d))
+        n = chunk_count([Region(layout.total_a), Region(layout.total_b)], config.d)
         work = n * config.m * config.generator_spec().weight_count()
-        shapes = {"mcnc.alpha": (n, config.m, config.k), "mcnc.beta": (n, config.m)}
+        shapes = {f"mcnc.{name}": shape
+                  for name, shape in expected_shapes(n, config.m, config.k).items()}
     elif isinstance(config, NOLAAdapterConfig):
         sizes = ([layout.a_size(t) for t in layout.targets]
                  + [layout.b_size(t) for t in layout.targets])

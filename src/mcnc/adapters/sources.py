@@ -27,9 +27,9 @@ from mcnc.adapters.config import (
 )
 from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
-from mcnc.generator import Generator, initial_alpha
+from mcnc.generator import Generator
 from mcnc.initialisation import UNIT_BOUND
-from mcnc.mixing import SeededMixing
+from mcnc.manifold import ChunkedManifold, Region
 
 
 @dataclass(frozen=True)
@@ -168,90 +168,68 @@ class NOLASource(FactorSource):
         return sum(2 * b.size * b.n for b in self.bases)
 
 
-class MCNCSource(FactorSource):
-    """``a`` and ``b`` are each cut into chunks of ``d`` (the last one zero-padded), chunk j is
-    ``sum_i beta[j, i] * phi(alpha[j, i])``. Chunks of ``a`` start with the norm of LoRA's
-    initial ``A``; chunks of ``b`` with ``beta = 0``.
+def factor_regions(layout: FactorLayout) -> list[Region]:
+    """The MCNC adapter's two regions of the chunked manifold: every ``A`` factor end to end,
+    starting with LoRA's spread (mixed: scaled to it per layer), then every ``B`` factor,
+    starting at zero (streams ``ADAPTER_MIXING_STREAM + 2r``, ``+ 2r + 1`` for region r)."""
+    spreads = tuple((layout.a_size(t), layout.a_spread(t)) for t in layout.targets)
+    a = Region(layout.total_a, spreads, layout.a_std().pow(2),
+               (rng.ADAPTER_MIXING_STREAM, rng.ADAPTER_MIXING_STREAM + 1))
+    b = Region(layout.total_b, mixing_streams=(rng.ADAPTER_MIXING_STREAM + 2,
+                                               rng.ADAPTER_MIXING_STREAM + 3))
+    return [a, b]
 
-    With ``mixing="hadamard"`` the chunks of each region, end to end (x_a, x_b), are mixed
-    before use: ``a = (std_i / s) * M_a x_a`` and ``b = M_b x_b``, where ``M`` is
-    :class:`~mcnc.mixing.SeededMixing` (an isometry; streams ``ADAPTER_MIXING_STREAM + 2r``,
-    ``+ 2r + 1`` for region r), std_i the spread of LoRA's initial A at entry i and s their
-    root mean square; A's betas then start at ``s sqrt(D_a / (n_a m))`` for ``n_a`` chunks
-    padded to ``D_a`` numbers, so that ``a`` starts with LoRA's spread per layer."""
+
+class MCNCSource(FactorSource):
+    """``a`` and ``b`` are the two regions of a :class:`~mcnc.manifold.ChunkedManifold`
+    (:func:`factor_regions`): each cut into chunks of ``d`` (the last one zero-padded), chunk j
+    ``sum_i beta[j, i] * phi(alpha[j, i])``, each region optionally mixed on its own
+    (``mixing="hadamard"``). ``a`` starts with the spread of LoRA's initial ``A``, ``b`` at
+    zero."""
 
     method = "mcnc"
 
     def __init__(self, config: MCNCAdapterConfig, layout: FactorLayout,
                  generator: Generator | None = None):
         super().__init__(config, layout)
-        self.generator = generator or Generator(config.generator_spec())
-        d = config.d
-        self.chunks_a, self.chunks_b = layout.chunks(d)
-        self.mixings = None
-        if config.mixing == "hadamard":
-            streams = [(rng.ADAPTER_MIXING_STREAM + 2 * r, rng.ADAPTER_MIXING_STREAM + 2 * r + 1)
-                       for r in (0, 1)]
-            self.mixings = nn.ModuleList([
-                SeededMixing(self.chunks_a * d, layout.total_a, config.seed, streams[0]),
-                SeededMixing(self.chunks_b * d, layout.total_b, config.seed, streams[1])])
-            self.a_spread = _root_mean_square(layout)
-            scale = [torch.full((layout.a_size(t),), layout.a_spread(t) / self.a_spread)
-                     for t in layout.targets]  # in double, then fl32
-            self.register_buffer("a_scale", torch.cat(scale), persistent=False)
-        self.alpha = nn.Parameter(initial_alpha(self.generator.spec, self.chunks_a + self.chunks_b,
-                                                 config.m))
-        self.beta = nn.Parameter(self._initial_beta())
+        generator = generator or Generator(config.generator_spec())
+        self.manifold = ChunkedManifold(generator, factor_regions(layout), config.m,
+                                        config.mixing, config.seed)
 
-    def _initial_beta(self) -> torch.Tensor:
-        c, d = self.config, self.config.d
-        if self.mixings is not None:
-            mixed = self.a_spread * math.sqrt(self.mixings[0].length / (self.chunks_a * c.m))
-            beta_a = torch.full((self.chunks_a,), mixed)
-        else:
-            var = self.layout.a_std().pow(2)
-            var = torch.cat([var, var.new_zeros(self.chunks_a * d - var.numel())])
-            beta_a = (var.view(self.chunks_a, d).sum(1) / c.m).sqrt()
-        beta = torch.cat([beta_a, torch.zeros(self.chunks_b)])
-        return beta.unsqueeze(1).expand(-1, c.m).clone()
+    @property
+    def generator(self) -> Generator:
+        return self.manifold.generator
+
+    @property
+    def alpha(self) -> nn.Parameter:
+        return self.manifold.alpha
+
+    @property
+    def beta(self) -> nn.Parameter:
+        return self.manifold.beta
+
+    def stored_tensors(self) -> dict[str, torch.Tensor]:
+        return {"mcnc.alpha": self.alpha, "mcnc.beta": self.beta}
 
     @property
     def generated_size(self) -> int:
         """Length of the generated vector: both regions' chunks, padding included."""
-        return (self.chunks_a + self.chunks_b) * self.config.d
+        return self.manifold.generated_size
 
     def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The generated chunks (laid end to end) -> ``(a, b)`` without padding (unmixed:
-        views of one split, so the backward pass assembles the gradient in one
-        concatenation; mixed: each region through its mixing)."""
-        d, total_a, total_b = self.config.d, self.layout.total_a, self.layout.total_b
-        if self.mixings is not None:
-            x_a, x_b = torch.split(flat, [self.chunks_a * d, self.chunks_b * d])
-            return self.mixings[0](x_a) * self.a_scale, self.mixings[1](x_b)
-        a, _, b, _ = torch.split(flat, [total_a, self.chunks_a * d - total_a,
-                                        total_b, self.chunks_b * d - total_b])
+        """The generated chunks (laid end to end) -> ``(a, b)``."""
+        a, b = self.manifold.assemble(flat)
         return a, b
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split(self.generator.chunks(self.alpha, self.beta).reshape(-1))
+        a, b = self.manifold()
+        return a, b
 
     def generation_flops(self) -> int:
-        spec = self.generator.spec
-        vectors = (self.chunks_a + self.chunks_b) * self.config.m
-        mixing = 0 if self.mixings is None else sum(  # signs, butterflies, 1/sqrt(D), scale
-            mix.length * (mix.length.bit_length() + 2) for mix in self.mixings)
-        return vectors * (spec.flops_per_vector() + 2 * spec.d) + mixing
+        return self.manifold.generation_flops()
 
     def after_step(self) -> None:
-        with torch.no_grad():
-            self.alpha.copy_(self.generator.fold(self.alpha))
-
-
-def _root_mean_square(layout: FactorLayout) -> float:
-    """Root mean square of the A entries' initial spreads, summed per target in double so
-    that it does not depend on how a parallel sum would be split."""
-    return math.sqrt(math.fsum(layout.a_size(t) * layout.a_spread(t) ** 2
-                               for t in layout.targets) / layout.total_a)
+        self.manifold.after_step()
 
 
 def build_source(config: AdapterConfig, layout: FactorLayout, **options) -> FactorSource:

@@ -1,0 +1,175 @@
+"""The chunked manifold: MCNC's parameterisation, shared by compression and adapters.
+
+A generated vector is made of regions (``mcnc.compress``: one, the selected weights end to
+end; an MCNC adapter: two, every ``A`` factor, then every ``B`` factor). Region r of ``N_r``
+numbers is cut into ``n_r = ceil(N_r / d)`` chunks of d numbers, the last one zero-padded, and
+chunk j is
+
+    x_j = sum_(i < m) beta[j, i] * phi(fold(alpha[j, i]))      alpha: (n, m, k), beta: (n, m)
+
+with every region's chunks made in one batched generator call (:meth:`Generator.chunks`).
+
+Unmixed, region r is its chunks end to end with the padding dropped. Mixed
+(``mixing="hadamard"``), its chunks end to end go through a seeded randomised Hadamard
+transform ``M_r`` of their own (:class:`~mcnc.mixing.SeededMixing`, an isometry), and entry i
+is scaled by its spread relative to the region's root mean square ``s_r``:
+
+    region_r[i] = (std_i / s_r) * (M_r x)_i,     i < N_r
+
+Initial amplitudes: a region either starts at zero (``beta = 0``: a fine-tuning delta, an
+adapter's ``B``) or with the spread of an initialisation. Unmixed, chunk j then gets
+``beta_j = sqrt(sum_(i in chunk j) ms_i / m)`` for the mean square ``ms_i`` entry i should
+have (m random unit directions add up to a norm of about ``sqrt(m) beta``). Mixed, every beta
+of the region is ``s_r sqrt(D_r / (n_r m))`` for the mixing's padded length ``D_r``, so that
+the mixed entries have spread ``s_r`` before their scale.
+
+Alphas start uniform on ``[-s L, s L]^k`` (``s``: ``alpha_init_scale``) and are folded back into
+the cube after every optimiser step (:meth:`ChunkedManifold.after_step`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mcnc.generator import Generator, initial_alpha
+from mcnc.mixing import SeededMixing
+
+MIXINGS = ("none", "hadamard")
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """One part of the generated vector and how it starts."""
+
+    numbers: int
+    """``N_r``: entries the region produces."""
+    spreads: tuple[tuple[int, float], ...] = ()
+    """Runs of ``(entries, std)`` covering the region in order: the spread each entry's own
+    initialisation has, by which mixed entries are scaled (empty: no scale)."""
+    start_mean_squares: torch.Tensor | None = None
+    """``(N_r,)`` mean square of every entry at the start, which the unmixed betas match;
+    ``None``: the region starts at zero. Mixed, only whether it is ``None`` matters (the
+    spreads set the start)."""
+    mixing_streams: tuple[int, int] = (0, 0)
+    """Random streams (signs, permutation) of the region's mixing."""
+
+    def chunks(self, d: int) -> int:
+        return -(-self.numbers // d)
+
+    def root_mean_square(self) -> float:
+        """``s_r``: the root mean square of the entries' spreads, summed per run in double so
+        that it does not depend on how a parallel sum would be split."""
+        return math.sqrt(math.fsum(n * s * s for n, s in self.spreads) / self.numbers)
+
+    def relative_spread(self) -> torch.Tensor:
+        """``(N_r,)`` float32 ``std_i / s_r`` (each quotient in double, then rounded)."""
+        rms = self.root_mean_square()
+        return torch.cat([torch.full((n,), s / rms) for n, s in self.spreads])
+
+
+def chunk_count(regions: list[Region], d: int) -> int:
+    """Chunks of ``d`` numbers that cover every region (each padded on its own)."""
+    return sum(r.chunks(d) for r in regions)
+
+
+def expected_shapes(chunks: int, m: int, k: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of the trained tensors of a manifold with ``chunks`` chunks."""
+    return {"alpha": (chunks, m, k), "beta": (chunks, m)}
+
+
+class ChunkedManifold(nn.Module):
+    """The trained ``alpha`` (n, m, k) and ``beta`` (n, m) of one or more regions and how
+    they become the regions' vectors (see the module docstring)."""
+
+    def __init__(self, generator: Generator, regions: list[Region], m: int, mixing: str,
+                 seed: int, alpha_init_scale: float = 1.0):
+        super().__init__()
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        self.generator, self.regions, self.m = generator, list(regions), m
+        d = generator.spec.d
+        self.counts = [r.chunks(d) for r in self.regions]
+        self.mixings = None
+        if mixing == "hadamard":
+            self.mixings = nn.ModuleList([SeededMixing(n * d, r.numbers, seed, r.mixing_streams)
+                                          for r, n in zip(self.regions, self.counts, strict=True)])
+            for i, r in enumerate(self.regions):
+                scale = r.relative_spread() if r.spreads else None
+                self.register_buffer(f"entry_scale_{i}", scale, persistent=False)
+        self.alpha = nn.Parameter(initial_alpha(generator.spec, sum(self.counts), m,
+                                                alpha_init_scale))
+        self.beta = nn.Parameter(torch.cat([self._initial_beta(i)
+                                            for i in range(len(self.regions))]))
+
+    def _initial_beta(self, i: int) -> torch.Tensor:
+        """(chunks, m) starting amplitudes of region i."""
+        region, chunks = self.regions[i], self.counts[i]
+        d, m = self.generator.spec.d, self.m
+        if region.start_mean_squares is None:
+            return torch.zeros(chunks, m)
+        if self.mixings is not None:
+            padded = self.mixings[i].length
+            return torch.full((chunks, m), region.root_mean_square()
+                              * math.sqrt(padded / (chunks * m)))
+        squares = region.start_mean_squares
+        squares = torch.cat([squares, squares.new_zeros(chunks * d - squares.numel())])
+        per_chunk = squares.view(chunks, d).sum(dim=1)
+        return (per_chunk / m).sqrt().unsqueeze(1).expand(chunks, m).clone()
+
+    @property
+    def generated_size(self) -> int:
+        """Length of the chunks end to end, padding included."""
+        return sum(self.counts) * self.generator.spec.d
+
+    def assemble(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """The chunks, end to end (``generated_size``), -> each region's vector (``N_r``)."""
+        d = self.generator.spec.d
+        out = []
+        for i, (region, x) in enumerate(zip(self.regions, torch.split(
+                flat, [n * d for n in self.counts]), strict=True)):
+            if self.mixings is None:
+                out.append(x[:region.numbers])
+                continue
+            y = self.mixings[i](x)
+            scale = getattr(self, f"entry_scale_{i}")
+            out.append(y if scale is None else y * scale)
+        return out
+
+    def forward(self) -> list[torch.Tensor]:
+        """Every region's vector, from the current alphas and betas."""
+        return self.assemble(self.generator.chunks(self.alpha, self.beta).reshape(-1))
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Reflect the alphas into ``[-L, L]^k`` in place; the generated vector is unchanged."""
+        self.alpha.copy_(self.generator.fold(self.alpha))
+
+    def folded_alpha(self) -> torch.Tensor:
+        """The alphas inside the cube, as files store them."""
+        with torch.no_grad():
+            return self.generator.fold(self.alpha)
+
+    def param_groups(self, lr: float, beta_lr_scale: float = 1.0) -> list[dict]:
+        """Optimiser groups: alpha at ``lr``, beta at ``lr * beta_lr_scale`` (one group when
+        the scale is 1)."""
+        if beta_lr_scale == 1.0:
+            return [{"params": [self.alpha, self.beta], "lr": lr}]
+        return [{"params": [self.alpha], "lr": lr},
+                {"params": [self.beta], "lr": lr * beta_lr_scale}]
+
+    def generation_flops(self) -> int:
+        """Floating-point operations of one :meth:`forward`: the generator, the amplitudes
+        and, mixed, the signs, butterflies, normalisation and scale."""
+        spec = self.generator.spec
+        vectors = sum(self.counts) * self.m
+        mixing = 0 if self.mixings is None else sum(
+            mix.length * (mix.length.bit_length() + 2) for mix in self.mixings)
+        return vectors * (spec.flops_per_vector() + 2 * spec.d) + mixing
+
+    def extra_repr(self) -> str:
+        return (f"chunks={sum(self.counts)}, m={self.m}, "
+                f"mixing={'none' if self.mixings is None else 'hadamard'}")
