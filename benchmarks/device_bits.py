@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import mcnc
-from mcnc.adapters.sources import FactorLayout, MCNCSource, TargetShape
+from mcnc.adapters.sources import AdaptedLayer, FactorLayout, MCNCSource
 from mcnc.fileformat import tensor_digest
 from mcnc.machine import machine_line
 from mcnc.methods import build_method
@@ -41,7 +41,7 @@ def resnet_weights(device: str, path: Path) -> dict[str, torch.Tensor]:
 
 def adapter_factors(device: str) -> dict[str, torch.Tensor]:
     """A and B of an MCNC adapter on two 4096 x 4096 layers, generated on ``device``."""
-    layout = FactorLayout((TargetShape("a", 4096, 4096), TargetShape("b", 4096, 4096)), 16)
+    layout = FactorLayout((AdaptedLayer("a", 4096, 4096), AdaptedLayer("b", 4096, 4096)), 16)
     source = MCNCSource(mcnc.MCNCAdapterConfig(rank=16, d=5000, seed=3), layout)
     with torch.no_grad():
         source.alpha.uniform_(-30, 30, generator=torch.Generator().manual_seed(0))

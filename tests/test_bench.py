@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mcnc.adapters.config import MCNCAdapterConfig
-from mcnc.adapters.sources import FactorLayout, MCNCSource, TargetShape
+from mcnc.adapters.sources import AdaptedLayer, FactorLayout, MCNCSource
 from mcnc.bench.measure import peak_extra_bytes, peak_memory_supported, ratio_of_medians
 from mcnc.bench.reconstruction import generator_bound, llama7b_targets
 from mcnc.cli import main
@@ -51,7 +51,7 @@ def test_bound_and_ratios():
 def test_generation_writes_the_factors_without_extra_copies():
     """Chunks are written once by the output product: padding, the chunk view and the split
     into A and B make no copies, so memory rises by about the output and no more."""
-    layout = FactorLayout((TargetShape("a", 2048, 1024), TargetShape("b", 1024, 2048)), 2048)
+    layout = FactorLayout((AdaptedLayer("a", 2048, 1024), AdaptedLayer("b", 1024, 2048)), 2048)
     source = MCNCSource(MCNCAdapterConfig(rank=2048, d=3000), layout)
     output = 4 * (layout.total_a + layout.total_b)
     with torch.no_grad():

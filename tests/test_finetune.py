@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import mcnc
-from mcnc.adapters.sources import FactorLayout, TargetShape, d_for_budget
+from mcnc.adapters.sources import AdaptedLayer, FactorLayout, d_for_budget
 from mcnc.llm.finetune import FinetuneSettings, finetune
 from mcnc.llm.models import build_language_model
 
@@ -95,7 +95,7 @@ def test_the_validation_curve_starts_before_training_and_ends_with_the_result():
 
 
 def test_budget_picks_the_smallest_chunk_size_that_fits():
-    layout = FactorLayout(tuple(TargetShape(str(i), o, n) for i, (o, n) in
+    layout = FactorLayout(tuple(AdaptedLayer(str(i), o, n) for i, (o, n) in
                                 enumerate([(576, 576), (192, 576), (1536, 576)] * 4)), 16)
     for budget in (12, 300, 6000):
         d = d_for_budget(layout, budget, k=5)

@@ -34,8 +34,9 @@ from mcnc.errors import DivergedError
 from mcnc.fileformat import atomic_write, save, to_bytes
 from mcnc.loop import param_groups, train_step, warmup_cosine
 from mcnc.machine import machine_line
-from mcnc.methods import DEFAULT_LR, METHOD_NAMES, MethodSettings, build_method
+from mcnc.methods import METHOD_NAMES, MethodSettings, build_method
 from mcnc.models import build_model
+from mcnc.rates import classifier_lr
 from mcnc.reparam import Reparameterized
 
 
@@ -177,7 +178,7 @@ class Run:
 
     @property
     def lr(self) -> float:
-        return self.s.lr if self.s.lr is not None else DEFAULT_LR[self.s.method]
+        return self.s.lr if self.s.lr is not None else classifier_lr(self.s.method)
 
     def _phase_length(self) -> int:
         """Epochs of the current phase (pruning: dense, then retraining; others: one phase)."""

@@ -4,6 +4,7 @@ reconstruct."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import math
@@ -39,6 +40,12 @@ def _version() -> str:
         return getattr(mcnc, "__version__", "unknown")
 
 
+def _default(settings: type, name: str) -> object:
+    """The default of field ``name`` of a settings dataclass: the command line shows the
+    library's defaults and has none of its own."""
+    return next(f.default for f in dataclasses.fields(settings) if f.name == name)
+
+
 def _add_command(sub: _Subparsers, name: str, summary: str) -> argparse.ArgumentParser:
     """A sub-command parser; ``summary`` is its line in ``mcnc --help`` and heads its own."""
     return sub.add_parser(name, help=summary, description=summary, formatter_class=_HelpFormatter)
@@ -46,14 +53,21 @@ def _add_command(sub: _Subparsers, name: str, summary: str) -> argparse.Argument
 
 def _add_demo(sub: _Subparsers) -> None:
     """Add ``mcnc demo`` and its options; it runs :func:`_demo`."""
+    from mcnc.demo import DemoSettings
+
     p = _add_command(sub, "demo", "train an MCNC-compressed MNIST classifier (offline)")
-    p.add_argument("--epochs", type=int, default=4, help="passes over the training images")
-    p.add_argument("--lr", type=float, default=0.2, help="Adam lr of alpha and beta")
-    p.add_argument("--k", type=int, default=16, help="manifold dimension: alphas per chunk")
-    p.add_argument("--d", type=int, default=2000, help="chunk size: weights per generator output")
-    p.add_argument("--seed", type=int, default=0, help="random seed of the run")
-    p.add_argument("--limit", type=int, default=None, help="use only N training images")
-    p.add_argument("--out", default="mcnc-demo", help="output directory")
+    demo = {name: _default(DemoSettings, name)
+            for name in ("epochs", "lr", "k", "d", "seed", "limit", "out")}
+    p.add_argument("--epochs", type=int, default=demo["epochs"],
+                   help="passes over the training images")
+    p.add_argument("--lr", type=float, default=demo["lr"], help="Adam lr of alpha and beta")
+    p.add_argument("--k", type=int, default=demo["k"],
+                   help="manifold dimension: alphas per chunk")
+    p.add_argument("--d", type=int, default=demo["d"],
+                   help="chunk size: weights per generator output")
+    p.add_argument("--seed", type=int, default=demo["seed"], help="random seed of the run")
+    p.add_argument("--limit", type=int, default=demo["limit"], help="use only N training images")
+    p.add_argument("--out", default=demo["out"], help="output directory")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.add_argument("--no-dense-baseline", action="store_true",
                    help="skip training the uncompressed network for comparison")
@@ -70,16 +84,23 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _add_coverage(sub: _Subparsers) -> None:
     """Add ``mcnc coverage`` and its options; it runs :func:`_coverage`."""
+    from mcnc.generator import GeneratorSpec
+
     p = _add_command(sub, "coverage", "how evenly the generator covers the sphere")
-    p.add_argument("--k", type=int, default=16, help="manifold dimension: the generator's inputs")
-    p.add_argument("--d", type=int, default=1600,
+    spec = GeneratorSpec()
+    p.add_argument("--k", type=int, default=spec.k,
+                   help="manifold dimension: the generator's inputs")
+    p.add_argument("--d", type=int, default=spec.d,
                    help="chunk size: the generator's outputs (the sphere lies in R^d)")
-    p.add_argument("--L", type=float, default=20.0, help="half-width of the cube [-L, L]^k")
-    p.add_argument("--width", type=int, default=64, help="hidden width of the generator MLP")
-    p.add_argument("--depth", type=int, default=2, help="hidden (activated) generator layers")
-    p.add_argument("--hidden-gain", type=float, default=4.0, help="scale of the hidden layers' "
-                   "initialisation relative to SIREN's sqrt(6/width)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generator and the samples")
+    p.add_argument("--L", type=float, default=spec.L, help="half-width of the cube [-L, L]^k")
+    p.add_argument("--width", type=int, default=spec.width,
+                   help="hidden width of the generator MLP")
+    p.add_argument("--depth", type=int, default=spec.depth,
+                   help="hidden (activated) generator layers")
+    p.add_argument("--hidden-gain", type=float, default=spec.hidden_gain, help="scale of the "
+                   "hidden layers' initialisation relative to SIREN's sqrt(6/width)")
+    p.add_argument("--seed", type=int, default=spec.seed,
+                   help="seed of the generator and the samples")
     p.add_argument("--samples", type=int, default=4096,
                    help="points drawn from the generator and from the uniform sphere")
     p.add_argument("--projections", type=int, default=256,
@@ -150,7 +171,9 @@ def _bench(args: argparse.Namespace) -> None:
 
 def _add_train(sub: _Subparsers) -> None:
     """Add ``mcnc train`` and its options; it runs :func:`_train`."""
-    from mcnc.methods import METHOD_NAMES
+    from mcnc.generator import ACTIVATIONS
+    from mcnc.manifold import MIXINGS
+    from mcnc.methods import METHOD_NAMES, MethodSettings
     from mcnc.models import MODEL_NAMES
 
     p = _add_command(sub, "train", "train one model with one method and budget (also under "
@@ -173,17 +196,20 @@ def _add_train(sub: _Subparsers) -> None:
                    "--lr times this (alpha at --lr); below 1 where a large budget diverges")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the run (initialisation, subsets, data order)")
-    p.add_argument("--k", type=int, default=16, help="MCNC manifold dimension: alphas per chunk")
+    method = MethodSettings()
+    p.add_argument("--k", type=int, default=method.k,
+                   help="MCNC manifold dimension: alphas per chunk")
     p.add_argument("--d", type=int, help="MCNC chunk size (default: from --budget)")
-    p.add_argument("--L", type=float, default=20.0,
+    p.add_argument("--L", type=float, default=method.L,
                    help="MCNC cube half-width: alpha lives in [-L, L]^k")
-    p.add_argument("--m", type=int, default=1, help="MCNC generator outputs summed per chunk")
+    p.add_argument("--m", type=int, default=method.m,
+                   help="MCNC generator outputs summed per chunk")
     p.add_argument("--rank", type=int, help="rank of the factors of mcnc-lowrank and NOLA "
-                   "(default: 32 and 64)")
-    p.add_argument("--activation", default="sine", choices=("sine", "relu", "linear"),
+                   f"(default: {method.rank} and {method.nola_rank})")
+    p.add_argument("--activation", default=method.activation, choices=ACTIVATIONS,
                    help="activation of MCNC's generator (linear: a control without the "
                    "manifold, a random linear subspace per chunk)")
-    p.add_argument("--mixing", default="hadamard", choices=("none", "hadamard"),
+    p.add_argument("--mixing", default=method.mixing, choices=MIXINGS,
                    help="MCNC: 'hadamard' (the default) spreads every chunk over all weights "
                    "with a seeded randomised Hadamard transform (format version 2 files); "
                    "'none': every chunk makes its own d weights, as in the paper")
@@ -226,28 +252,33 @@ def _train(args: argparse.Namespace) -> None:
 
 def _add_finetune(sub: _Subparsers) -> None:
     """Add ``mcnc finetune`` and its options; it runs :func:`_finetune`."""
-    from mcnc.config import MIXINGS
-    from mcnc.llm.finetune import ADAPTER_METHODS, BASES, DEFAULT_LR
+    from mcnc.llm.finetune import ADAPTER_METHODS, BASES, FinetuneSettings
+    from mcnc.manifold import MIXINGS
+    from mcnc.rates import ADAPTER_LR, PEER_ADAPTER_LR
+
+    run = FinetuneSettings()
 
     p = _add_command(sub, "finetune", "fine-tune a language model with an MCNC, NOLA or LoRA "
                      "adapter on English Q/A pairs (also under torchrun / accelerate launch)")
-    p.add_argument("--model", default="smollm2-135m", choices=("smollm2-135m", "tiny-llama"),
+    p.add_argument("--model", default=run.model, choices=("smollm2-135m", "tiny-llama"),
                    help="language model to adapt (tiny-llama: a tiny stand-in for tests)")
-    p.add_argument("--method", default="mcnc", choices=ADAPTER_METHODS, help="adapter type")
-    p.add_argument("--budget", type=int, default=6000, help="trained numbers of MCNC (sets "
+    p.add_argument("--method", default=run.method, choices=ADAPTER_METHODS, help="adapter type")
+    p.add_argument("--budget", type=int, default=run.budget, help="trained numbers of MCNC (sets "
                    "the chunk size d) and NOLA (coefficients); LoRA's follow from --rank")
-    p.add_argument("--rank", type=int, default=16, help="rank of every adapted layer's update")
-    p.add_argument("--target-modules", default="all-linear", help="'all-linear' or a regex "
+    p.add_argument("--rank", type=int, default=run.rank,
+                   help="rank of every adapted layer's update")
+    p.add_argument("--target-modules", default=run.target_modules, help="'all-linear' or a regex "
                    "of layer names")
-    p.add_argument("--steps", type=int, default=200, help="optimiser steps")
-    p.add_argument("--batch-size", type=int, default=4, help="global batch size")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    p.add_argument("--steps", type=int, default=run.steps, help="optimiser steps")
+    p.add_argument("--batch-size", type=int, default=run.batch_size, help="global batch size")
+    p.add_argument("--max-length", type=int, default=run.max_length, help="tokens per example")
     p.add_argument("--lr", type=float, help="AdamW lr (default: "
-                   + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")")
+                   + ", ".join(f"{k} {v:g}" for k, v in ADAPTER_LR.items())
+                   + f", peft's {PEER_ADAPTER_LR:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
-    p.add_argument("--base", default="float32", choices=BASES, help="gguf-4bit: keep the GGUF "
+    p.add_argument("--base", default=run.base, choices=BASES, help="gguf-4bit: keep the GGUF "
                    "file's 4-bit weights for the linear layers (QLoRA-style)")
-    p.add_argument("--mixing", default="none", choices=MIXINGS, help="MCNC: 'hadamard' mixes "
+    p.add_argument("--mixing", default=run.mixing, choices=MIXINGS, help="MCNC: 'hadamard' mixes "
                    "the generated A and B factors with a seeded randomised Hadamard transform, "
                    "so every chunk moves entries of every layer")
     p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "

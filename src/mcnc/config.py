@@ -11,10 +11,10 @@ from torch import nn
 
 from mcnc.generator import GeneratorSpec
 from mcnc.limits import check_positive_ints, is_number
+from mcnc.manifold import MIXINGS
 
 FACTOR_RULES = ("always", "when-smaller")
 """How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
-MIXINGS = ("none", "hadamard")
 BASE_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -111,11 +111,6 @@ class MCNCConfig(GeneratorSpec, Selection):
     """
 
     MODES: ClassVar[tuple[str, ...]] = ("scratch", "delta", "lowrank")
-
-    hidden_gain: float = 8.0
-    """As in :class:`~mcnc.generator.GeneratorSpec`, whose default is 4; 8 won on the held-in
-    set (results/held-in: MNIST MLP +1.89 and +0.36 points at budgets 300 and 1,000, ties on
-    LeNet-5), measured in ``scratch`` mode. Files record the gain, so older files reload."""
 
     m: int = 1
     """Generator outputs summed per chunk (the paper's m)."""

@@ -104,8 +104,9 @@ def fit_generator(spec: GeneratorSpec, steps: int = 300, batch: int = 1024,
     return Generator(spec, [w.detach() for w in weights])
 
 
-def plot_curves(path: str, L: float = 20.0, width: int = 64, depth: int = 2,
-                hidden_gain: float = 4.0, seed: int = 0, points: int = 4000) -> None:
+def plot_curves(path: str, L: float = GeneratorSpec.L, width: int = GeneratorSpec.width,
+                depth: int = GeneratorSpec.depth, hidden_gain: float = GeneratorSpec.hidden_gain,
+                seed: int = 0, points: int = 4000) -> None:
     """The paper's Figure 2: a k=1 generator winds [-L, L] around the sphere in R^3,
     seeded sine vs ReLU networks side by side, written to a PNG."""
     import matplotlib

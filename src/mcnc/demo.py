@@ -22,13 +22,14 @@ from mcnc.data.mnist import mnist_tensors
 from mcnc.fileformat import STORAGE_DTYPES, load, save
 from mcnc.loop import EpochResult, predict, train_classifier
 from mcnc.machine import machine_info, machine_line
+from mcnc.rates import DEMO_LR
 from mcnc.summary import summarize
 
 
 @dataclass
 class DemoSettings:
     epochs: int = 4
-    lr: float = 0.2
+    lr: float = DEMO_LR
     """Adam learning rate of alpha (raw scale, in [-L, L]) and beta; cosine decay."""
     dense_lr: float = 1e-3
     """Learning rate of the dense batch-norm parameters."""

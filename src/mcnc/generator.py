@@ -17,8 +17,8 @@ Design notes (the measurements behind them are in docs/design.md, "Generator des
   layer whose frequency is L (Sitzmann et al. 2020 scale inputs in [-1, 1] by omega_0 = 30):
   L sets how many times the cube is wound around the sphere, as in the paper.
 * Hidden layers use the SIREN initialisation scaled by ``hidden_gain`` (pre-activations of
-  unit variance for ``gain=1``). The default gain 4 winds the manifold more tightly: it covers
-  the sphere better and trains to higher accuracy (benchmarks/generator_design.py).
+  unit variance for ``gain=1``). A larger gain winds the manifold more tightly: it covers the
+  sphere better and trains to higher accuracy (docs/design.md, "Generator design").
 * Random phases ``b ~ U(+-pi)`` keep ``phi(0)`` well defined (without them ``sin(0) = 0`` and
   the output norm is zero) and break the odd symmetry ``phi(-alpha) = -phi(alpha)``.
 * The output layer has no bias; its scale does not matter because the output is normalised.
@@ -76,7 +76,7 @@ class GeneratorSpec:
     """Number of hidden (activated) layers; the output layer is linear."""
     activation: str = "sine"
     """``"sine"`` (MCNC) or ``"relu"`` (for comparisons, as in the paper's Figure 2)."""
-    hidden_gain: float = 4.0
+    hidden_gain: float = 8.0
     """Scale of the hidden-layer initialisation relative to SIREN's ``sqrt(6/width)``."""
     seed: int = 0
     """Seed of the Philox4x32-10 streams the weights are drawn from."""

@@ -40,41 +40,32 @@ from mcnc.limits import MAX_D
 
 METHOD_NAMES = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "lora", "pruning")
 
-DEFAULT_LR = {"dense": 1e-3, "mcnc": 0.3, "mcnc-lowrank": 0.3, "pranc": 0.3, "nola": 0.3,
-              "lora": 1e-3, "pruning": 0.03}
-"""Adam learning rate of each method's own numbers (dense leftovers use ``dense_lr``), from
-``mcnc compare --preset lr`` (results/lr/table.md, MNIST MLP): the best rate, except where the
-best diverged on LeNet-5 in the quick preset (MCNC at 1.0: one seed of two stuck at chance on
-MNIST at budget 300 and on Fashion-MNIST at 1000; pruning at 0.1: 63% on MNIST at 3000): there
-the next lower rate of the sweep (MCNC 0.3, pruning 0.03), which cost 0.8 and 1.6 points on the
-MLP. PyTorch's usual 1e-3 for dense and LoRA, which the sweep does not cover."""
-
-
 @dataclass(frozen=True)
 class MethodSettings:
     """A method's own knobs for :func:`build_method` (the budget and the seed are arguments of
-    their own: they belong to the run, not to one method)."""
+    their own: they belong to the run, not to one method). MCNC's defaults are
+    :class:`~mcnc.config.MCNCConfig`'s."""
 
-    k: int = 16
+    k: int = MCNCConfig.k
     d: int | None = None
     """MCNC chunk size; derived from the budget when None."""
-    L: float = 20.0
-    m: int = 1
-    rank: int = 32
-    """Rank of mcnc-lowrank's factors (32, as ``MCNCConfig``)."""
-    nola_rank: int = 64
-    """Rank of NOLA's factors (64, as the paper's NOLA runs)."""
-    activation: str = "sine"
-    width: int = 64
+    L: float = MCNCConfig.L
+    m: int = MCNCConfig.m
+    rank: int = MCNCConfig.rank
+    """Rank of mcnc-lowrank's factors."""
+    nola_rank: int = NOLAConfig.rank
+    """Rank of NOLA's factors."""
+    activation: str = MCNCConfig.activation
+    width: int = MCNCConfig.width
     """MCNC generator: hidden width."""
-    depth: int = 2
+    depth: int = MCNCConfig.depth
     """MCNC generator: hidden (sine) layers."""
-    hidden_gain: float = 8.0
-    """MCNC generator: scale of the hidden layers' initialisation (8, as ``MCNCConfig``)."""
-    alpha_init_scale: float = 1.0
+    hidden_gain: float = MCNCConfig.hidden_gain
+    """MCNC generator: scale of the hidden layers' initialisation."""
+    alpha_init_scale: float = MCNCConfig.alpha_init_scale
     """MCNC: initial alphas uniform on this fraction of the cube."""
-    mixing: str = "hadamard"
-    """MCNC: ``"hadamard"`` spreads every chunk over all weights (as ``MCNCConfig``)."""
+    mixing: str = MCNCConfig.mixing
+    """MCNC: ``"hadamard"`` spreads every chunk over all weights."""
     max_basis_bytes: int = DEFAULT_MAX_BYTES
 
 

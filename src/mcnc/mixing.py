@@ -1,5 +1,5 @@
-"""A seeded orthogonal mixing of MCNC's generated vector (experimental): each chunk then moves
-weights all over the network instead of only its own d.
+"""A seeded orthogonal mixing of MCNC's generated vector: each chunk then moves weights all
+over the network instead of only its own d (used by :mod:`mcnc.manifold`).
 
 A PRANC coefficient moves every weight of the network, an MCNC chunk only d of them. Mixing
 the generated vector x (the n chunks end to end, zero-padded to length D = 2**ceil(log2(n d)))
@@ -10,7 +10,7 @@ isometry) and spreads every chunk over all weights::
 
 S: random signs; H: the D x D Walsh-Hadamard matrix (entries +-1, ``H H = D I``), applied with
 D log2 D additions and no matrix; P: a random permutation; std_i: the spread of entry i's layer
-at PyTorch's default initialisation (:func:`mcnc.initialisation.element_std`), since after
+at the start (for compression PyTorch's default initialisation), since after
 mixing every entry has the same spread, and s their root mean square, so that the betas start
 about as large as without mixing (``s sqrt(D / n)`` for n chunks) and a learning rate means
 the same in both. Signs and permutation come from the seed (streams
@@ -26,26 +26,11 @@ import torch
 from torch import nn
 
 from mcnc import rng
-from mcnc.initialisation import target_std
-from mcnc.layout import Layout
 
 
 def padded_length(numbers: int) -> int:
     """The power of two the mixed vector is padded to."""
     return 1 << max(0, math.ceil(math.log2(numbers)))
-
-
-def mixed_entry_scale(layout: Layout) -> tuple[torch.Tensor, float]:
-    """``(std_i / s, s)``: each entry's default spread relative to their root mean square s.
-
-    Computed per target in double (``math.fsum``) and rounded to float32 once, so that the
-    bits do not depend on how a parallel sum is split (threads, device)."""
-    stds = target_std(layout)
-    sizes = [t.size for t in layout.targets]
-    spread = math.sqrt(math.fsum(n * s * s for n, s in zip(sizes, stds, strict=True))
-                       / sum(sizes))
-    scale = torch.cat([torch.full((n,), s / spread) for n, s in zip(sizes, stds, strict=True)])
-    return scale, spread
 
 
 def hadamard(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:

@@ -20,9 +20,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
-from mcnc.config import MIXINGS
 from mcnc.generator import GeneratorSpec
 from mcnc.limits import check_positive_ints, check_seed, is_number
+from mcnc.manifold import MIXINGS
 
 ALL_LINEAR = "all-linear"
 
@@ -105,7 +105,7 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     """MCNC: all ``A`` factors end to end, then all ``B`` factors, each region cut into chunks
     of ``d`` numbers; chunk j is ``sum_i beta[j, i] * phi(alpha[j, i])`` for ``i < m``.
     Trained numbers: ``m * (k + 1)`` per chunk. The defaults follow the paper's LLaMA set-up
-    (generator input 5, one hidden layer of 32, output 5000, m = 1); see
+    (generator input 5, one hidden layer of 32, output 5000, m = 1), with hidden gain 4; see
     :class:`~mcnc.generator.GeneratorSpec` for the generator's fields."""
 
     method = "mcnc"
@@ -114,6 +114,7 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     d: int = 5000
     width: int = 32
     depth: int = 1
+    hidden_gain: float = 4.0
     m: int = 1
     """Generator outputs summed per chunk."""
     mixing: str = "none"

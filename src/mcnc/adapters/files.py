@@ -34,7 +34,7 @@ from mcnc.adapters.config import (
     NOLAAdapterConfig,
     config_from_dict,
 )
-from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape
+from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.errors import FormatError
 from mcnc.fileformat import atomic_write, metadata_digest, tensor_digest
@@ -97,7 +97,7 @@ def _read_bytes(path: Path, limit: int | None = None) -> bytes:
     return path.read_bytes()
 
 
-def _targets(data: object, version: int) -> tuple[TargetShape, ...]:
+def _targets(data: object, version: int) -> tuple[AdaptedLayer, ...]:
     """The targets of a version-2 config (``[name, out, in]`` lists) or a version-1 one
     (``{name, out_features, in_features}`` objects)."""
     def fields(t: object) -> list | None:
@@ -115,7 +115,7 @@ def _targets(data: object, version: int) -> tuple[TargetShape, ...]:
                           "integer features")
     if len({r[0] for r in rows}) != len(rows):
         raise FormatError("'targets' names a layer twice")
-    return tuple(TargetShape(*r) for r in rows)
+    return tuple(AdaptedLayer(*r) for r in rows)
 
 
 _INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "format_version"}

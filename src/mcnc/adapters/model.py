@@ -27,7 +27,7 @@ from torch import nn
 from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
 from mcnc.adapters.files import check_tensors, read_adapter, write_adapter
 from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot, linear_shape
-from mcnc.adapters.sources import FactorLayout, FactorSource, TargetShape, build_source
+from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource, build_source
 from mcnc.errors import FormatError
 from mcnc.layout import modules_by_type
 
@@ -64,7 +64,7 @@ def _output_head(model: nn.Module) -> set[str]:
     return names | {"lm_head"}
 
 
-def select_targets(model: nn.Module, spec: str | tuple[str, ...]) -> tuple[TargetShape, ...]:
+def select_targets(model: nn.Module, spec: str | tuple[str, ...]) -> tuple[AdaptedLayer, ...]:
     """The linear layers of ``model`` that ``target_modules=spec`` selects, in model order:
     ``"all-linear"`` (every one but the output head), a regex matched against the whole name,
     or names (a layer matches a name equal to its own or to its last parts)."""
@@ -79,7 +79,7 @@ def select_targets(model: nn.Module, spec: str | tuple[str, ...]) -> tuple[Targe
     if not names:
         raise ValueError(f"target_modules={spec!r} matched no linear layer; some layer "
                          f"names: {list(layers)[:8]}")
-    return tuple(TargetShape(n, *_out_in(layers[n])) for n in names)
+    return tuple(AdaptedLayer(n, *_out_in(layers[n])) for n in names)
 
 
 def _warn_unadaptable(model: nn.Module) -> None:
@@ -139,7 +139,7 @@ class AdapterModel(nn.Module):
         """Every linear layer of the base model by name (the wrapped layer for adapted ones)."""
         return linear_layers(self.base_model)
 
-    def select_targets(self, config: AdapterConfig) -> tuple[TargetShape, ...]:
+    def select_targets(self, config: AdapterConfig) -> tuple[AdaptedLayer, ...]:
         """The layers ``config.target_modules`` selects, in model order."""
         return select_targets(self.base_model, config.target_modules)
 

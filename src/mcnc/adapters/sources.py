@@ -33,8 +33,9 @@ from mcnc.manifold import ChunkedManifold, Region
 
 
 @dataclass(frozen=True)
-class TargetShape:
-    """One adapted layer: its name and its ``(out, in)`` features."""
+class AdaptedLayer:
+    """One linear layer an adapter adapts: its name and its ``(out, in)`` features (not a
+    :class:`~mcnc.layout.Target`, which is one compressed parameter of a whole model)."""
 
     name: str
     out_features: int
@@ -45,13 +46,13 @@ class TargetShape:
 class FactorLayout:
     """Offsets of every layer's ``A`` in ``a`` and ``B`` in ``b`` for rank ``rank``."""
 
-    targets: tuple[TargetShape, ...]
+    targets: tuple[AdaptedLayer, ...]
     rank: int
 
-    def a_size(self, t: TargetShape) -> int:
+    def a_size(self, t: AdaptedLayer) -> int:
         return self.rank * t.in_features
 
-    def b_size(self, t: TargetShape) -> int:
+    def b_size(self, t: AdaptedLayer) -> int:
         return t.out_features * self.rank
 
     @property
@@ -76,7 +77,7 @@ class FactorLayout:
                 for t, A, B in zip(self.targets, As, Bs, strict=True)}
 
     @staticmethod
-    def a_spread(t: TargetShape) -> float:
+    def a_spread(t: AdaptedLayer) -> float:
         """Standard deviation of ``U(-1/sqrt(in), 1/sqrt(in))``, LoRA's initial A of ``t``."""
         return 1 / math.sqrt(3 * t.in_features)
 

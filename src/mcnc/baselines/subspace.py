@@ -47,7 +47,10 @@ class PRANCConfig(Selection):
 @dataclass(frozen=True)
 class NOLAConfig(PRANCConfig, FactoredSelection):
     """NOLA: rank-``rank`` factors, each a combination of seeded random bases; ``coefficients``
-    is the total over all factors (the paper uses rank 64 for ResNets)."""
+    is the total over all factors."""
+
+    rank: int = 64
+    """Rank r of the factors (64, as the MCNC paper's NOLA runs on ResNets)."""
 
 
 def split_coefficients(sizes: list[int], total: int) -> list[int]:

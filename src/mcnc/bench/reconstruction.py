@@ -27,7 +27,7 @@ import torch
 import mcnc
 from mcnc import rng
 from mcnc.adapters.config import MCNCAdapterConfig, NOLAAdapterConfig
-from mcnc.adapters.sources import FactorLayout, MCNCSource, NOLASource, TargetShape
+from mcnc.adapters.sources import AdaptedLayer, FactorLayout, MCNCSource, NOLASource
 from mcnc.baselines.basis import RandomBasis
 from mcnc.bench.cases import Case
 from mcnc.initialisation import UNIT_BOUND
@@ -39,13 +39,13 @@ PRANC_SLICE_COEFFICIENTS = 256
 
 
 def llama7b_targets(blocks: int = 32, hidden: int = 4096, intermediate: int = 11008
-                    ) -> tuple[TargetShape, ...]:
+                    ) -> tuple[AdaptedLayer, ...]:
     """Every linear layer of a LLaMA-7B's transformer blocks (the output head excluded)."""
     shapes = {"self_attn.q_proj": (hidden, hidden), "self_attn.k_proj": (hidden, hidden),
               "self_attn.v_proj": (hidden, hidden), "self_attn.o_proj": (hidden, hidden),
               "mlp.gate_proj": (intermediate, hidden), "mlp.up_proj": (intermediate, hidden),
               "mlp.down_proj": (hidden, intermediate)}
-    return tuple(TargetShape(f"model.layers.{i}.{name}", out, in_)
+    return tuple(AdaptedLayer(f"model.layers.{i}.{name}", out, in_)
                  for i in range(blocks) for name, (out, in_) in shapes.items())
 
 
@@ -96,7 +96,7 @@ def model_cases(workload: str, build: Callable[[], torch.nn.Module], budget: int
     return warm, cold
 
 
-def adapter_cases(targets: tuple[TargetShape, ...], workload: str, rank: int = 16,
+def adapter_cases(targets: tuple[AdaptedLayer, ...], workload: str, rank: int = 16,
                   pranc_columns: int = PRANC_SLICE_COEFFICIENTS) -> list[Case]:
     """MCNC (the paper's LLaMA generator), NOLA (on the fly) and PRANC (one basis, timed on
     ``pranc_columns`` of its columns and scaled) rebuilding the rank-``rank`` factors of

@@ -17,7 +17,8 @@ from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.sources import FactorLayout, d_for_budget
 from mcnc.bench.cases import Case
 from mcnc.loop import param_groups, train_step
-from mcnc.methods import DEFAULT_LR, build_method
+from mcnc.methods import build_method
+from mcnc.rates import adapter_lr, classifier_lr
 
 
 def classifier_cases(workload: str, build: Callable[[], nn.Module], budget: int,
@@ -30,7 +31,7 @@ def classifier_cases(workload: str, build: Callable[[], nn.Module], budget: int,
     for method in ("dense", "mcnc"):
         torch.manual_seed(0)
         model = build_method(method, build(), budget).train()
-        optimizer = torch.optim.Adam(param_groups(model, DEFAULT_LR[method], 1e-3))
+        optimizer = torch.optim.Adam(param_groups(model, classifier_lr(method), 1e-3))
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
         def step(model=model, optimizer=optimizer):
@@ -56,8 +57,6 @@ def adapter_training_cases(workload: str, base: nn.Module, budget: int, batch: i
                            tokens: int) -> list[Case]:
     """One training step of each adapter (LoRA the reference; NOLA's bases regenerated on the
     fly, as in the paper's comparison) on a fixed batch of random token ids."""
-    from mcnc.llm.finetune import DEFAULT_LR as ADAPTER_LR
-
     model = AdapterModel(base)
     for name, config in adapter_configs(model, budget).items():
         model.add_adapter(name, config, **({"max_basis_bytes": 0} if name == "nola" else {}))
@@ -67,7 +66,7 @@ def adapter_training_cases(workload: str, base: nn.Module, budget: int, batch: i
     cases = []
     for name in ("lora", "mcnc", "nola"):
         source = model.adapters[name]
-        optimizer = torch.optim.AdamW(source.parameters(), lr=ADAPTER_LR[name], weight_decay=0)
+        optimizer = torch.optim.AdamW(source.parameters(), lr=adapter_lr(name), weight_decay=0)
 
         def step(name=name, optimizer=optimizer):
             model.set_adapter(name)

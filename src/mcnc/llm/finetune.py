@@ -41,13 +41,11 @@ from mcnc.distributed import Context, init_distributed, sum_over_processes
 from mcnc.errors import DivergedError
 from mcnc.llm.peers import PEERS, peer_config
 from mcnc.machine import machine_line, peak_memory, reset_peak_memory
+from mcnc.rates import adapter_lr
 
 OWN_METHODS = ("mcnc", "nola", "lora")
 ADAPTER_METHODS = OWN_METHODS + PEERS
 """mcnc's own adapters, then peft's, run through peft itself (:mod:`mcnc.llm.peers`)."""
-DEFAULT_LR = {"mcnc": 0.2, "nola": 0.1, "lora": 3e-3} | dict.fromkeys(PEERS, 1e-2)
-"""mcnc's adapters: the best of the learning-rate sweep on SmolLM2 (results/finetune/sweep.md;
-rank 16). peft's: 1e-2, not tuned yet; pass ``--lr`` (a sweep chooses it)."""
 BASES = ("float32", "gguf-4bit")
 _SET_BY_FINETUNE = {"target_modules", "rank", "seed", "mixing", "d"}
 """MCNCAdapterConfig fields that FinetuneSettings sets itself (not through mcnc_options)."""
@@ -70,7 +68,7 @@ class FinetuneSettings:
     """Global batch size (split over processes under torchrun)."""
     max_length: int = 128
     lr: float | None = None
-    """None: the method's default (:data:`DEFAULT_LR`)."""
+    """None: the method's default (:func:`mcnc.rates.adapter_lr`)."""
     seed: int = 0
     base: str = "float32"
     """``float32`` or ``gguf-4bit``: the transformer's linear layers keep the GGUF file's own
@@ -108,7 +106,7 @@ class FinetuneSettings:
 
     @property
     def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        return self.lr if self.lr is not None else adapter_lr(self.method)
 
 
 def adapter_config(s: FinetuneSettings, model: AdapterModel) -> AdapterConfig:

@@ -1,0 +1,33 @@
+"""Default learning rates: one table for every command and API, and where each rate comes from.
+
+``CLASSIFIER_LR``: Adam's rate of each compression method's own numbers in ``mcnc train`` and
+``mcnc compare`` (dense leftovers train at their own ``dense_lr``), from ``mcnc compare --preset
+lr`` (results/lr/table.md, MNIST MLP): the best rate, except where the best diverged on LeNet-5
+in the quick preset (MCNC at 1.0, pruning at 0.1): there the next lower rate of the sweep.
+PyTorch's usual 1e-3 for dense and LoRA, which the sweep does not cover.
+
+``DEMO_LR``: ``mcnc demo``'s rate of alpha and beta, from the generator-design runs
+(``python benchmarks/generator_design.py``).
+
+``ADAPTER_LR``: AdamW's rate of each adapter in ``mcnc finetune``: mcnc's adapters from the
+sweep on SmolLM2 at rank 16 (results/finetune/sweep.md); peft's adapters 1e-2, not tuned
+here (results/finetune-peers sweeps each per budget; pass ``lr``).
+"""
+
+from __future__ import annotations
+
+CLASSIFIER_LR = {"dense": 1e-3, "mcnc": 0.3, "mcnc-lowrank": 0.3, "pranc": 0.3, "nola": 0.3,
+                 "lora": 1e-3, "pruning": 0.03}
+DEMO_LR = 0.2
+ADAPTER_LR = {"mcnc": 0.2, "nola": 0.1, "lora": 3e-3}
+PEER_ADAPTER_LR = 1e-2
+
+
+def classifier_lr(method: str) -> float:
+    """The default rate of ``method``'s own numbers in image-classifier training."""
+    return CLASSIFIER_LR[method]
+
+
+def adapter_lr(method: str) -> float:
+    """The default rate of an adapter ``method`` (mcnc's own, or one of peft's)."""
+    return ADAPTER_LR.get(method, PEER_ADAPTER_LR)
