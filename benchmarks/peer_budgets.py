@@ -16,7 +16,7 @@ from pathlib import Path
 
 import peft
 
-from mcnc.adapters.model import select_targets
+from mcnc.adapters.targets import select_targets
 from mcnc.llm.models import MODEL_NAMES, build_language_model
 from mcnc.llm.peers import peer_config
 from mcnc.machine import machine_line

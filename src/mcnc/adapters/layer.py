@@ -9,6 +9,7 @@ keeps them until the adapter's tensors change.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -141,6 +142,42 @@ class AdapterLinear(nn.Module):
         A, B = self.factor_matrices([name])[name]
         return self.slots[name].scaling * (B @ A)
 
+    # -- merging ------------------------------------------------------------------------------
+    def float_weight(self) -> nn.Parameter:
+        """The base layer's weight, which a merge changes (refused for a 4-bit base)."""
+        weight = getattr(self.base_layer, "weight", None)
+        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+            raise ValueError(f"cannot merge into {self.base_layer.__class__.__name__} (no "
+                             "floating-point weight, e.g. a 4-bit base); load the base model in "
+                             "float to merge, or serve the adapter unmerged")
+        return weight
+
+    def _oriented(self, delta: torch.Tensor) -> torch.Tensor:
+        """The (out, in) delta laid out as the base layer stores its weight."""
+        return delta.T if self.transposed else delta
+
+    @torch.no_grad()
+    def merge(self, name: str) -> None:
+        """Add adapter ``name``'s delta to the base weight."""
+        weight = self.float_weight()
+        weight += self._oriented(self.delta_weight(name)).to(weight.dtype)
+
+    @torch.no_grad()
+    def unmerge(self, name: str) -> None:
+        """Subtract adapter ``name``'s delta from the base weight."""
+        weight = self.float_weight()
+        weight -= self._oriented(self.delta_weight(name)).to(weight.dtype)
+
+    def untie(self, sharers: list[str]) -> None:
+        """Give the base layer its own copy of a weight it shares with ``sharers``, and say
+        so."""
+        weight = self.base_layer.weight
+        self.base_layer.weight = nn.Parameter(weight.detach().clone(),
+                                              requires_grad=weight.requires_grad)
+        warnings.warn(f"untied {self.layer_name}.weight from {', '.join(sharers)} to merge "
+                      "into it: the merged model stores both matrices", stacklevel=4)
+
+    # -- running ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
         state = self.state

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,79 +23,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
+from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.files import check_tensors, read_adapter, write_adapter
-from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot, linear_shape
+from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource, build_source
+from mcnc.adapters.targets import (
+    check_layers_fit,
+    linear_layers,
+    select_targets,
+    warn_unadaptable,
+)
 from mcnc.errors import FormatError
-from mcnc.layout import modules_by_type
 
 DEFAULT = "default"
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")
-
-
-def _is_linear(module: nn.Module) -> bool:
-    """A linear-like layer (:func:`~mcnc.adapters.layer.linear_shape`) not yet wrapped."""
-    return not isinstance(module, AdapterLinear) and linear_shape(module) is not None
-
-
-def _out_in(layer: nn.Module) -> tuple[int, int]:
-    in_features, out_features, _ = linear_shape(layer)
-    return out_features, in_features
-
-
-def linear_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Every linear layer of ``model`` by name (the wrapped layer for adapted ones)."""
-    layers = {}
-    for name, module in model.named_modules():
-        if isinstance(module, AdapterLinear):
-            layers[name] = module.base_layer
-        elif _is_linear(module) and not name.endswith(".base_layer"):
-            layers[name] = module
-    return layers
-
-
-def _output_head(model: nn.Module) -> set[str]:
-    get = getattr(model, "get_output_embeddings", None)
-    head = get() if callable(get) else None
-    names = {n for n, m in model.named_modules()
-             if m is head or (isinstance(m, AdapterLinear) and m.base_layer is head)}
-    return names | {"lm_head"}
-
-
-def select_targets(model: nn.Module, spec: str | tuple[str, ...]) -> tuple[AdaptedLayer, ...]:
-    """The linear layers of ``model`` that ``target_modules=spec`` selects, in model order:
-    ``"all-linear"`` (every one but the output head), a regex matched against the whole name,
-    or names (a layer matches a name equal to its own or to its last parts)."""
-    layers = linear_layers(model)
-    if spec == ALL_LINEAR:
-        head = _output_head(model)
-        names = [n for n in layers if n not in head]
-    elif isinstance(spec, str):
-        names = [n for n in layers if re.fullmatch(spec, n)]
-    else:
-        names = [n for n in layers if any(n == s or n.endswith("." + s) for s in spec)]
-    if not names:
-        raise ValueError(f"target_modules={spec!r} matched no linear layer; some layer "
-                         f"names: {list(layers)[:8]}")
-    return tuple(AdaptedLayer(n, *_out_in(layers[n])) for n in names)
-
-
-def _warn_unadaptable(model: nn.Module) -> None:
-    """Warn about weight matrices no adapter can reach: leaf modules with a weight of two or
-    more dimensions that are neither linear layers nor embeddings (e.g. convolutions)."""
-    found: dict[str, list[str]] = {}
-    for name, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if (isinstance(weight, torch.Tensor) and weight.dim() >= 2 and not _is_linear(module)
-                and not isinstance(module, nn.Embedding | AdapterLinear)
-                and next(module.children(), None) is None):
-            found.setdefault(type(module).__name__, []).append(name)
-    if found:
-        warnings.warn(f"adapters only adapt linear layers; these weight matrices stay frozen "
-                      f"({modules_by_type(found)}). To train them too, compress them with "
-                      "mcnc.compress(model, MCNCConfig(mode='delta', target_regex=...))",
-                      stacklevel=3)
 
 
 class AdapterModel(nn.Module):
@@ -180,7 +120,7 @@ class AdapterModel(nn.Module):
             options: ``max_basis_bytes`` for NOLA (above it, bases are regenerated on the fly).
         """
         self._check_new_name(adapter_name)
-        _warn_unadaptable(self.base_model)
+        warn_unadaptable(self.base_model)
         layout = FactorLayout(self.select_targets(config), config.rank)
         source = build_source(config, layout, **options)
         self._install(adapter_name, source)
@@ -275,32 +215,12 @@ class AdapterModel(nn.Module):
             source.after_step()
 
     # -- merging ------------------------------------------------------------------------------
-    def _float_weight(self, layer: AdapterLinear) -> nn.Parameter:
-        weight = getattr(layer.base_layer, "weight", None)
-        if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
-            raise ValueError(f"cannot merge into {layer.base_layer.__class__.__name__} (no "
-                             "floating-point weight, e.g. a 4-bit base); load the base model in "
-                             "float to merge, or serve the adapter unmerged")
-        return weight
-
     def _sharers(self, weight: torch.Tensor, layer: AdapterLinear) -> list[str]:
         """The other names under which the base model holds ``weight`` (tied weights, e.g. an
         output head tied to the input embeddings)."""
         own = f"{layer.layer_name}.base_layer.weight"
         return [n for n, p in self.base_model.named_parameters(remove_duplicate=False)
                 if p is weight and n != own]
-
-    def _untie(self, layer: AdapterLinear, sharers: list[str]) -> nn.Parameter:
-        """Give ``layer`` its own copy of a tied weight, and say so."""
-        weight = layer.base_layer.weight
-        layer.base_layer.weight = nn.Parameter(weight.detach().clone(),
-                                               requires_grad=weight.requires_grad)
-        config = getattr(self.base_model, "config", None)
-        if hasattr(config, "tie_word_embeddings"):
-            config.tie_word_embeddings = False  # so save/reload does not tie them again
-        warnings.warn(f"untied {layer.layer_name}.weight from {', '.join(sharers)} to merge "
-                      "into it: the merged model stores both matrices", stacklevel=3)
-        return layer.base_layer.weight
 
     @torch.no_grad()
     def merge_adapter(self, adapter_name: str | None = None, untie: bool = False) -> None:
@@ -317,26 +237,22 @@ class AdapterModel(nn.Module):
         if name in self.state.merged:
             return
         layers = [m for m in self._adapted_layers() if name in m.slots]
-        weights = [self._float_weight(m) for m in layers]
-        tied = {m.layer_name: s for m, w in zip(layers, weights, strict=True)
-                if (s := self._sharers(w, m))}
+        tied = {m.layer_name: s for m in layers if (s := self._sharers(m.float_weight(), m))}
         if tied and not untie:
             layer, sharers = next(iter(tied.items()))
             raise ValueError(f"cannot merge adapter {name!r} into {layer}: its weight is tied "
                              f"to {', '.join(sharers)}, which would change too. Pass "
                              "untie=True to give the layer its own copy first, or serve the "
                              "adapter unmerged")
-        for i, layer in enumerate(layers):
+        for layer in layers:
             if layer.layer_name in tied:
-                weights[i] = self._untie(layer, tied[layer.layer_name])
-        for layer, weight in zip(layers, weights, strict=True):
-            weight += self._oriented(layer, layer.delta_weight(name)).to(weight.dtype)
+                layer.untie(tied[layer.layer_name])
+                config = getattr(self.base_model, "config", None)
+                if hasattr(config, "tie_word_embeddings"):
+                    config.tie_word_embeddings = False  # so save/reload does not tie them again
+        for layer in layers:
+            layer.merge(name)
         self.state.merged.append(name)
-
-    @staticmethod
-    def _oriented(layer: AdapterLinear, delta: torch.Tensor) -> torch.Tensor:
-        """The (out, in) delta laid out as the layer stores its weight."""
-        return delta.T if layer.transposed else delta
 
     @torch.no_grad()
     def unmerge_adapter(self) -> None:
@@ -345,8 +261,7 @@ class AdapterModel(nn.Module):
             name = self.state.merged.pop()
             for layer in self._adapted_layers():
                 if name in layer.slots:
-                    weight = self._float_weight(layer)
-                    weight -= self._oriented(layer, layer.delta_weight(name)).to(weight.dtype)
+                    layer.unmerge(name)
 
     def merge_and_unload(self, untie: bool = False) -> nn.Module:
         """Merge the active adapter and return the plain base model (adapter layers removed);
@@ -399,16 +314,7 @@ class AdapterModel(nn.Module):
         """
         self._check_new_name(adapter_name)
         config, layout, tensors, _ = read_adapter(path)
-        layers = self.linear_layers()
-        for t in layout.targets:
-            layer = layers.get(t.name)
-            if layer is None:
-                raise FormatError(f"the adapter targets layer {t.name!r}, which the model does "
-                                  "not have (or is not linear): wrong base model?")
-            out_features, in_features = _out_in(layer)
-            if (out_features, in_features) != (t.out_features, t.in_features):
-                raise FormatError(f"layer {t.name!r} is {out_features}x{in_features} in the "
-                                  f"model, {t.out_features}x{t.in_features} in the adapter")
+        check_layers_fit(self.base_model, layout.targets)
         source = build_source(config, layout, **options)
         check_tensors(source, tensors)
         with torch.no_grad():

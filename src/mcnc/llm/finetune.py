@@ -35,8 +35,8 @@ from mcnc.adapters import (
 )
 from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
-from mcnc.adapters.model import select_targets
 from mcnc.adapters.sources import FactorLayout, d_for_budget
+from mcnc.adapters.targets import select_targets
 from mcnc.distributed import Context, init_distributed, sum_over_processes
 from mcnc.errors import DivergedError
 from mcnc.llm.peers import PEERS, peer_config
