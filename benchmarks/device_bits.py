@@ -23,9 +23,9 @@ import torch
 
 import mcnc
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, MCNCSource
-from mcnc.fileformat import tensor_digest
-from mcnc.machine import machine_line
-from mcnc.methods import build_method
+from mcnc.apps.machine import machine_line
+from mcnc.apps.methods import build_method
+from mcnc.core.fileformat import tensor_digest
 from mcnc.models import resnet20
 
 TOLERANCE = 1e-5

@@ -20,8 +20,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mcnc.llm.finetune import FinetuneSettings, finetune
-from mcnc.machine import machine_line
+from mcnc.apps.finetune import FinetuneSettings, finetune
+from mcnc.apps.machine import machine_line
 
 BUDGET = 6000
 PAPER_BUDGET = 26_880

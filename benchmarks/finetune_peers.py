@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from mcnc.comparison_report import machines_line, welch
-from mcnc.machine import machine_line
-from mcnc.worker_pool import process_pool
+from mcnc.apps.comparison_report import machines_line, welch
+from mcnc.apps.machine import machine_line
+from mcnc.apps.worker_pool import process_pool
 
 try:
     import fcntl
@@ -178,8 +178,8 @@ def _run_in_worker(settings: dict, threads: int) -> dict:
     """One fine-tuning run in this (fresh) process; the adapter goes to a scratch folder."""
     import torch
 
-    from mcnc.errors import DivergedError
-    from mcnc.llm.finetune import FinetuneSettings, finetune
+    from mcnc.apps.finetune import FinetuneSettings, finetune
+    from mcnc.core.errors import DivergedError
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as scratch:

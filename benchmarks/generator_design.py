@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from mcnc import MCNCConfig, compress, models
-from mcnc.coverage import coverage, fit_generator
+from mcnc.apps.coverage import coverage, fit_generator
+from mcnc.apps.loop import train_classifier
+from mcnc.apps.machine import machine_info, machine_line
 from mcnc.data.mnist import mnist_tensors
-from mcnc.loop import train_classifier
-from mcnc.machine import machine_info, machine_line
 
 BASE = {"k": 16, "d": 1600, "width": 64, "depth": 2, "hidden_gain": 4.0, "L": 20.0,
         "activation": "sine"}

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from mcnc.machine import machine_line
+from mcnc.apps.machine import machine_line
 
 CASES = {"mlp": 60_000, "lenet5": 15_000}
 """Model -> training images of the one epoch each run trains."""

@@ -5,7 +5,7 @@ peft builds (parameters that require grad), on all 210 linear layers of the 30 b
 
     python benchmarks/peer_budgets.py --out results/finetune/peer_budgets.md   # ~5 min
 
-The settings come from :func:`mcnc.llm.peers.peer_config`, which ``mcnc finetune --method
+The settings come from :func:`mcnc.apps.peers.peer_config`, which ``mcnc finetune --method
 <peer> --budget N`` uses too; the fine-tuning runs themselves are not part of this script.
 """
 
@@ -17,14 +17,14 @@ from pathlib import Path
 import peft
 
 from mcnc.adapters.targets import select_targets
+from mcnc.apps.machine import machine_line
+from mcnc.apps.peers import peer_config
 from mcnc.llm.models import MODEL_NAMES, build_language_model
-from mcnc.llm.peers import peer_config
-from mcnc.machine import machine_line
 
 BUDGETS = (6_000, 26_880)
 KNOBS = {"fourierft": ("n_frequency",), "unilora": ("theta_d_length",), "tinylora": ("u",),
          "vblora": ("r", "vector_length", "num_vectors"), "vera": ("r",), "randlora": ("r",)}
-"""The settings :func:`mcnc.llm.peers.peer_config` chooses for a budget, shown per method."""
+"""The settings :func:`mcnc.apps.peers.peer_config` chooses for a budget, shown per method."""
 METHODS = {"FourierFT": "fourierft", "Uni-LoRA": "unilora", "TinyLoRA": "tinylora",
            "VB-LoRA": "vblora", "VeRA": "vera", "RandLoRA": "randlora"}
 

@@ -7,7 +7,7 @@
 
 import sys
 
-from mcnc.cli import main
+from mcnc.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["bench", *sys.argv[1:]]))

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from mcnc.apps.machine import machine_line
 from mcnc.llm.models import load_smollm2, load_smollm2_tokenizer, smollm2_gguf_path
 from mcnc.llm.quantized import Linear4bit, linear_weight_bytes, load_gguf_4bit
-from mcnc.machine import machine_line
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Paris is the capital of France, and "
         "London is the capital of the United Kingdom. Water boils at one hundred degrees.")

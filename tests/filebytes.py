@@ -4,7 +4,7 @@ import json
 
 import safetensors.torch
 
-from mcnc.fileformat import metadata_digest, tensor_digest
+from mcnc.core.fileformat import metadata_digest, tensor_digest
 
 
 def split(data: bytes) -> tuple[dict, dict]:

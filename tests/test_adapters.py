@@ -13,8 +13,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import mcnc
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.sources import generate_all
-from mcnc.fileformat import metadata_digest
-from mcnc.generator import Generator
+from mcnc.core.fileformat import metadata_digest
+from mcnc.core.generator import Generator
 
 VOCAB = 96
 CONFIGS = {

@@ -20,7 +20,7 @@ from mcnc.baselines import (
 )
 from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
-from mcnc.initialisation import element_std
+from mcnc.core.initialisation import element_std
 
 BUILDERS = {
     "pranc": lambda m, mode="scratch": pranc(m, PRANCConfig(coefficients=40, mode=mode)),

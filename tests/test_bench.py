@@ -7,9 +7,9 @@ import torch
 
 from mcnc.adapters.config import MCNCAdapterConfig
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, MCNCSource
-from mcnc.bench.measure import peak_extra_bytes, peak_memory_supported, ratio_of_medians
-from mcnc.bench.reconstruction import generator_bound, llama7b_targets
-from mcnc.cli import main
+from mcnc.apps.bench.measure import peak_extra_bytes, peak_memory_supported, ratio_of_medians
+from mcnc.apps.bench.reconstruction import generator_bound, llama7b_targets
+from mcnc.apps.cli import main
 
 
 def test_quick_bench_writes_every_section(tmp_path, capsys):

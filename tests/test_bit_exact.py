@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mcnc
-from mcnc.fileformat import tensor_digest
+from mcnc.core.fileformat import tensor_digest
 
 SCRIPT = r"""
 import json, sys
@@ -23,8 +23,8 @@ torch.set_num_threads(int(sys.argv[2]))
 import mcnc
 from mcnc.adapters.config import MCNCAdapterConfig
 from mcnc.adapters.sources import FactorLayout, MCNCSource
-from mcnc.bench.reconstruction import llama7b_targets
-from mcnc.fileformat import tensor_digest as digest
+from mcnc.apps.bench.reconstruction import llama7b_targets
+from mcnc.core.fileformat import tensor_digest as digest
 from mcnc.models import resnet20
 
 out = {"file": digest(mcnc.reconstruct(sys.argv[1]))}
@@ -45,7 +45,7 @@ DTYPES = ("torch.float32", "torch.float64", "torch.bfloat16")
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    from mcnc.methods import build_method
+    from mcnc.apps.methods import build_method
     from mcnc.models import resnet20
 
     torch.manual_seed(0)

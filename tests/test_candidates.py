@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import mcnc
-from mcnc.loop import param_groups, warmup_cosine
+from mcnc.apps.loop import param_groups, warmup_cosine
 
 
 def mlp():

@@ -11,8 +11,8 @@ import torch
 from toymodels import make
 
 import mcnc
-from mcnc.cli import build_parser, main
-from mcnc.demo import DemoSettings, run_demo
+from mcnc.apps.cli import build_parser, main
+from mcnc.apps.demo import DemoSettings, run_demo
 
 
 def _saved(tmp_path):
@@ -89,7 +89,7 @@ def test_train_command_prints_one_json_line_and_inspects_any_method(tmp_path, ca
 
 
 def test_train_beta_lr_scale_sets_and_records_beta_s_own_rate(tmp_path, capsys, monkeypatch):
-    import mcnc.classifier_run as run
+    import mcnc.apps.classifier_run as run
 
     groups = []
     real = run.param_groups
@@ -175,7 +175,7 @@ def test_train_help_shows_the_default_epochs(monkeypatch, capsys):
 
 
 def test_each_command_runs_its_own_handler():
-    from mcnc.compare import PRESETS
+    from mcnc.apps.compare import PRESETS
 
     minimal = {"compare": ["--preset", next(iter(PRESETS))], "inspect": ["f.mcnc"],
                "reconstruct": ["f.mcnc", "-o", "f.safetensors"]}
@@ -185,9 +185,9 @@ def test_each_command_runs_its_own_handler():
 
 
 def test_importing_the_cli_leaves_the_command_modules_unimported():
-    lazy = ("mcnc.classifier_run", "mcnc.compare", "mcnc.llm.finetune", "mcnc.bench.run",
-            "transformers")
-    code = f"import sys, mcnc.cli; print([m for m in {lazy!r} if m in sys.modules])"
+    lazy = ("mcnc.apps.classifier_run", "mcnc.apps.compare", "mcnc.apps.finetune",
+            "mcnc.apps.bench.run", "transformers")
+    code = f"import sys, mcnc.apps.cli; print([m for m in {lazy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"

@@ -7,9 +7,9 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 
-from mcnc import compare as cmp
-from mcnc.classifier_run import TrainSettings
-from mcnc.comparison_report import machines_line
+from mcnc.apps import compare as cmp
+from mcnc.apps.classifier_run import TrainSettings
+from mcnc.apps.comparison_report import machines_line
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def _row(label, mean, std, seeds=3, budget=1000):
 
 @pytest.mark.parametrize(("mean", "verdict"), [(91.0, "win"), (89.0, "loss"), (90.3, "tie")])
 def test_win_only_beyond_twice_the_standard_error(mean, verdict):
-    from mcnc.comparison_report import versus_subspace
+    from mcnc.apps.comparison_report import versus_subspace
 
     rows = [_row("nola", 90.0, 0.3), _row("pranc", 85.0, 0.3), _row("mcnc", mean, 0.3)]
     text = versus_subspace(rows[2], rows)
@@ -79,7 +79,7 @@ def test_win_only_beyond_twice_the_standard_error(mean, verdict):
 
 
 def test_scoreboard_counts_each_cells_verdict_against_its_best_rival():
-    from mcnc.comparison_report import is_subspace, scoreboard
+    from mcnc.apps.comparison_report import is_subspace, scoreboard
 
     rows = [_row("nola", 90.0, 0.3), _row("pranc", 85.0, 0.3), _row("mcnc", 91.0, 0.3),
             _row("nola", 95.0, 0.3, budget=3000), _row("mcnc", 94.0, 0.3, budget=3000),
@@ -93,7 +93,7 @@ def test_scoreboard_counts_each_cells_verdict_against_its_best_rival():
 
 
 def test_glance_has_a_line_per_cell_a_column_per_method_and_bolds_the_best():
-    from mcnc.comparison_report import glance
+    from mcnc.apps.comparison_report import glance
 
     rows = [_row("mcnc", 91.0, 0.3), _row("nola", 90.0, 0.25),
             {**_row("mcnc", 40.5, 50.0, budget=10_000), "failed": 2},
@@ -112,7 +112,7 @@ def test_glance_has_a_line_per_cell_a_column_per_method_and_bolds_the_best():
 
 
 def test_a_run_that_fell_apart_or_ends_at_chance_has_failed():
-    from mcnc.comparison_report import failed
+    from mcnc.apps.comparison_report import failed
 
     def history(*pairs):
         return [{"test_accuracy": a, "train_loss": loss} for a, loss in pairs]
@@ -127,7 +127,7 @@ def test_a_run_that_fell_apart_or_ends_at_chance_has_failed():
 
 
 def test_a_sweep_picks_the_best_rate_below_the_first_that_fell_to_chance():
-    from mcnc.comparison_report import fell_to_chance, picked_rates, stable_best
+    from mcnc.apps.comparison_report import fell_to_chance, picked_rates, stable_best
 
     assert fell_to_chance([{"test_accuracy": 0.098}, {"test_accuracy": 0.98}], classes=10)
     assert not fell_to_chance([{"test_accuracy": 0.21}], classes=10)
@@ -150,8 +150,8 @@ def test_converged_rates_are_the_picks_of_the_committed_sweep():
     """``CONVERGED_LR`` is what ``stable_best`` picks from results/converged-lr (committed)."""
     from pathlib import Path
 
-    from mcnc.comparison_report import stable_best
-    from mcnc.presets import CONVERGED_LR
+    from mcnc.apps.comparison_report import stable_best
+    from mcnc.apps.presets import CONVERGED_LR
 
     sweep = cmp.Comparison(cmp.PRESETS["converged-lr"],
                            Path(__file__).parents[1] / "results" / "converged-lr")
@@ -164,7 +164,7 @@ def test_converged_rates_are_the_picks_of_the_committed_sweep():
 
 
 def test_late_change_is_the_gain_over_the_last_fifth():
-    from mcnc.comparison_report import late_change
+    from mcnc.apps.comparison_report import late_change
 
     history = [{"test_accuracy": a} for a in (0.5, 0.8, 0.9, 0.91, 0.915)]
     assert late_change(history) == pytest.approx(0.5)  # 0.91 -> 0.915 over the last 1 of 5
@@ -172,7 +172,7 @@ def test_late_change_is_the_gain_over_the_last_fifth():
 
 
 def test_flatness_line_counts_rows_that_still_moved():
-    from mcnc.comparison_report import flatness_line
+    from mcnc.apps.comparison_report import flatness_line
 
     rows = [{"late": 0.1}, {"late": -0.35}, {"late": None}, {"late": 0.29}]
     assert flatness_line(rows).startswith("Flat by the 0.3-point rule: 2 of 3 rows; the 1 ")
@@ -190,10 +190,10 @@ def test_curves_and_table_columns(tiny_preset, tmp_path):
 
 
 def test_converged_presets_describe_their_grid():
+    from mcnc.apps.presets import PRANC_MAX_BASIS, PRESETS, SELECTED_WEIGHTS
     from mcnc.baselines import PRANCConfig
-    from mcnc.layout import plan_layout
+    from mcnc.core.layout import plan_layout
     from mcnc.models import build_model
-    from mcnc.presets import PRANC_MAX_BASIS, PRESETS, SELECTED_WEIGHTS
 
     for model, weights in SELECTED_WEIGHTS.items():
         layout = plan_layout(build_model(model, 1, 28, 10), PRANCConfig(coefficients=1))
@@ -255,7 +255,7 @@ def test_jobs_on_one_gpu_warn_that_the_runs_take_turns(monkeypatch):
 def test_records_keep_the_settings_they_ran_at():
     """A record written before ``hidden_gain`` was a setting ran at gain 4, not today's 8; the
     generator's settings do not identify a run of a method without a generator."""
-    from mcnc.methods import MethodSettings
+    from mcnc.apps.methods import MethodSettings
 
     old = {k: v for k, v in asdict(MethodSettings()).items() if k != "hidden_gain"}
     run = TrainSettings(model="mlp", dataset="mnist", method="mcnc", budget=300)
@@ -269,8 +269,8 @@ def test_records_keep_the_settings_they_ran_at():
 
 def test_held_in_gain_is_the_default_and_old_presets_keep_gain_4():
     import mcnc
-    from mcnc.methods import MethodSettings
-    from mcnc.presets import PRESETS
+    from mcnc.apps.methods import MethodSettings
+    from mcnc.apps.presets import PRESETS
 
     assert MethodSettings().hidden_gain == mcnc.MCNCConfig().hidden_gain == 8.0
     for name in ("quick", "lr", "held-in", "ablation-L"):
@@ -287,8 +287,8 @@ def test_lowrank_rank_32_is_the_default_and_its_measurements_keep_64():
     """results/lowrank-rank made 32 MCNC w/ LoRA's rank; NOLA keeps 64, and the presets
     measured at 64 keep it, so their records still match their runs."""
     import mcnc
-    from mcnc.methods import MethodSettings
-    from mcnc.presets import PRESETS
+    from mcnc.apps.methods import MethodSettings
+    from mcnc.apps.presets import PRESETS
 
     assert MethodSettings().rank == mcnc.MCNCConfig().rank == 32
     assert MethodSettings().nola_rank == 64
@@ -308,8 +308,8 @@ def test_lowrank_rank_32_is_the_default_and_its_measurements_keep_64():
 
 def test_hadamard_mixing_is_the_default_and_records_before_it_ran_unmixed():
     import mcnc
-    from mcnc.methods import MethodSettings
-    from mcnc.presets import PRESETS
+    from mcnc.apps.methods import MethodSettings
+    from mcnc.apps.presets import PRESETS
 
     assert MethodSettings().mixing == mcnc.MCNCConfig().mixing == "hadamard"
     assert {s.method_settings.mixing for s in PRESETS["converged"].runs} == {"hadamard"}
@@ -330,7 +330,7 @@ def test_finished_presets_still_match_their_committed_records(name):
     every run of a finished preset still finds its record in results/<name>/runs.jsonl."""
     from pathlib import Path
 
-    from mcnc.presets import PRESETS
+    from mcnc.apps.presets import PRESETS
 
     log = Path(__file__).parents[1] / "results" / name / "runs.jsonl"
     keys = {cmp._key(json.loads(line)["settings"]) for line in log.read_text().splitlines()}

@@ -63,7 +63,7 @@ def test_committed_demo_file_loads():
 def test_a_file_with_chunks_per_layer_is_refused_with_the_removed_option_named(tmp_path):
     """mcnc 0.1.0 could write chunks per layer (``layer_chunks``); 0.2 no longer reads them."""
     model = mcnc.compress(make("odd"), mcnc.MCNCConfig(k=3, d=64, width=8, mixing="none"))
-    tensors, meta = filebytes.split(mcnc.fileformat.to_bytes(model))
+    tensors, meta = filebytes.split(mcnc.core.fileformat.to_bytes(model))
     meta |= {"format_version": 2, "allocation_power": 0.5,
              "layer_chunks": [{"targets": 4, "chunks": 4}]}
     path = tmp_path / "per-layer.mcnc"

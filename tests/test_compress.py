@@ -7,8 +7,8 @@ from torch import nn
 from toymodels import Tied, example_input, fit, make
 
 import mcnc
-from mcnc.generator import fold_into_cube
-from mcnc.layout import plan_layout
+from mcnc.core.generator import fold_into_cube
+from mcnc.core.layout import plan_layout
 
 
 def test_a_checkpoint_that_names_alpha_and_beta_at_the_top_level_loads():

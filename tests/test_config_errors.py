@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 import mcnc
+from mcnc.apps.methods import MethodSettings, build_method
 from mcnc.llm.models import tiny_llama
-from mcnc.methods import MethodSettings, build_method
 
 
 def small() -> nn.Sequential:

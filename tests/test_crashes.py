@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import mcnc
-from mcnc.checkpoint import read_checkpoint, restore, save_checkpoint
-from mcnc.cli import main
+from mcnc.apps.checkpoint import read_checkpoint, restore, save_checkpoint
+from mcnc.apps.cli import main
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process

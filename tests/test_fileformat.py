@@ -7,8 +7,8 @@ import torch
 from toymodels import Tied, example_input, fit, make
 
 import mcnc
-from mcnc.coverage import fit_generator
-from mcnc.fileformat import FORMAT_VERSION, atomic_write, metadata_digest
+from mcnc.apps.coverage import fit_generator
+from mcnc.core.fileformat import FORMAT_VERSION, atomic_write, metadata_digest
 
 CASES = {
     "scratch-odd": ("odd", dict(k=3, d=64, width=8)),

@@ -13,7 +13,7 @@ import torch
 
 import mcnc
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, d_for_budget
-from mcnc.llm.finetune import FinetuneSettings, finetune
+from mcnc.apps.finetune import FinetuneSettings, finetune
 from mcnc.llm.models import build_language_model
 
 ARGS = ["--model", "tiny-llama", "--steps", "4", "--batch-size", "4", "--max-length", "48",
@@ -116,7 +116,7 @@ def test_bad_settings_are_clear(tmp_path):
 
 
 def test_a_nan_loss_stops_finetuning_without_writing_an_adapter(tmp_path, monkeypatch):
-    from mcnc.llm import finetune as module
+    from mcnc.apps import finetune as module
 
     real, calls = module._token_loss_sum, []
 
@@ -159,7 +159,7 @@ def test_sizing_without_projection_matches_a_randlora_built_without_it_and_resto
     """RandLoRA reads ``save_projection`` only when it is built: the lean size must come out as
     if it had been built with False, and the model must save its bases again afterwards."""
     peft = pytest.importorskip("peft")
-    from mcnc.llm.finetune import _without_projection
+    from mcnc.apps.finetune import _without_projection
 
     def randlora(save_projection: bool):
         torch.manual_seed(0)

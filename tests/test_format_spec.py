@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 import mcnc
-from mcnc import rng
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -31,12 +30,13 @@ from mcnc.baselines import (
 from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.compress import MCNCModel
-from mcnc.fileformat import FORMAT_VERSION, MAX_HEADER_BYTES, metadata_digest, tensor_digest
-from mcnc.generator import Generator, GeneratorSpec, fold_into_cube, seeded_weights
-from mcnc.initialisation import element_std, seeded_init
-from mcnc.layout import Layout, materialize
-from mcnc.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_WIDTH
-from mcnc.mixing import SeededMixing
+from mcnc.core import rng
+from mcnc.core.fileformat import FORMAT_VERSION, MAX_HEADER_BYTES, metadata_digest, tensor_digest
+from mcnc.core.generator import Generator, GeneratorSpec, fold_into_cube, seeded_weights
+from mcnc.core.initialisation import element_std, seeded_init
+from mcnc.core.layout import Layout, materialize
+from mcnc.core.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_WIDTH
+from mcnc.core.mixing import SeededMixing
 
 DOC = Path(__file__).parents[1] / "docs" / "format.md"
 TEXT = DOC.read_text(encoding="utf-8")

@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from mcnc.coverage import coverage, fit_generator, plot_curves, sliced_wasserstein, uniform_sphere
-from mcnc.generator import Generator, GeneratorSpec
+from mcnc.apps.coverage import (
+    coverage,
+    fit_generator,
+    plot_curves,
+    sliced_wasserstein,
+    uniform_sphere,
+)
+from mcnc.core.generator import Generator, GeneratorSpec
 
 
 def test_outputs_are_unit_vectors_even_at_zero():

@@ -102,7 +102,7 @@ def test_uncovered_weight_matrices_are_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"Conv1D.*transformer\.h\.0\.attn\.c_attn.*target_types"):
         mcnc.compress(tiny_gpt2(), mcnc.MCNCConfig(k=8, d=500, width=16,
                                                    target_types=(torch.nn.Embedding,)))
-    assert Conv1D in mcnc.config.default_target_types()
+    assert Conv1D in mcnc.core.config.default_target_types()
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))

@@ -35,8 +35,8 @@ from hypothesis import strategies as st
 from toymodels import make
 
 import mcnc
-from mcnc import rng
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME, read_adapter
+from mcnc.apps.bench.measure import peak_extra_bytes
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -47,10 +47,10 @@ from mcnc.baselines import (
     pranc,
     prune,
 )
-from mcnc.bench.measure import peak_extra_bytes
-from mcnc.fileformat import metadata_digest, tensor_digest
-from mcnc.generator import Generator, seeded_weights
-from mcnc.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_NUMBERS, MAX_WIDTH, MAX_WORK
+from mcnc.core import rng
+from mcnc.core.fileformat import metadata_digest, tensor_digest
+from mcnc.core.generator import Generator, seeded_weights
+from mcnc.core.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_NUMBERS, MAX_WIDTH, MAX_WORK
 from mcnc.llm.models import tiny_llama
 
 MEMORY = 256 << 20
@@ -158,7 +158,7 @@ def valid_file(method: str) -> bytes:
     with torch.no_grad():  # move the method's tensors off their initial values
         for p in model.parameters():
             p.add_(0.01)
-    return mcnc.fileformat.to_bytes(model)
+    return mcnc.core.fileformat.to_bytes(model)
 
 
 # -- running one case -------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import mcnc
-from mcnc.mixing import SeededMixing, hadamard, padded_length
+from mcnc.core.mixing import SeededMixing, hadamard, padded_length
 
 
 def _sylvester(length: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ def _butterflies_with_autograd(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_the_hadamard_backward_is_what_autograd_computes_bit_for_bit():
-    from mcnc.mixing import _Hadamard
+    from mcnc.core.mixing import _Hadamard
 
     x = torch.randn(4096, requires_grad=True)
     grad = torch.randn(4096)

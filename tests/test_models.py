@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import mcnc
-from mcnc.layout import plan_layout
+from mcnc.core.layout import plan_layout
 from mcnc.models import (
     MODEL_NAMES,
     build_model,

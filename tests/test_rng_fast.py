@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mcnc import rng
+from mcnc.core import rng
 
 HAVE_NUMBA = "numba" in rng.available_backends()
 BACKENDS = [

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mcnc import rng
-from mcnc.generator import Generator, GeneratorSpec, seeded_weights
+from mcnc.core import rng
+from mcnc.core.generator import Generator, GeneratorSpec, seeded_weights
 
 # Known-answer vectors of Philox4x32-10 published with Random123 (kat_vectors):
 # counter (4 words), key (2 words) -> output (4 words).

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mcnc
-from mcnc.classifier_run import Run, TrainSettings, _deterministic, train
-from mcnc.distributed import Context
-from mcnc.methods import METHOD_NAMES, build_method
+from mcnc.apps.classifier_run import Run, TrainSettings, _deterministic, train
+from mcnc.apps.distributed import Context
+from mcnc.apps.methods import METHOD_NAMES, build_method
 from mcnc.models import build_model
 
 SMALL = dict(model="mlp", dataset="mnist", epochs=2, batch_size=64, train_subset=512,
@@ -98,7 +98,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 def test_batch_norm_recalibration_uses_the_exact_average_of_the_batches():
     from torch import nn
 
-    from mcnc.classifier_run import recalibrate_batch_norm
+    from mcnc.apps.classifier_run import recalibrate_batch_norm
 
     model = nn.Sequential(nn.Conv2d(1, 3, 1, bias=False), nn.BatchNorm2d(3)).eval()
     model[1].running_mean.fill_(100.0)

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from mcnc.worker_pool import parent_gone
+from mcnc.apps.worker_pool import parent_gone
 
 KILLED_PARENT = """
 import os, signal, sys, time
 from pathlib import Path
-from mcnc.worker_pool import process_pool
+from mcnc.apps.worker_pool import process_pool
 pool = process_pool(1, poll_seconds=0.1)
 Path(sys.argv[1]).write_text(str(pool.submit(os.getpid).result()))
 pool.submit(time.sleep, 600)

@@ -14,11 +14,11 @@ from mcnc.adapters import (
     get_adapter_model,
 )
 from mcnc.compress import MCNCModel, compress
-from mcnc.config import MCNCConfig
-from mcnc.errors import DivergedError
-from mcnc.fileformat import FormatError, load, read, reconstruct, save
-from mcnc.generator import Generator, GeneratorSpec, fold_into_cube
-from mcnc.summary import Summary, summarize
+from mcnc.core.config import MCNCConfig
+from mcnc.core.errors import DivergedError
+from mcnc.core.fileformat import FormatError, load, read, reconstruct, save
+from mcnc.core.generator import Generator, GeneratorSpec, fold_into_cube
+from mcnc.core.summary import Summary, summarize
 
 __version__ = "0.2.0"
 

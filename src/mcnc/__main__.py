@@ -2,6 +2,6 @@
 
 import sys
 
-from mcnc.cli import main
+from mcnc.apps.cli import main
 
 sys.exit(main())

@@ -1,7 +1,7 @@
 """Reparameterise any ``nn.Module``: its selected weights become ``beta * phi(alpha)`` chunks.
 
     flat   = concat(selected parameters or their low-rank factors)       (length N)
-    flat   = the one region of a chunked manifold (mcnc.manifold)        (scratch, lowrank)
+    flat   = the one region of a chunked manifold (mcnc.core.manifold)        (scratch, lowrank)
     theta  = theta0 + generated                                           (delta)
 
 All chunks come from one batched generator call. Parameters are cut back out of the flat
@@ -14,21 +14,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mcnc import rng
-from mcnc.config import MCNCConfig
-from mcnc.errors import FormatError
-from mcnc.generator import Generator, seeded_weights_shapes
-from mcnc.initialisation import target_std
-from mcnc.layout import Layout, plan_layout
-from mcnc.limits import MAX_NUMBERS, check_work
-from mcnc.manifold import ChunkedManifold, Region, chunk_count, expected_shapes
+from mcnc.core import rng
+from mcnc.core.config import MCNCConfig
+from mcnc.core.errors import FormatError
+from mcnc.core.generator import Generator, seeded_weights_shapes
+from mcnc.core.initialisation import target_std
+from mcnc.core.layout import Layout, plan_layout
+from mcnc.core.limits import MAX_NUMBERS, check_work
+from mcnc.core.manifold import ChunkedManifold, HoldsManifold, Region, chunk_count, expected_shapes
+from mcnc.core.reparam import Reparameterized, check_float32, flat_values
 from mcnc.metadata import (
     generator_from_meta,
     mcnc_config_from_meta,
     mcnc_format_version,
     write_mcnc_metadata,
 )
-from mcnc.reparam import Reparameterized, check_float32, flat_values
 
 
 def weights_region(layout: Layout, params: dict[str, torch.Tensor], config: MCNCConfig
@@ -54,12 +54,12 @@ def weights_region(layout: Layout, params: dict[str, torch.Tensor], config: MCNC
                   (rng.MIXING_SIGN_STREAM, rng.MIXING_PERMUTATION_STREAM))
 
 
-class MCNCModel(Reparameterized):
+class MCNCModel(HoldsManifold, Reparameterized):
     """A model whose selected weights are generated from ``alpha`` (n, m, k) and ``beta`` (n, m)
-    of a :class:`~mcnc.manifold.ChunkedManifold`.
+    of a :class:`~mcnc.core.manifold.ChunkedManifold`.
 
     ``parameters()`` yields exactly ``alpha``, ``beta`` and the dense leftovers that train
-    (normalisation layers in scratch/lowrank mode). See :class:`~mcnc.reparam.Reparameterized`
+    (normalisation layers in scratch/lowrank mode). See :class:`~mcnc.core.reparam.Reparameterized`
     for the caching of generated weights.
     """
 
@@ -75,18 +75,6 @@ class MCNCModel(Reparameterized):
                                         config.alpha_init_scale)
         self._modules["base"] = self._modules.pop("base")  # alpha and beta listed first
         self._refresh()
-
-    @property
-    def generator(self) -> Generator:
-        return self.manifold.generator
-
-    @property
-    def alpha(self) -> nn.Parameter:
-        return self.manifold.alpha
-
-    @property
-    def beta(self) -> nn.Parameter:
-        return self.manifold.beta
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         """Checkpoints written before the manifold was a submodule name ``alpha`` and ``beta``
@@ -177,7 +165,7 @@ def compress(model: nn.Module, config: MCNCConfig | None = None,
         model: any module; its parameters should be float32.
         config: what to compress and how (defaults to :class:`MCNCConfig()`).
         generator: a generator to use instead of the seeded one (e.g. one fitted with
-            :func:`mcnc.coverage.fit_generator`); its spec must match ``config``.
+            :func:`mcnc.apps.coverage.fit_generator`); its spec must match ``config``.
     """
     config = config or MCNCConfig()
     if isinstance(model, MCNCModel):

@@ -1,16 +1,16 @@
 """MCNC's own part of a ``.mcnc`` file's metadata: the generator and the config fields, as
 :class:`~mcnc.compress.MCNCModel` writes them and as a load reads them back (every value
-checked; a bad one raises :class:`~mcnc.errors.FormatError`). The format: docs/format.md."""
+checked; a bad one raises :class:`~mcnc.core.errors.FormatError`). The format: docs/format.md."""
 
 from __future__ import annotations
 
 from dataclasses import fields
 
-from mcnc import rng
-from mcnc.config import MCNCConfig
-from mcnc.errors import FormatError
-from mcnc.generator import GeneratorSpec
-from mcnc.manifold import MIXINGS
+from mcnc.core import rng
+from mcnc.core.config import MCNCConfig
+from mcnc.core.errors import FormatError
+from mcnc.core.generator import GeneratorSpec
+from mcnc.core.manifold import MIXINGS
 
 REMOVED_FIELDS = ("layer_chunks", "allocation_power")
 """Version-2 fields of chunks per layer, which mcnc no longer reads (the Hadamard mixing won

@@ -20,9 +20,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
-from mcnc.generator import GeneratorSpec
-from mcnc.limits import check_positive_ints, check_seed, is_number
-from mcnc.manifold import MIXINGS
+from mcnc.core.generator import GeneratorSpec
+from mcnc.core.limits import check_positive_ints, check_seed, is_number
+from mcnc.core.manifold import MIXINGS
 
 ALL_LINEAR = "all-linear"
 
@@ -106,7 +106,7 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     of ``d`` numbers; chunk j is ``sum_i beta[j, i] * phi(alpha[j, i])`` for ``i < m``.
     Trained numbers: ``m * (k + 1)`` per chunk. The defaults follow the paper's LLaMA set-up
     (generator input 5, one hidden layer of 32, output 5000, m = 1), with hidden gain 4; see
-    :class:`~mcnc.generator.GeneratorSpec` for the generator's fields."""
+    :class:`~mcnc.core.generator.GeneratorSpec` for the generator's fields."""
 
     method = "mcnc"
 

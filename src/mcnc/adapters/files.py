@@ -36,9 +36,9 @@ from mcnc.adapters.config import (
 )
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource
 from mcnc.baselines.subspace import split_coefficients
-from mcnc.errors import FormatError
-from mcnc.fileformat import atomic_write, metadata_digest, tensor_digest
-from mcnc.limits import (
+from mcnc.core.errors import FormatError
+from mcnc.core.fileformat import atomic_write, metadata_digest, tensor_digest
+from mcnc.core.limits import (
     MAX_ADAPTER_FACTOR_NUMBERS,
     VALUE_ERRORS,
     check_finite,
@@ -46,7 +46,7 @@ from mcnc.limits import (
     is_int,
     is_number,
 )
-from mcnc.manifold import Region, chunk_count, expected_shapes
+from mcnc.core.manifold import Region, chunk_count, expected_shapes
 
 FORMAT = "mcnc-adapter"
 FORMAT_VERSION = 2

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mcnc.adapters.sources import FactorSource, generate_all
-from mcnc.reparam import tensor_versions
+from mcnc.core.reparam import tensor_versions
 
 BASE = "__base__"
 """The name that means "no adapter" in ``adapter_names`` of a mixed batch."""

@@ -33,7 +33,7 @@ from mcnc.adapters.targets import (
     select_targets,
     warn_unadaptable,
 )
-from mcnc.errors import FormatError
+from mcnc.core.errors import FormatError
 
 DEFAULT = "default"
 _NAME = re.compile(r"[A-Za-z0-9_\-]+")

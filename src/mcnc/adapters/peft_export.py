@@ -19,7 +19,7 @@ import safetensors.torch
 import torch
 
 from mcnc.adapters.model import AdapterModel
-from mcnc.fileformat import atomic_write
+from mcnc.core.fileformat import atomic_write
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PEFT_WEIGHTS_NAME = "adapter_model.safetensors"

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mcnc import rng
 from mcnc.adapters.config import (
     AdapterConfig,
     LoRAAdapterConfig,
@@ -27,15 +26,16 @@ from mcnc.adapters.config import (
 )
 from mcnc.baselines.basis import RandomBasis
 from mcnc.baselines.subspace import split_coefficients
-from mcnc.generator import Generator
-from mcnc.initialisation import UNIT_BOUND
-from mcnc.manifold import ChunkedManifold, Region
+from mcnc.core import rng
+from mcnc.core.generator import Generator
+from mcnc.core.initialisation import UNIT_BOUND
+from mcnc.core.manifold import ChunkedManifold, HoldsManifold, Region
 
 
 @dataclass(frozen=True)
 class AdaptedLayer:
     """One linear layer an adapter adapts: its name and its ``(out, in)`` features (not a
-    :class:`~mcnc.layout.Target`, which is one compressed parameter of a whole model)."""
+    :class:`~mcnc.core.layout.Target`, which is one compressed parameter of a whole model)."""
 
     name: str
     out_features: int
@@ -181,8 +181,8 @@ def factor_regions(layout: FactorLayout) -> list[Region]:
     return [a, b]
 
 
-class MCNCSource(FactorSource):
-    """``a`` and ``b`` are the two regions of a :class:`~mcnc.manifold.ChunkedManifold`
+class MCNCSource(HoldsManifold, FactorSource):
+    """``a`` and ``b`` are the two regions of a :class:`~mcnc.core.manifold.ChunkedManifold`
     (:func:`factor_regions`): each cut into chunks of ``d`` (the last one zero-padded), chunk j
     ``sum_i beta[j, i] * phi(alpha[j, i])``, each region optionally mixed on its own
     (``mixing="hadamard"``). ``a`` starts with the spread of LoRA's initial ``A``, ``b`` at
@@ -196,18 +196,6 @@ class MCNCSource(FactorSource):
         generator = generator or Generator(config.generator_spec())
         self.manifold = ChunkedManifold(generator, factor_regions(layout), config.m,
                                         config.mixing, config.seed)
-
-    @property
-    def generator(self) -> Generator:
-        return self.manifold.generator
-
-    @property
-    def alpha(self) -> nn.Parameter:
-        return self.manifold.alpha
-
-    @property
-    def beta(self) -> nn.Parameter:
-        return self.manifold.beta
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         return {"mcnc.alpha": self.alpha, "mcnc.beta": self.beta}

@@ -12,8 +12,8 @@ from torch import nn
 from mcnc.adapters.config import ALL_LINEAR
 from mcnc.adapters.layer import AdapterLinear, linear_shape
 from mcnc.adapters.sources import AdaptedLayer
-from mcnc.errors import FormatError
-from mcnc.layout import modules_by_type
+from mcnc.core.errors import FormatError
+from mcnc.core.layout import modules_by_type
 
 
 def _is_linear(module: nn.Module) -> bool:
@@ -81,7 +81,7 @@ def warn_unadaptable(model: nn.Module) -> None:
 
 
 def check_layers_fit(model: nn.Module, targets: tuple[AdaptedLayer, ...]) -> None:
-    """Raise :class:`~mcnc.errors.FormatError` unless ``model`` has every adapted layer, of
+    """Raise :class:`~mcnc.core.errors.FormatError` unless ``model`` has every adapted layer, of
     the same shape (an adapter file read for the wrong base model)."""
     layers = linear_layers(model)
     for t in targets:

@@ -1,5 +1,5 @@
 """Baselines in the same harness and file format as MCNC: PRANC, NOLA, LoRA and magnitude
-pruning. Each is a :class:`~mcnc.reparam.Reparameterized` model."""
+pruning. Each is a :class:`~mcnc.core.reparam.Reparameterized` model."""
 
 from mcnc.baselines.lora import LoRAConfig, LoRAModel, lora
 from mcnc.baselines.pruning import PrunedModel, PruningConfig, prune

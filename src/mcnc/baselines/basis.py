@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from mcnc import rng
-from mcnc.initialisation import UNIT_BOUND
+from mcnc.core import rng
+from mcnc.core.initialisation import UNIT_BOUND
 
 DEFAULT_MAX_BYTES = 4 << 30
 BLOCK_BYTES = 64 << 20

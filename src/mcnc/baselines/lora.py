@@ -11,13 +11,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mcnc import rng
-from mcnc.config import FactoredSelection
-from mcnc.errors import FormatError
-from mcnc.initialisation import seeded_init
-from mcnc.layout import Layout, plan_layout
-from mcnc.limits import MAX_SEED, is_int
-from mcnc.reparam import Reparameterized, check_float32, flat_values
+from mcnc.core import rng
+from mcnc.core.config import FactoredSelection
+from mcnc.core.errors import FormatError
+from mcnc.core.initialisation import seeded_init
+from mcnc.core.layout import Layout, plan_layout
+from mcnc.core.limits import MAX_SEED, is_int
+from mcnc.core.reparam import Reparameterized, check_float32, flat_values
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ def initial_factors(layout: Layout, config: LoRAConfig) -> torch.Tensor:
 
 class LoRAModel(Reparameterized):
     """Selected weights from trained low-rank factors, all held in one flat ``factors`` tensor
-    laid out like :class:`~mcnc.layout.Layout` (``A`` then ``B`` per target)."""
+    laid out like :class:`~mcnc.core.layout.Layout` (``A`` then ``B`` per target)."""
 
     method = "lora"
 

@@ -13,11 +13,11 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mcnc.config import Selection
-from mcnc.errors import FormatError
-from mcnc.layout import Layout, plan_layout
-from mcnc.limits import check_positive_ints
-from mcnc.reparam import Reparameterized, check_float32, flat_values
+from mcnc.core.config import Selection
+from mcnc.core.errors import FormatError
+from mcnc.core.layout import Layout, plan_layout
+from mcnc.core.limits import check_positive_ints
+from mcnc.core.reparam import Reparameterized, check_float32, flat_values
 
 
 @dataclass(frozen=True)

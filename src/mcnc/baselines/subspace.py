@@ -19,14 +19,14 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mcnc import rng
 from mcnc.baselines.basis import DEFAULT_MAX_BYTES, RandomBasis
-from mcnc.config import FactoredSelection, Selection
-from mcnc.errors import FormatError
-from mcnc.initialisation import UNIT_BOUND, element_std, seeded_init
-from mcnc.layout import Layout, plan_layout
-from mcnc.limits import MAX_SEED, check_positive_ints, check_work, is_int
-from mcnc.reparam import Reparameterized, check_float32, flat_values
+from mcnc.core import rng
+from mcnc.core.config import FactoredSelection, Selection
+from mcnc.core.errors import FormatError
+from mcnc.core.initialisation import UNIT_BOUND, element_std, seeded_init
+from mcnc.core.layout import Layout, plan_layout
+from mcnc.core.limits import MAX_SEED, check_positive_ints, check_work, is_int
+from mcnc.core.reparam import Reparameterized, check_float32, flat_values
 
 
 @dataclass(frozen=True)

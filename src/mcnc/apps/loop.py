@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mcnc.reparam import Reparameterized
+from mcnc.core.reparam import Reparameterized
 
 
 @dataclass
@@ -49,7 +49,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def param_groups(model: nn.Module, lr: float, dense_lr: float, **rates: float) -> list[dict]:
-    """A compressed model's own groups (:meth:`~mcnc.reparam.Reparameterized.param_groups`:
+    """A compressed model's own groups (:meth:`~mcnc.core.reparam.Reparameterized.param_groups`:
     its numbers at ``lr``, with ``rates`` such as MCNC's ``beta_lr_scale``, the rest at
     ``dense_lr``); a dense model's trainable parameters at ``dense_lr``."""
     if isinstance(model, Reparameterized):

@@ -1,7 +1,7 @@
 """The frozen generator ``phi: [-L, L]^k -> S^(d-1)`` that winds a cube around the sphere.
 
 ``phi`` is a small multi-layer perceptron with sine activations (the default) whose weights
-are regenerated from an integer seed by :mod:`mcnc.rng`::
+are regenerated from an integer seed by :mod:`mcnc.core.rng`::
 
     h_1 = sin(W_1 alpha + b_1)                 W_1 ~ U(+-1/k),                b_1 ~ U(+-pi)
     h_t = sin(W_t h_(t-1) + b_t), t = 2..depth  W_t ~ U(+-gain * sqrt(6/width)), b_t ~ U(+-pi)
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mcnc import rng
-from mcnc.limits import (
+from mcnc.core import rng
+from mcnc.core.limits import (
     MAX_D,
     MAX_DEPTH,
     MAX_GENERATOR_WEIGHTS,
@@ -209,7 +209,7 @@ def generator_forward(
 
 class Generator(nn.Module):
     """``phi`` as a module. Its tensors are non-persistent buffers: they come from the seed,
-    or, for a generator fitted with :func:`mcnc.coverage.fit_generator`, from the file."""
+    or, for a generator fitted with :func:`mcnc.apps.coverage.fit_generator`, from the file."""
 
     def __init__(self, spec: GeneratorSpec, weights: list[torch.Tensor] | None = None):
         super().__init__()

@@ -1,5 +1,5 @@
 """A seeded orthogonal mixing of MCNC's generated vector: each chunk then moves weights all
-over the network instead of only its own d (used by :mod:`mcnc.manifold`).
+over the network instead of only its own d (used by :mod:`mcnc.core.manifold`).
 
 A PRANC coefficient moves every weight of the network, an MCNC chunk only d of them. Mixing
 the generated vector x (the n chunks end to end, zero-padded to length D = 2**ceil(log2(n d)))
@@ -25,7 +25,7 @@ import math
 import torch
 from torch import nn
 
-from mcnc import rng
+from mcnc.core import rng
 
 
 def padded_length(numbers: int) -> int:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import safetensors.torch
 import torch
 
-from mcnc.fileformat import to_bytes
-from mcnc.reparam import Reparameterized
+from mcnc.core.fileformat import to_bytes
+from mcnc.core.reparam import Reparameterized
 
 
 @dataclass

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from mcnc.classifier_run import TrainSettings, train
-from mcnc.comparison_report import (
+from mcnc.apps.classifier_run import TrainSettings, train
+from mcnc.apps.comparison_report import (
     REMOVED_METHOD_DEFAULTS,
     failed,
     fell_to_chance,
@@ -30,10 +30,10 @@ from mcnc.comparison_report import (
     plot_curves,
     row_label,
 )
+from mcnc.apps.methods import SETTINGS_READ_BY, MethodSettings
+from mcnc.apps.presets import PRESETS, Preset
+from mcnc.apps.worker_pool import process_pool
 from mcnc.data.registry import DATASETS
-from mcnc.methods import SETTINGS_READ_BY, MethodSettings
-from mcnc.presets import PRESETS, Preset
-from mcnc.worker_pool import process_pool
 
 RECORDED_DEFAULTS = {"hidden_gain": 4.0, "mixing": "none"}
 """Method settings whose default has changed, with the value a record that predates the field

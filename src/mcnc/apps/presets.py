@@ -1,6 +1,6 @@
 """The named grids of ``mcnc compare``: which runs a preset trains and with which seeds.
 
-A preset is data: a tuple of :class:`~mcnc.classifier_run.TrainSettings`, each trained once per
+A preset is data: a tuple of :class:`~mcnc.apps.classifier_run.TrainSettings`, each trained once per
 seed. ``converged`` is the comparison behind the README's table; ``converged-lr`` is its
 learning-rate sweep; ``quick`` and ``lr`` are the short first comparison and its sweep; the
 ``ablation-*`` presets vary one MCNC setting.
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from mcnc.classifier_run import TrainSettings
-from mcnc.methods import MethodSettings
+from mcnc.apps.classifier_run import TrainSettings
+from mcnc.apps.methods import MethodSettings
 
 
 @dataclass(frozen=True)

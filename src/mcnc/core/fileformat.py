@@ -17,7 +17,7 @@ before it changes anything.
 Files may come from anyone, so a reader trusts nothing in them: every metadata value has its
 type and range checked (JSON booleans are not integers), every floating-point tensor must be
 finite, and a file may describe at most ``MAX_NUMBERS`` weights and ask for at most
-``MAX_WORK`` operations to regenerate them (:mod:`mcnc.limits`); anything else is a
+``MAX_WORK`` operations to regenerate them (:mod:`mcnc.core.limits`); anything else is a
 :class:`FormatError`.
 """
 
@@ -34,10 +34,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from mcnc.errors import FormatError
-from mcnc.layout import Layout, layout_mismatches
-from mcnc.limits import MAX_NUMBERS, VALUE_ERRORS, check_finite, is_int
-from mcnc.reparam import METHODS, Reparameterized, flat_values
+from mcnc.core.errors import FormatError
+from mcnc.core.layout import Layout, layout_mismatches
+from mcnc.core.limits import MAX_NUMBERS, VALUE_ERRORS, check_finite, is_int
+from mcnc.core.reparam import METHODS, Reparameterized, flat_values
 
 FORMAT_NAME = "mcnc"
 FORMAT_VERSION = 2

@@ -1,13 +1,13 @@
 """The machinery every compression method shares: selected parameters computed on the fly.
 
 A :class:`Reparameterized` model wraps an ordinary ``nn.Module``. The parameters chosen by a
-:class:`~mcnc.layout.Layout` are removed from their modules; before every forward pass the
+:class:`~mcnc.core.layout.Layout` are removed from their modules; before every forward pass the
 method computes the flat vector of those parameters from its own few trainable tensors,
 
     flat  = method's generated vector                 (scratch)
     flat  = theta0 + method's generated vector        (delta: theta0 frozen)
 
-cuts it into named tensors (:func:`~mcnc.layout.materialize`) and installs them as plain
+cuts it into named tensors (:func:`~mcnc.core.layout.materialize`) and installs them as plain
 tensors, so the wrapped model runs unchanged and gradients flow back to the method's tensors.
 Subclasses (MCNC, PRANC, NOLA, LoRA, pruning) only say how the flat vector is made and what
 goes into the file.
@@ -20,8 +20,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from mcnc.config import Selection
-from mcnc.layout import Layout, materialize, owner_of
+from mcnc.core.config import Selection
+from mcnc.core.layout import Layout, materialize, owner_of
 
 
 def flat_values(layout: Layout, params: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -11,7 +11,7 @@ with every region's chunks made in one batched generator call (:meth:`Generator.
 
 Unmixed, region r is its chunks end to end with the padding dropped. Mixed
 (``mixing="hadamard"``), its chunks end to end go through a seeded randomised Hadamard
-transform ``M_r`` of their own (:class:`~mcnc.mixing.SeededMixing`, an isometry), and entry i
+transform ``M_r`` of their own (:class:`~mcnc.core.mixing.SeededMixing`, an isometry), and entry i
 is scaled by its spread relative to the region's root mean square ``s_r``:
 
     region_r[i] = (std_i / s_r) * (M_r x)_i,     i < N_r
@@ -35,8 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mcnc.generator import Generator, initial_alpha
-from mcnc.mixing import SeededMixing
+from mcnc.core.generator import Generator, initial_alpha
+from mcnc.core.mixing import SeededMixing
 
 MIXINGS = ("none", "hadamard")
 
@@ -173,3 +173,22 @@ class ChunkedManifold(nn.Module):
     def extra_repr(self) -> str:
         return (f"chunks={sum(self.counts)}, m={self.m}, "
                 f"mixing={'none' if self.mixings is None else 'hadamard'}")
+
+
+class HoldsManifold:
+    """For a module whose trained numbers are a :class:`ChunkedManifold` in ``self.manifold``
+    (an MCNC model, an MCNC adapter): its generator, alpha and beta as its own attributes."""
+
+    manifold: ChunkedManifold
+
+    @property
+    def generator(self) -> Generator:
+        return self.manifold.generator
+
+    @property
+    def alpha(self) -> nn.Parameter:
+        return self.manifold.alpha
+
+    @property
+    def beta(self) -> nn.Parameter:
+        return self.manifold.beta

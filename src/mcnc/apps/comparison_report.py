@@ -13,8 +13,8 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-from mcnc.machine import machine_line
-from mcnc.methods import MethodSettings
+from mcnc.apps.machine import machine_line
+from mcnc.apps.methods import MethodSettings
 
 SUBSPACES = ("pranc", "nola")
 """The linear random subspaces MCNC is measured against."""

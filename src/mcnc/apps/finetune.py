@@ -37,15 +37,15 @@ from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.sources import FactorLayout, d_for_budget
 from mcnc.adapters.targets import select_targets
-from mcnc.distributed import Context, init_distributed, sum_over_processes
-from mcnc.errors import DivergedError
-from mcnc.llm.peers import PEERS, peer_config
-from mcnc.machine import machine_line, peak_memory, reset_peak_memory
-from mcnc.rates import adapter_lr
+from mcnc.apps.distributed import Context, init_distributed, sum_over_processes
+from mcnc.apps.machine import machine_line, peak_memory, reset_peak_memory
+from mcnc.apps.peers import PEERS, peer_config
+from mcnc.apps.rates import adapter_lr
+from mcnc.core.errors import DivergedError
 
 OWN_METHODS = ("mcnc", "nola", "lora")
 ADAPTER_METHODS = OWN_METHODS + PEERS
-"""mcnc's own adapters, then peft's, run through peft itself (:mod:`mcnc.llm.peers`)."""
+"""mcnc's own adapters, then peft's, run through peft itself (:mod:`mcnc.apps.peers`)."""
 BASES = ("float32", "gguf-4bit")
 _SET_BY_FINETUNE = {"target_modules", "rank", "seed", "mixing", "d"}
 """MCNCAdapterConfig fields that FinetuneSettings sets itself (not through mcnc_options)."""
@@ -68,7 +68,7 @@ class FinetuneSettings:
     """Global batch size (split over processes under torchrun)."""
     max_length: int = 128
     lr: float | None = None
-    """None: the method's default (:func:`mcnc.rates.adapter_lr`)."""
+    """None: the method's default (:func:`mcnc.apps.rates.adapter_lr`)."""
     seed: int = 0
     base: str = "float32"
     """``float32`` or ``gguf-4bit``: the transformer's linear layers keep the GGUF file's own

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from mcnc import rng
-from mcnc.layout import Layout, Target
+from mcnc.core import rng
+from mcnc.core.layout import Layout, Target
 
 UNIT_BOUND = math.sqrt(3.0)
 """``U(-sqrt(3), sqrt(3))`` has unit variance."""

@@ -34,9 +34,9 @@ from mcnc.baselines import (
 )
 from mcnc.baselines.basis import DEFAULT_MAX_BYTES
 from mcnc.compress import compress
-from mcnc.config import MCNCConfig
-from mcnc.layout import plan_layout
-from mcnc.limits import MAX_D
+from mcnc.core.config import MCNCConfig
+from mcnc.core.layout import plan_layout
+from mcnc.core.limits import MAX_D
 
 METHOD_NAMES = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "lora", "pruning")
 
@@ -44,7 +44,7 @@ METHOD_NAMES = ("dense", "mcnc", "mcnc-lowrank", "pranc", "nola", "lora", "pruni
 class MethodSettings:
     """A method's own knobs for :func:`build_method` (the budget and the seed are arguments of
     their own: they belong to the run, not to one method). MCNC's defaults are
-    :class:`~mcnc.config.MCNCConfig`'s."""
+    :class:`~mcnc.core.config.MCNCConfig`'s."""
 
     k: int = MCNCConfig.k
     d: int | None = None

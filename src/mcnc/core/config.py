@@ -9,12 +9,12 @@ from typing import ClassVar
 
 from torch import nn
 
-from mcnc.generator import GeneratorSpec
-from mcnc.limits import check_positive_ints, is_number
-from mcnc.manifold import MIXINGS
+from mcnc.core.generator import GeneratorSpec
+from mcnc.core.limits import check_positive_ints, is_number
+from mcnc.core.manifold import MIXINGS
 
 FACTOR_RULES = ("always", "when-smaller")
-"""How low-rank methods choose what to factor (see :func:`mcnc.layout.target_rank`)."""
+"""How low-rank methods choose what to factor (see :func:`mcnc.core.layout.target_rank`)."""
 BASE_TARGET_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,
@@ -101,7 +101,7 @@ class FactoredSelection(Selection):
 class MCNCConfig(GeneratorSpec, Selection):
     """Configuration of :func:`mcnc.compress`: the generator's fields (``k``, ``d``, ``L``,
     ``width``, ``depth``, ``activation``, ``hidden_gain``, ``seed``; see
-    :class:`~mcnc.generator.GeneratorSpec`), what to compress (:class:`Selection`) and how.
+    :class:`~mcnc.core.generator.GeneratorSpec`), what to compress (:class:`Selection`) and how.
 
     The selected parameters are flattened in ``model.named_parameters()`` order, concatenated,
     zero-padded to a multiple of ``d`` and cut into chunks; chunk j is
@@ -115,17 +115,15 @@ class MCNCConfig(GeneratorSpec, Selection):
     m: int = 1
     """Generator outputs summed per chunk (the paper's m)."""
     rank: int = 32
-    """Rank of the factors in ``"lowrank"`` mode (paper: 64 for ResNets, 32 for DeiT). 32 won
-    or tied every cell of results/lowrank-rank against 64 (MNIST MLP and LeNet-5 at budgets 300
-    and 1,000; ranks 4 and 8 lost); files record the rank, so older files reload."""
+    """Rank of the factors in ``"lowrank"`` mode (the paper: 64 for ResNets, 32 for DeiT;
+    results/lowrank-rank measures the choice)."""
     alpha_init_scale: float = 1.0
     """Initial alphas are uniform on ``[-s L, s L]^k`` for this ``s`` (1: the whole cube)."""
     mixing: str = "hadamard"
     """``"hadamard"`` mixes the generated vector with a seeded randomised Hadamard transform,
     so that every chunk moves weights all over the network, and scales each entry to its
-    layer's default spread (see :mod:`mcnc.mixing`; files record it, format version 2).
-    ``"none"``: each chunk generates its own d weights, as in the paper (and format version
-    1). Hadamard won every cell of the held-in set (results/held-in-2, scratch mode)."""
+    layer's default spread (see :mod:`mcnc.core.manifold`; format version 2 files).
+    ``"none"``: each chunk generates its own d weights, as in the paper (version 1)."""
 
     def __post_init__(self) -> None:
         GeneratorSpec.__post_init__(self)

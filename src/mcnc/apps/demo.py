@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 from mcnc import models
+from mcnc.apps.loop import EpochResult, predict, train_classifier
+from mcnc.apps.machine import machine_info, machine_line
+from mcnc.apps.rates import DEMO_LR
 from mcnc.compress import MCNCModel, compress
-from mcnc.config import MCNCConfig
+from mcnc.core.config import MCNCConfig
+from mcnc.core.fileformat import STORAGE_DTYPES, load, save
+from mcnc.core.summary import summarize
 from mcnc.data.mnist import mnist_tensors
-from mcnc.fileformat import STORAGE_DTYPES, load, save
-from mcnc.loop import EpochResult, predict, train_classifier
-from mcnc.machine import machine_info, machine_line
-from mcnc.rates import DEMO_LR
-from mcnc.summary import summarize
 
 
 @dataclass

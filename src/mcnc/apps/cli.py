@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mcnc.core.errors import FormatError
 from mcnc.data.errors import DataError
-from mcnc.errors import FormatError
 
 if TYPE_CHECKING:
     _Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
@@ -53,7 +53,7 @@ def _add_command(sub: _Subparsers, name: str, summary: str) -> argparse.Argument
 
 def _add_demo(sub: _Subparsers) -> None:
     """Add ``mcnc demo`` and its options; it runs :func:`_demo`."""
-    from mcnc.demo import DemoSettings
+    from mcnc.apps.demo import DemoSettings
 
     p = _add_command(sub, "demo", "train an MCNC-compressed MNIST classifier (offline)")
     demo = {name: _default(DemoSettings, name)
@@ -75,7 +75,7 @@ def _add_demo(sub: _Subparsers) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from mcnc.demo import DemoSettings, run_demo
+    from mcnc.apps.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(epochs=args.epochs, lr=args.lr, k=args.k, d=args.d, seed=args.seed,
                           limit=args.limit, out=args.out, progress=not args.no_progress,
@@ -84,7 +84,7 @@ def _demo(args: argparse.Namespace) -> None:
 
 def _add_coverage(sub: _Subparsers) -> None:
     """Add ``mcnc coverage`` and its options; it runs :func:`_coverage`."""
-    from mcnc.generator import GeneratorSpec
+    from mcnc.core.generator import GeneratorSpec
 
     p = _add_command(sub, "coverage", "how evenly the generator covers the sphere")
     spec = GeneratorSpec()
@@ -113,9 +113,9 @@ def _add_coverage(sub: _Subparsers) -> None:
 
 
 def _coverage(args: argparse.Namespace) -> None:
-    from mcnc.coverage import coverage, fit_generator, plot_curves
-    from mcnc.generator import GeneratorSpec
-    from mcnc.machine import machine_line
+    from mcnc.apps.coverage import coverage, fit_generator, plot_curves
+    from mcnc.apps.machine import machine_line
+    from mcnc.core.generator import GeneratorSpec
 
     print(f"machine: {machine_line()}")
     print(f"sliced Wasserstein distance to U(S^{args.d - 1}) in units of 1/sqrt(d) "
@@ -155,8 +155,8 @@ def _add_bench(sub: _Subparsers) -> None:
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from mcnc.bench.report import markdown
-    from mcnc.bench.run import SECTIONS, BenchSettings, run_bench
+    from mcnc.apps.bench.report import markdown
+    from mcnc.apps.bench.run import SECTIONS, BenchSettings, run_bench
 
     if args.rounds < 1:
         raise ValueError(f"--rounds must be at least 1, got {args.rounds}")
@@ -171,9 +171,9 @@ def _bench(args: argparse.Namespace) -> None:
 
 def _add_train(sub: _Subparsers) -> None:
     """Add ``mcnc train`` and its options; it runs :func:`_train`."""
-    from mcnc.generator import ACTIVATIONS
-    from mcnc.manifold import MIXINGS
-    from mcnc.methods import METHOD_NAMES, MethodSettings
+    from mcnc.apps.methods import METHOD_NAMES, MethodSettings
+    from mcnc.core.generator import ACTIVATIONS
+    from mcnc.core.manifold import MIXINGS
     from mcnc.models import MODEL_NAMES
 
     p = _add_command(sub, "train", "train one model with one method and budget (also under "
@@ -231,8 +231,8 @@ def _add_train(sub: _Subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from mcnc.classifier_run import TrainSettings, train
-    from mcnc.methods import MethodSettings
+    from mcnc.apps.classifier_run import TrainSettings, train
+    from mcnc.apps.methods import MethodSettings
 
     ranks = {} if args.rank is None else {"rank": args.rank, "nola_rank": args.rank}
     method = MethodSettings(k=args.k, d=args.d, L=args.L, m=args.m, **ranks,
@@ -252,9 +252,9 @@ def _train(args: argparse.Namespace) -> None:
 
 def _add_finetune(sub: _Subparsers) -> None:
     """Add ``mcnc finetune`` and its options; it runs :func:`_finetune`."""
-    from mcnc.llm.finetune import ADAPTER_METHODS, BASES, FinetuneSettings
-    from mcnc.manifold import MIXINGS
-    from mcnc.rates import ADAPTER_LR, PEER_ADAPTER_LR
+    from mcnc.apps.finetune import ADAPTER_METHODS, BASES, FinetuneSettings
+    from mcnc.apps.rates import ADAPTER_LR, PEER_ADAPTER_LR
+    from mcnc.core.manifold import MIXINGS
 
     run = FinetuneSettings()
 
@@ -292,7 +292,7 @@ def _add_finetune(sub: _Subparsers) -> None:
 
 
 def _finetune(args: argparse.Namespace) -> None:
-    from mcnc.llm.finetune import FinetuneSettings, finetune
+    from mcnc.apps.finetune import FinetuneSettings, finetune
 
     result = finetune(FinetuneSettings(
         model=args.model, method=args.method, budget=args.budget, rank=args.rank,
@@ -309,7 +309,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
 def _add_compare(sub: _Subparsers) -> None:
     """Add ``mcnc compare`` and its options; it runs :func:`_compare`."""
-    from mcnc.compare import PRESETS
+    from mcnc.apps.compare import PRESETS
 
     p = _add_command(sub, "compare", "a grid of methods x budgets x seeds: markdown table "
                      "and plot")
@@ -332,7 +332,7 @@ def _add_compare(sub: _Subparsers) -> None:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    from mcnc.compare import compare
+    from mcnc.apps.compare import compare
 
     out = args.out or f"mcnc-compare-{args.preset}"
     given = [a for a in sys.argv[2:] if a != "--report-only"]  # the command that trains
@@ -378,7 +378,7 @@ def _inspect_adapter(folder: Path, as_json: bool) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from mcnc.fileformat import read
+    from mcnc.core.fileformat import read
 
     path = Path(args.file)
     if path.is_dir() and (path / "adapter_config.json").exists():
@@ -425,7 +425,7 @@ def _add_reconstruct(sub: _Subparsers) -> None:
 def _reconstruct(args: argparse.Namespace) -> None:
     import safetensors.torch
 
-    from mcnc.fileformat import atomic_write, reconstruct
+    from mcnc.core.fileformat import atomic_write, reconstruct
 
     base = safetensors.torch.load_file(args.base) if args.base else None
     state = reconstruct(args.file, base)

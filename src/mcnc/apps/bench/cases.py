@@ -2,7 +2,7 @@
 
 Variants of a workload (say ResNet-20 dense and MCNC) are timed in alternating rounds, each
 against the workload's reference variant; then, after all timings, the peak memory of one call
-of each variant is taken (see :func:`mcnc.bench.measure.track_large_allocations`).
+of each variant is taken (see :func:`mcnc.apps.bench.measure.track_large_allocations`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mcnc.bench.measure import peak_extra_bytes, ratio_of_medians, time_calls
+from mcnc.apps.bench.measure import peak_extra_bytes, ratio_of_medians, time_calls
 
 
 @dataclass

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from mcnc.errors import FormatError
+from mcnc.core.errors import FormatError
 
 MAX_SEED = 2**64 - 1
 """Seeds are Philox keys: two 32-bit words."""

@@ -2,7 +2,7 @@
 (classifiers) or with a LoRA adapter (language models), on fixed synthetic batches.
 
 Each step is a whole training step: forward, loss, backward, optimiser update and MCNC's
-alpha folding, as :func:`mcnc.loop.train_step` and ``mcnc finetune`` do it.
+alpha folding, as :func:`mcnc.apps.loop.train_step` and ``mcnc finetune`` do it.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from torch import nn
 from mcnc.adapters import AdapterModel, LoRAAdapterConfig, MCNCAdapterConfig, NOLAAdapterConfig
 from mcnc.adapters.config import AdapterConfig
 from mcnc.adapters.sources import FactorLayout, d_for_budget
-from mcnc.bench.cases import Case
-from mcnc.loop import param_groups, train_step
-from mcnc.methods import build_method
-from mcnc.rates import adapter_lr, classifier_lr
+from mcnc.apps.bench.cases import Case
+from mcnc.apps.loop import param_groups, train_step
+from mcnc.apps.methods import build_method
+from mcnc.apps.rates import adapter_lr, classifier_lr
 
 
 def classifier_cases(workload: str, build: Callable[[], nn.Module], budget: int,

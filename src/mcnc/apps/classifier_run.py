@@ -25,19 +25,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from mcnc.apps.checkpoint import read_checkpoint, restore, save_checkpoint
+from mcnc.apps.distributed import Context, init_distributed, sum_over_processes
+from mcnc.apps.loop import param_groups, train_step, warmup_cosine
+from mcnc.apps.machine import machine_line
+from mcnc.apps.methods import METHOD_NAMES, MethodSettings, build_method
+from mcnc.apps.rates import classifier_lr
 from mcnc.baselines import PruningConfig, prune
-from mcnc.checkpoint import read_checkpoint, restore, save_checkpoint
+from mcnc.core.errors import DivergedError
+from mcnc.core.fileformat import atomic_write, save, to_bytes
+from mcnc.core.reparam import Reparameterized
 from mcnc.data.dataset import ImageDataset, collate_batch, subset
 from mcnc.data.registry import load_dataset
-from mcnc.distributed import Context, init_distributed, sum_over_processes
-from mcnc.errors import DivergedError
-from mcnc.fileformat import atomic_write, save, to_bytes
-from mcnc.loop import param_groups, train_step, warmup_cosine
-from mcnc.machine import machine_line
-from mcnc.methods import METHOD_NAMES, MethodSettings, build_method
 from mcnc.models import build_model
-from mcnc.rates import classifier_lr
-from mcnc.reparam import Reparameterized
 
 
 @dataclass

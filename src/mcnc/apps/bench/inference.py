@@ -16,7 +16,7 @@ from torch import nn
 
 from mcnc.adapters import AdapterModel, MCNCAdapterConfig
 from mcnc.adapters.sources import generate_all
-from mcnc.bench.cases import Case
+from mcnc.apps.bench.cases import Case
 
 ADAPTER_COUNTS = (1, 4, 16)
 

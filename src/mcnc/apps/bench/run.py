@@ -4,7 +4,7 @@ run on this machine, written as JSON and a markdown table.
 Timings are medians over alternating rounds (the variants of a workload take turns); ratios
 are medians of the per-round ratios. Training and inference run first, with the memory
 allocator as users have it. Reconstructions run next, with every large allocation a fresh
-mapping (:func:`~mcnc.bench.measure.track_large_allocations`), as a first allocation always is:
+mapping (:func:`~mcnc.apps.bench.measure.track_large_allocations`), as a first allocation always is:
 each rebuilt weight lands in new memory. Their bound is the GEMM rate over the FLOPs per weight
 or the memory-write rate, whichever is lower; writing into fresh memory is slower than that
 (the system maps every page on first touch), which is why they run a second time with PyTorch's
@@ -24,14 +24,14 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from mcnc.bench.cases import Case, Measured, measure_group, measure_peaks
-from mcnc.bench.measure import (
+from mcnc.apps.bench.cases import Case, Measured, measure_group, measure_peaks
+from mcnc.apps.bench.measure import (
     gemm_flops_per_second,
     track_large_allocations,
     write_bytes_per_second,
 )
-from mcnc.bench.report import markdown
-from mcnc.machine import machine_info, machine_line
+from mcnc.apps.bench.report import markdown
+from mcnc.apps.machine import machine_info, machine_line
 
 SECTIONS = ("reconstruction", "training", "inference")
 HUGE_PAGES_SWITCH = "THP_MEM_ALLOC_ENABLE"
@@ -75,7 +75,7 @@ class Workloads:
 
 
 def _reconstruction_groups(w: Workloads, folder: Path, quick: bool) -> list[list[Case]]:
-    from mcnc.bench.reconstruction import adapter_cases, llama7b_targets, model_cases
+    from mcnc.apps.bench.reconstruction import adapter_cases, llama7b_targets, model_cases
     from mcnc.models import resnet20, resnet56
 
     name, build = ("resnet20", resnet20) if quick else ("resnet56", resnet56)
@@ -86,7 +86,7 @@ def _reconstruction_groups(w: Workloads, folder: Path, quick: bool) -> list[list
 
 
 def _training_groups(w: Workloads, load_llm) -> list[list[Case]]:
-    from mcnc.bench.step_time import adapter_training_cases, classifier_cases
+    from mcnc.apps.bench.step_time import adapter_training_cases, classifier_cases
     from mcnc.models import mlp, resnet20
 
     b = w.classifier_batch
@@ -97,7 +97,7 @@ def _training_groups(w: Workloads, load_llm) -> list[list[Case]]:
 
 
 def _inference_groups(w: Workloads, load_llm) -> list[list[Case]]:
-    from mcnc.bench.inference import inference_cases
+    from mcnc.apps.bench.inference import inference_cases
 
     cases, generation = inference_cases(w.llm, load_llm(), *w.serve_batch)
     return [cases, [generation]]
@@ -181,7 +181,7 @@ def _reconstruction_with_huge_pages(s: BenchSettings) -> dict:
 
 def _add_bounds(result: dict) -> None:
     """Beside every reconstruction: the bound of its FLOPs per weight on this machine."""
-    from mcnc.bench.reconstruction import generator_bound
+    from mcnc.apps.bench.reconstruction import generator_bound
 
     for case in result["cases"]:
         flops = case.get("generation_flops_per_weight")

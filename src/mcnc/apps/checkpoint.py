@@ -14,8 +14,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
-from mcnc.errors import FormatError
-from mcnc.fileformat import atomic_write
+from mcnc.core.errors import FormatError
+from mcnc.core.fileformat import atomic_write
 
 CHECKPOINT_FORMAT = "mcnc-checkpoint"
 

@@ -17,7 +17,7 @@ from functools import cached_property
 import torch
 from torch import nn
 
-from mcnc.config import Selection
+from mcnc.core.config import Selection
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from mcnc.generator import Generator, GeneratorSpec, generator_forward
+from mcnc.core.generator import Generator, GeneratorSpec, generator_forward
 
 
 def uniform_sphere(n: int, d: int, generator: torch.Generator) -> torch.Tensor:

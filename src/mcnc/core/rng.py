@@ -48,7 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from mcnc.limits import check_seed, is_int
+from mcnc.core.limits import check_seed, is_int
 
 PRNG_NAME = "philox4x32-10"
 

@@ -4,7 +4,7 @@ numbers, at equal budget, beside the bound this machine sets.
 Two workloads:
 
 * ``resnet56``: every conv and linear weight of a CIFAR ResNet-56 in scratch mode (MCNC,
-  PRANC, NOLA built by :func:`mcnc.methods.build_method` with the same budget). Timed as the
+  PRANC, NOLA built by :func:`mcnc.apps.methods.build_method` with the same budget). Timed as the
   computation of all weight tensors from the model's trained numbers (``warm``: frozen
   generator or bases already in memory when they fit) and as ``mcnc.reconstruct`` of a saved
   file (``cold``: from the file and the seed alone, what a user loading a model pays).
@@ -25,14 +25,14 @@ from pathlib import Path
 import torch
 
 import mcnc
-from mcnc import rng
 from mcnc.adapters.config import MCNCAdapterConfig, NOLAAdapterConfig
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, MCNCSource, NOLASource
+from mcnc.apps.bench.cases import Case
+from mcnc.apps.methods import build_method
 from mcnc.baselines.basis import RandomBasis
-from mcnc.bench.cases import Case
-from mcnc.initialisation import UNIT_BOUND
-from mcnc.methods import build_method
-from mcnc.reparam import Reparameterized
+from mcnc.core import rng
+from mcnc.core.initialisation import UNIT_BOUND
+from mcnc.core.reparam import Reparameterized
 
 PRANC_SLICE_COEFFICIENTS = 256
 """Coefficients of the slice of PRANC's adapter basis that is actually timed."""
