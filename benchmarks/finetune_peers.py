@@ -93,11 +93,17 @@ HELD_IN_CANDIDATES = {
     "mcnc-mixed": {"mixing": "hadamard"},
     "mcnc-mixed r4": {"mixing": "hadamard", "rank": 4},
     "mcnc-mixed gen-vision": {"mixing": "hadamard", "mcnc_options": VISION_GENERATOR},
+    "mcnc-joint": {"mixing": "hadamard-joint"},
+    "mcnc-mixed beta x0.3": {"mixing": "hadamard", "beta_lr_scale": 0.3},
+    "mcnc-mixed beta x3": {"mixing": "hadamard", "beta_lr_scale": 3.0},
+    "mcnc-mixed alpha-centre": {"mixing": "hadamard",
+                                "mcnc_options": {"alpha_init_scale": 0.1}},
     "mcnc r4": {"rank": 4},
     "mcnc gen-vision": {"mcnc_options": VISION_GENERATOR},
 }
-"""The MCNC adapter's held-in candidates (issue 33): today's default first, each candidate
-the settings it changes."""
+"""The MCNC adapter's held-in candidates (issue 33): today's default first, then each
+candidate by the settings it changes, most promising first (the rolling schedule runs the
+earlier cells first). Most build on the Hadamard mixing, the best setting so far."""
 
 
 def held_in_cells() -> list[Cell]:

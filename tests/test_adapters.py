@@ -443,3 +443,44 @@ def test_mixed_batches_train_after_evaluation():
         model(input_ids=ids, labels=ids, adapter_names=names).loss.backward()
         assert all(p.grad is not None for n in names for p in model.adapters[n].parameters())
         model.zero_grad()
+
+
+def test_joint_mixing_starts_small_near_the_base_and_reloads(tmp_path):
+    """A and B as one mixed region: every entry starts at joint_start times its spread (LoRA's
+    for A, 1/sqrt(3 r) for B), so the model starts near the base, and both factors train."""
+    config = mcnc.MCNCAdapterConfig(rank=4, d=300, k=3, mixing="hadamard-joint",
+                                    joint_start=0.05)
+    model = mcnc.get_adapter_model(tiny_llama(), config)
+    source = model.adapters["default"]
+    with torch.no_grad():
+        a, b = source.factors()
+    spreads = source.layout.a_std()
+    assert a.std() / (0.05 * spreads.pow(2).mean().sqrt()) == pytest.approx(1, abs=0.3)
+    assert b.std() / (0.05 / math.sqrt(12)) == pytest.approx(1, abs=0.3)
+    ids = tokens()
+    start = (logits(model, ids) - logits(tiny_llama(), ids)).abs().max()
+    assert 0 < start < 0.01
+    train_steps(model)
+    assert (logits(model, ids) - logits(tiny_llama(), ids)).abs().max() > 2 * start
+    model.save_pretrained(tmp_path)
+    served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(logits(served, ids), logits(model, ids))
+    with pytest.raises(ValueError, match="joint_start must be in"):
+        mcnc.MCNCAdapterConfig(mixing="hadamard-joint", joint_start=0)
+
+
+def test_adapter_alphas_can_start_near_the_centre_of_the_cube():
+    config = mcnc.MCNCAdapterConfig(rank=4, d=300, k=3, alpha_init_scale=0.1)
+    source = mcnc.get_adapter_model(tiny_llama(), config).adapters["default"]
+    assert 1.5 < source.alpha.abs().max() <= 2.0  # 0.1 * L=20
+
+
+def test_the_active_adapter_gives_beta_a_rate_of_its_own():
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS["mcnc"])
+    groups = model.param_groups(0.3, beta_lr_scale=0.1)
+    source = model.adapters["default"]
+    assert [(g["params"], g["lr"]) for g in groups] == [([source.alpha], 0.3),
+                                                       ([source.beta], 0.3 * 0.1)]
+    lora = mcnc.get_adapter_model(tiny_llama(), CONFIGS["lora"])
+    with pytest.raises(ValueError, match="the lora adapter has no such rate"):
+        lora.param_groups(1e-3, beta_lr_scale=0.1)

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import mcnc
+from mcnc.adapters import MCNCAdapterConfig
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, d_for_budget
 from mcnc.apps.finetune import FinetuneSettings, finetune
 from mcnc.llm.models import build_language_model
@@ -85,6 +86,15 @@ def test_mcnc_options_reach_the_adapter_and_are_checked():
         FinetuneSettings(model="tiny-llama", mcnc_options={"d": 100})
 
 
+def test_beta_gets_its_own_rate_in_finetuning():
+    run = finetune(FinetuneSettings(model="tiny-llama", steps=1, rank=4, budget=240, lr=0.1,
+                                    beta_lr_scale=0.5, max_length=48, val_batches=1,
+                                    progress=False))
+    assert run["beta_lr_scale"] == 0.5
+    with pytest.raises(ValueError, match="beta_lr_scale is an MCNC option; lora"):
+        FinetuneSettings(model="tiny-llama", method="lora", beta_lr_scale=0.5)
+
+
 def test_the_validation_curve_starts_before_training_and_ends_with_the_result():
     result = finetune(FinetuneSettings(model="tiny-llama", steps=4, rank=4, budget=120,
                                        max_length=48, val_batches=1, eval_every=2,
@@ -97,15 +107,22 @@ def test_the_validation_curve_starts_before_training_and_ends_with_the_result():
 def test_budget_picks_the_smallest_chunk_size_that_fits():
     layout = FactorLayout(tuple(AdaptedLayer(str(i), o, n) for i, (o, n) in
                                 enumerate([(576, 576), (192, 576), (1536, 576)] * 4)), 16)
+    config, joint = MCNCAdapterConfig(k=5), MCNCAdapterConfig(k=5, mixing="hadamard-joint")
     for budget in (12, 300, 6000):
-        d = d_for_budget(layout, budget, k=5)
+        d = d_for_budget(layout, budget, config)
 
         def cost(d):
             return (-(-layout.total_a // d) - (-layout.total_b // d)) * 6
 
         assert cost(d) <= budget and (d == 6 or cost(d - 1) > budget)
+        d = d_for_budget(layout, budget, joint)  # one region: A and B together
+
+        def joint_cost(d):
+            return -(-(layout.total_a + layout.total_b) // d) * 6
+
+        assert joint_cost(d) <= budget and (d == 6 or joint_cost(d - 1) > budget)
     with pytest.raises(ValueError, match="budget"):
-        d_for_budget(layout, 11, k=5)
+        d_for_budget(layout, 11, config)
 
 
 def test_bad_settings_are_clear(tmp_path):

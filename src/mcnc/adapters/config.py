@@ -25,6 +25,7 @@ from mcnc.core.limits import check_positive_ints, check_seed, is_number
 from mcnc.core.manifold import MIXINGS
 
 ALL_LINEAR = "all-linear"
+ADAPTER_MIXINGS = (*MIXINGS, "hadamard-joint")
 
 
 @dataclass(frozen=True)
@@ -120,14 +121,26 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     mixing: str = "none"
     """``"hadamard"``: the generated A region and B region are each mixed by a seeded
     randomised Hadamard transform (as ``mcnc.compress`` does by default), so every chunk moves
-    entries of every layer; ``"none"``: chunk j makes entries ``j d .. (j + 1) d - 1``."""
+    entries of every layer; ``"hadamard-joint"``: A and B are one region, mixed together, so
+    every chunk moves entries of both factors of every layer (as each of Uni-LoRA's numbers
+    does), and both start small (``joint_start``); ``"none"``: chunk j makes entries
+    ``j d .. (j + 1) d - 1``."""
+    alpha_init_scale: float = 1.0
+    """Initial alphas uniform on ``[-s L, s L]^k`` for this ``s`` (1: the whole cube)."""
+    joint_start: float = 0.02
+    """With ``mixing="hadamard-joint"``: the initial spread of the entries relative to LoRA's
+    initial A (for A) and to ``1/sqrt(3 r)`` (for B), so the adapter starts near the base
+    model (its delta is a product of two small factors)."""
 
     def __post_init__(self) -> None:
         AdapterConfig.__post_init__(self)
         GeneratorSpec.__post_init__(self)
         check_positive_ints(m=self.m)
-        if self.mixing not in MIXINGS:
-            raise ValueError(f"mixing must be one of {MIXINGS}, got {self.mixing!r}")
+        if self.mixing not in ADAPTER_MIXINGS:
+            raise ValueError(f"mixing must be one of {ADAPTER_MIXINGS}, got {self.mixing!r}")
+        for name in ("alpha_init_scale", "joint_start"):
+            if not is_number(getattr(self, name), 0, 1 + 1e-12):
+                raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
         if self.activation == "linear":
             raise ValueError("activation='linear' is a control for compression experiments "
                              "(mcnc.compress); adapters use 'sine' or 'relu'")

@@ -34,7 +34,7 @@ from mcnc.adapters.config import (
     NOLAAdapterConfig,
     config_from_dict,
 )
-from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource
+from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource, region_sizes
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.core.errors import FormatError
 from mcnc.core.fileformat import atomic_write, metadata_digest, tensor_digest
@@ -119,7 +119,7 @@ def _targets(data: object, version: int) -> tuple[AdaptedLayer, ...]:
 
 
 _INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "format_version"}
-_NUMBERS = {"scaling", "dropout", "L", "hidden_gain"}
+_NUMBERS = {"scaling", "dropout", "L", "hidden_gain", "alpha_init_scale", "joint_start"}
 _STRINGS = {"method", "format", "activation", "mixing", "payload_sha256"}
 
 
@@ -148,7 +148,7 @@ def _expected_shapes(config: AdapterConfig, layout: FactorLayout) -> dict[str, t
     """The trained tensors a folder must hold, from its config and targets alone (checked
     before anything is allocated), and a check that regenerating them is within limits."""
     if isinstance(config, MCNCAdapterConfig):
-        n = chunk_count([Region(layout.total_a), Region(layout.total_b)], config.d)
+        n = chunk_count([Region(size) for size in region_sizes(layout, config)], config.d)
         work = n * config.m * config.generator_spec().weight_count()
         shapes = {f"mcnc.{name}": shape
                   for name, shape in expected_shapes(n, config.m, config.k).items()}

@@ -209,6 +209,13 @@ class AdapterModel(nn.Module):
             for name in merged:
                 self.merge_adapter(name)
 
+    def param_groups(self, lr: float, **rates: float) -> list[dict]:
+        """Optimiser groups of the active adapter (the trainable one) at ``lr``; ``rates``:
+        ``beta_lr_scale`` for MCNC."""
+        if self.state.active is None:
+            raise ValueError("no active adapter to train; add_adapter() or set_adapter() first")
+        return self.adapters[self.state.active].param_groups(lr, **rates)
+
     def after_step(self) -> None:
         """Call after each optimiser step (keeps MCNC alphas inside their cube)."""
         for source in self.adapters.values():

@@ -118,6 +118,13 @@ class FactorSource(nn.Module):
     def after_step(self) -> None:
         """Called by training loops after each optimiser step."""
 
+    def param_groups(self, lr: float, **rates: float) -> list[dict]:
+        """Optimiser groups of the trained tensors: one at ``lr``. MCNC takes a
+        ``beta_lr_scale``; other methods refuse any rate of their own."""
+        if rates:
+            raise ValueError(f"{sorted(rates)}: the {self.method} adapter has no such rate")
+        return [{"params": list(self.parameters()), "lr": lr}]
+
 
 class LoRASource(FactorSource):
     """``a`` and ``b`` are trained directly."""
@@ -169,16 +176,28 @@ class NOLASource(FactorSource):
         return sum(2 * b.size * b.n for b in self.bases)
 
 
-def factor_regions(layout: FactorLayout) -> list[Region]:
-    """The MCNC adapter's two regions of the chunked manifold: every ``A`` factor end to end,
-    starting with LoRA's spread (mixed: scaled to it per layer), then every ``B`` factor,
-    starting at zero (streams ``ADAPTER_MIXING_STREAM + 2r``, ``+ 2r + 1`` for region r)."""
-    spreads = tuple((layout.a_size(t), layout.a_spread(t)) for t in layout.targets)
-    a = Region(layout.total_a, spreads, layout.a_std().pow(2),
-               (rng.ADAPTER_MIXING_STREAM, rng.ADAPTER_MIXING_STREAM + 1))
-    b = Region(layout.total_b, mixing_streams=(rng.ADAPTER_MIXING_STREAM + 2,
-                                               rng.ADAPTER_MIXING_STREAM + 3))
-    return [a, b]
+def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Region]:
+    """The MCNC adapter's regions of the chunked manifold (mixing streams
+    ``ADAPTER_MIXING_STREAM + 2r``, ``+ 2r + 1`` for region r). Two: every ``A`` factor end to
+    end, starting with LoRA's spread (mixed: scaled to it per layer), then every ``B`` factor,
+    starting at zero. With ``mixing="hadamard-joint"`` one (r = 2): ``A`` then ``B``, mixed
+    together, every entry starting at ``joint_start`` times its spread (LoRA's for ``A``,
+    ``1/sqrt(3 r)`` for ``B``)."""
+    a_spreads = tuple((layout.a_size(t), layout.a_spread(t)) for t in layout.targets)
+    stream = rng.ADAPTER_MIXING_STREAM
+    if config.mixing == "hadamard-joint":
+        spreads = (*a_spreads, (layout.total_b, 1 / math.sqrt(3 * layout.rank)))
+        return [Region(layout.total_a + layout.total_b, spreads, torch.ones(1),
+                       (stream + 4, stream + 5), config.joint_start)]
+    return [Region(layout.total_a, a_spreads, layout.a_std().pow(2), (stream, stream + 1)),
+            Region(layout.total_b, mixing_streams=(stream + 2, stream + 3))]
+
+
+def region_sizes(layout: FactorLayout, config: MCNCAdapterConfig) -> list[int]:
+    """The numbers of each region of :func:`factor_regions`, without building them."""
+    if config.mixing == "hadamard-joint":
+        return [layout.total_a + layout.total_b]
+    return [layout.total_a, layout.total_b]
 
 
 class MCNCSource(HoldsManifold, FactorSource):
@@ -194,8 +213,10 @@ class MCNCSource(HoldsManifold, FactorSource):
                  generator: Generator | None = None):
         super().__init__(config, layout)
         generator = generator or Generator(config.generator_spec())
-        self.manifold = ChunkedManifold(generator, factor_regions(layout), config.m,
-                                        config.mixing, config.seed)
+        self.joint = config.mixing == "hadamard-joint"
+        self.manifold = ChunkedManifold(generator, factor_regions(layout, config), config.m,
+                                        "hadamard" if self.joint else config.mixing,
+                                        config.seed, config.alpha_init_scale)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         return {"mcnc.alpha": self.alpha, "mcnc.beta": self.beta}
@@ -205,14 +226,25 @@ class MCNCSource(HoldsManifold, FactorSource):
         """Length of the generated vector: both regions' chunks, padding included."""
         return self.manifold.generated_size
 
-    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The generated chunks (laid end to end) -> ``(a, b)``."""
-        a, b = self.manifold.assemble(flat)
+    def _factors(self, regions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.joint:
+            return torch.split(regions[0], [self.layout.total_a, self.layout.total_b])
+        a, b = regions
         return a, b
 
+    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The generated chunks (laid end to end) -> ``(a, b)``."""
+        return self._factors(self.manifold.assemble(flat))
+
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = self.manifold()
-        return a, b
+        return self._factors(self.manifold())
+
+    def param_groups(self, lr: float, **rates: float) -> list[dict]:
+        """alpha at ``lr``, beta at ``lr * beta_lr_scale`` (``rates``; default 1)."""
+        scale = rates.pop("beta_lr_scale", 1.0)
+        if rates:
+            return super().param_groups(lr, **rates)  # refuses them by name
+        return self.manifold.param_groups(lr, scale)
 
     def generation_flops(self) -> int:
         return self.manifold.generation_flops()
@@ -258,18 +290,18 @@ def generate_all(sources: dict[str, FactorSource]
     return out
 
 
-def d_for_budget(layout: FactorLayout, budget: int, k: int, m: int = 1) -> int:
-    """The smallest chunk size d whose MCNC adapter trains at most ``budget`` numbers:
-    ``(ceil(total_a / d) + ceil(total_b / d)) * m * (k + 1) <= budget``."""
-    per_chunk = m * (k + 1)
-    if budget < 2 * per_chunk:
-        raise ValueError(f"a budget of {budget} cannot pay for the two chunks (A and B) of "
+def d_for_budget(layout: FactorLayout, budget: int, config: MCNCAdapterConfig) -> int:
+    """The smallest chunk size d whose MCNC adapter (``config``'s k, m and regions) trains at
+    most ``budget`` numbers: ``sum_r ceil(N_r / d) * m * (k + 1) <= budget``."""
+    sizes, per_chunk = region_sizes(layout, config), config.m * (config.k + 1)
+    if budget < len(sizes) * per_chunk:
+        raise ValueError(f"a budget of {budget} cannot pay for {len(sizes)} chunk(s) of "
                          f"{per_chunk} numbers each; raise the budget or lower k or m")
 
     def cost(d: int) -> int:
-        return sum(layout.chunks(d)) * per_chunk
+        return sum(-(-n // d) for n in sizes) * per_chunk
 
-    low, high = k + 1, max(layout.total_a, layout.total_b, k + 1)
+    low, high = config.k + 1, max(*sizes, config.k + 1)
     while low < high:
         mid = (low + high) // 2
         low, high = (low, mid) if cost(mid) <= budget else (mid + 1, high)

@@ -252,9 +252,9 @@ def _train(args: argparse.Namespace) -> None:
 
 def _add_finetune(sub: _Subparsers) -> None:
     """Add ``mcnc finetune`` and its options; it runs :func:`_finetune`."""
+    from mcnc.adapters.config import ADAPTER_MIXINGS
     from mcnc.apps.finetune import ADAPTER_METHODS, BASES, FinetuneSettings
     from mcnc.apps.rates import ADAPTER_LR, PEER_ADAPTER_LR
-    from mcnc.core.manifold import MIXINGS
 
     run = FinetuneSettings()
 
@@ -278,9 +278,12 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
     p.add_argument("--base", default=run.base, choices=BASES, help="gguf-4bit: keep the GGUF "
                    "file's 4-bit weights for the linear layers (QLoRA-style)")
-    p.add_argument("--mixing", default=run.mixing, choices=MIXINGS, help="MCNC: 'hadamard' mixes "
-                   "the generated A and B factors with a seeded randomised Hadamard transform, "
-                   "so every chunk moves entries of every layer")
+    p.add_argument("--mixing", default=run.mixing, choices=ADAPTER_MIXINGS, help="MCNC: "
+                   "'hadamard' mixes the generated A and B factors with a seeded randomised "
+                   "Hadamard transform, so every chunk moves entries of every layer; "
+                   "'hadamard-joint' mixes A and B together")
+    p.add_argument("--beta-lr-scale", type=float, default=run.beta_lr_scale,
+                   help="MCNC: beta trains at --lr times this (alpha at --lr)")
     p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
                    "memory instead of regenerating them every step")
     p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
@@ -298,7 +301,8 @@ def _finetune(args: argparse.Namespace) -> None:
         model=args.model, method=args.method, budget=args.budget, rank=args.rank,
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, lr=args.lr, seed=args.seed, base=args.base,
-        mixing=args.mixing, nola_on_the_fly=not args.nola_in_memory,
+        mixing=args.mixing, beta_lr_scale=args.beta_lr_scale,
+        nola_on_the_fly=not args.nola_in_memory,
         val_batches=args.val_batches,
         eval_every=args.eval_every, out=args.out,
         progress=not args.no_progress))

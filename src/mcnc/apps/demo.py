@@ -34,7 +34,7 @@ class DemoSettings:
     dense_lr: float = 1e-3
     """Learning rate of the dense batch-norm parameters."""
     batch_size: int = 128
-    k: int = 16
+    k: int = MCNCConfig.k
     d: int = 2000
     seed: int = 0
     limit: int | None = None

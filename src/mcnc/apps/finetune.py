@@ -33,7 +33,7 @@ from mcnc.adapters import (
     MCNCAdapterConfig,
     NOLAAdapterConfig,
 )
-from mcnc.adapters.config import AdapterConfig
+from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.sources import FactorLayout, d_for_budget
 from mcnc.adapters.targets import select_targets
@@ -61,8 +61,8 @@ class FinetuneSettings:
     budget: int = 6000
     """Trained numbers for MCNC (sets the chunk size d) and NOLA (coefficients); LoRA's count
     follows from ``rank``."""
-    rank: int = 16
-    target_modules: str = "all-linear"
+    rank: int = AdapterConfig.rank
+    target_modules: str = ALL_LINEAR
     steps: int = 200
     batch_size: int = 4
     """Global batch size (split over processes under torchrun)."""
@@ -73,9 +73,11 @@ class FinetuneSettings:
     base: str = "float32"
     """``float32`` or ``gguf-4bit``: the transformer's linear layers keep the GGUF file's own
     4-bit blocks and are dequantised on the fly (QLoRA-style; not with ``tiny-llama``)."""
-    mixing: str = "none"
+    mixing: str = MCNCAdapterConfig.mixing
     """MCNC: ``"hadamard"`` mixes the generated factors (see
     :class:`~mcnc.adapters.MCNCAdapterConfig`); other methods need ``"none"``."""
+    beta_lr_scale: float = 1.0
+    """MCNC: beta trains at ``lr`` times this (alpha at ``lr``)."""
     mcnc_options: dict[str, Any] = field(default_factory=dict)
     """MCNC: further :class:`~mcnc.adapters.MCNCAdapterConfig` fields (``k``, ``m``,
     ``width``, ``depth``, ``hidden_gain``, ``L``) for experiments; ``d`` follows the budget."""
@@ -93,6 +95,9 @@ class FinetuneSettings:
         if self.mixing != "none" and self.method != "mcnc":
             raise ValueError(f"--mixing {self.mixing} is an MCNC option; {self.method} has no "
                              "generated vector to mix (drop --mixing)")
+        if self.beta_lr_scale != 1.0 and self.method != "mcnc":
+            raise ValueError(f"beta_lr_scale is an MCNC option; {self.method} has no beta "
+                             "(leave it at 1)")
         if self.mcnc_options and self.method != "mcnc":
             raise ValueError(f"mcnc_options {sorted(self.mcnc_options)} are MCNC settings; "
                              f"{self.method} has none (leave them out)")
@@ -119,7 +124,7 @@ def adapter_config(s: FinetuneSettings, model: AdapterModel) -> AdapterConfig:
     if s.method == "mcnc":
         config = MCNCAdapterConfig(**common, mixing=s.mixing, **s.mcnc_options)
         layout = FactorLayout(model.select_targets(config), s.rank)
-        return replace(config, d=d_for_budget(layout, s.budget, config.k, config.m))
+        return replace(config, d=d_for_budget(layout, s.budget, config))
     raise ValueError(f"unknown adapter method {s.method!r}; choose one of {OWN_METHODS}")
 
 
@@ -268,8 +273,13 @@ class FinetuneRun:
         self.ddp = self.model
         if ctx.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
-        trained = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(trained, lr=s.learning_rate, weight_decay=0.0)
+        if isinstance(self.model, AdapterModel):
+            rates = {"beta_lr_scale": s.beta_lr_scale} if s.beta_lr_scale != 1.0 else {}
+            groups = self.model.param_groups(s.learning_rate, **rates)
+        else:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
+                       "lr": s.learning_rate}]
+        self.optimizer = torch.optim.AdamW(groups, lr=s.learning_rate, weight_decay=0.0)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._schedule)
         self.curve: list[dict] = []
         """Validation points taken during training (``eval_every``)."""

@@ -56,6 +56,8 @@ class Region:
     spreads set the start)."""
     mixing_streams: tuple[int, int] = (0, 0)
     """Random streams (signs, permutation) of the region's mixing."""
+    start_scale: float = 1.0
+    """Mixed: the entries start at this fraction of their spreads."""
 
     def chunks(self, d: int) -> int:
         return -(-self.numbers // d)
@@ -113,7 +115,7 @@ class ChunkedManifold(nn.Module):
             return torch.zeros(chunks, m)
         if self.mixings is not None:
             padded = self.mixings[i].length
-            return torch.full((chunks, m), region.root_mean_square()
+            return torch.full((chunks, m), region.root_mean_square() * region.start_scale
                               * math.sqrt(padded / (chunks * m)))
         squares = region.start_mean_squares
         squares = torch.cat([squares, squares.new_zeros(chunks * d - squares.numel())])

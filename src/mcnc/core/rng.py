@@ -81,8 +81,9 @@ MIXING_SIGN_STREAM = 0x313A0000
 MIXING_PERMUTATION_STREAM = 0x313A0001
 """MCNC's mixing (format version 2): keys whose stable sort is the permutation."""
 ADAPTER_MIXING_STREAM = 0x0ADC0000
-"""MCNC adapter mixing of region r (0: the A factors, 1: the B factors): signs from stream
-``ADAPTER_MIXING_STREAM + 2r``, permutation keys from ``+ 2r + 1``."""
+"""MCNC adapter mixing of region r (0: the A factors, 1: the B factors, 2: both together with
+``mixing="hadamard-joint"``): signs from stream ``ADAPTER_MIXING_STREAM + 2r``, permutation
+keys from ``+ 2r + 1``."""
 STREAMS = {
     "generator layer t: weights 2t, bias 2t + 1": GENERATOR_LAYER_STREAM,
     "MCNC initial alpha (init)": ALPHA_INIT_STREAM,

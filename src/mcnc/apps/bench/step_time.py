@@ -48,7 +48,7 @@ def adapter_configs(model: AdapterModel, budget: int, rank: int = 16
     on every linear layer."""
     mcnc = MCNCAdapterConfig(rank=rank)
     layout = FactorLayout(model.select_targets(mcnc), rank)
-    mcnc = MCNCAdapterConfig(rank=rank, d=d_for_budget(layout, budget, mcnc.k, mcnc.m))
+    mcnc = MCNCAdapterConfig(rank=rank, d=d_for_budget(layout, budget, mcnc))
     return {"lora": LoRAAdapterConfig(rank=rank), "mcnc": mcnc,
             "nola": NOLAAdapterConfig(rank=rank, coefficients=budget)}
 
