@@ -91,13 +91,13 @@ VISION_GENERATOR = {"depth": 2, "width": 64, "hidden_gain": 8.0}
 HELD_IN_CANDIDATES = {
     "mcnc": {},
     "mcnc-mixed": {"mixing": "hadamard"},
-    "mcnc-mixed r4": {"mixing": "hadamard", "rank": 4},
     "mcnc-mixed gen-vision": {"mixing": "hadamard", "mcnc_options": VISION_GENERATOR},
     "mcnc-joint": {"mixing": "hadamard-joint"},
     "mcnc-mixed beta x0.3": {"mixing": "hadamard", "beta_lr_scale": 0.3},
     "mcnc-mixed beta x3": {"mixing": "hadamard", "beta_lr_scale": 3.0},
     "mcnc-mixed alpha-centre": {"mixing": "hadamard",
                                 "mcnc_options": {"alpha_init_scale": 0.1}},
+    "mcnc-mixed r4": {"mixing": "hadamard", "rank": 4},
     "mcnc r4": {"rank": 4},
     "mcnc gen-vision": {"mcnc_options": VISION_GENERATOR},
 }
