@@ -63,9 +63,10 @@ class Region:
         return -(-self.numbers // d)
 
     def root_mean_square(self) -> float:
-        """``s_r``: the root mean square of the entries' spreads, summed per run in double so
-        that it does not depend on how a parallel sum would be split."""
-        return math.sqrt(math.fsum(n * s * s for n, s in self.spreads) / self.numbers)
+        """``s_r = sqrt(fsum_t(n_t * std_t**2) / N_r)`` over the runs (docs/format.md): the root
+        mean square of the entries' spreads, summed exactly in double so that it does not
+        depend on how a parallel sum would be split."""
+        return math.sqrt(math.fsum(n * s**2 for n, s in self.spreads) / self.numbers)
 
     def relative_spread(self) -> torch.Tensor:
         """``(N_r,)`` float32 ``std_i / s_r`` (each quotient in double, then rounded)."""
