@@ -110,7 +110,8 @@ def test_mcnc_file_holds_only_alpha_and_beta(tmp_path):
     size = (tmp_path / WEIGHTS_NAME).stat().st_size
     assert size < 4 * (source.alpha.numel() + source.beta.numel()) + 400
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert config["method"] == "mcnc" and config["k"] == 5 and len(config["targets"]) == 14
+    assert config["method"] == "mcnc" and config["k"] == 5
+    assert len(config["targets"]["block"]) * 2 == 14  # 7 layers per block, 2 blocks
 
 
 def _rewrite_config(folder, config: dict) -> None:
@@ -121,23 +122,34 @@ def _rewrite_config(folder, config: dict) -> None:
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
 
 
-def test_config_lists_one_target_per_line_and_version_1_still_loads(tmp_path):
-    """Version 2 writes each target as one ``[name, out, in]`` line; version 1 wrote an object
-    of five lines per target, and such folders still load to the same logits."""
+def test_config_lists_one_layer_per_line_and_versions_1_and_2_still_load(tmp_path):
+    """Version 3 writes a packed block, one ``[template, out, in]`` line per layer of it;
+    version 2 wrote every target as one ``[name, out, in]`` line and version 1 as an object of
+    five lines, and such folders still load to the same logits."""
+    from mcnc.adapters.files import unpack_targets
+
     model = trained_model("mcnc")
     model.save_pretrained(tmp_path)
     text = (tmp_path / CONFIG_NAME).read_text()
     config = json.loads(text)
-    assert config["format_version"] == 2 and len(config["targets"]) == 14
-    assert config["targets"][0] == ["model.layers.0.self_attn.q_proj", 32, 32]
-    assert len(text.splitlines()) == len(config) + len(config["targets"]) + 3  # braces, "]"
+    block = config["targets"]["block"]
+    assert config["format_version"] == 3 and len(block) == 7
+    assert len(text.splitlines()) == len(config) + len(block) + 3  # braces, "], indices"
+    listed = unpack_targets(config["targets"])
+    assert listed[0] == ["model.layers.0.self_attn.q_proj", 32, 32] and len(listed) == 14
+    ids = tokens()
+    _rewrite_config(tmp_path, {**config, "format_version": 2, "targets": listed})
+    restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(logits(restored, ids), logits(model, ids))
     keys = ("name", "out_features", "in_features")
-    objects = [dict(zip(keys, t, strict=True)) for t in config["targets"]]
+    objects = [dict(zip(keys, t, strict=True)) for t in listed]
     _rewrite_config(tmp_path, {**config, "format_version": 1, "targets": objects})
     restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
-    ids = tokens()
     assert torch.equal(logits(restored, ids), logits(model, ids))
-    _rewrite_config(tmp_path, {**config, "targets": objects})  # objects in a version-2 file
+    _rewrite_config(tmp_path, {**config, "format_version": 2, "targets": objects})
+    with pytest.raises(mcnc.FormatError, match=r"list of \[name, out_features, in_features\]"):
+        mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    _rewrite_config(tmp_path, {**config, "format_version": 2})  # a block in a version-2 file
     with pytest.raises(mcnc.FormatError, match=r"list of \[name, out_features, in_features\]"):
         mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
 
@@ -484,3 +496,39 @@ def test_the_active_adapter_gives_beta_a_rate_of_its_own():
     lora = mcnc.get_adapter_model(tiny_llama(), CONFIGS["lora"])
     with pytest.raises(ValueError, match="the lora adapter has no such rate"):
         lora.param_groups(1e-3, beta_lr_scale=0.1)
+
+
+def test_layers_repeated_over_blocks_are_written_as_one_packed_block(tmp_path):
+    from mcnc.adapters.files import pack_targets
+    from mcnc.adapters.sources import AdaptedLayer
+
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS["mcnc"])
+    targets = model.adapters["default"].layout.targets
+    packed = pack_targets(targets)
+    assert packed["indices"] == [0, 2] and len(packed["block"]) == 7
+    assert packed["block"][0] == ["model.layers.{}.self_attn.q_proj", 32, 32]
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert config["format_version"] == 3 and config["targets"] == packed
+    served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert served.adapters["default"].layout.targets == targets
+    odd = (AdaptedLayer("layers.0.q", 4, 4), AdaptedLayer("layers.1.q", 4, 4),
+           AdaptedLayer("head", 2, 4))
+    assert pack_targets(odd) == [["layers.0.q", 4, 4], ["layers.1.q", 4, 4], ["head", 2, 4]]
+
+
+@pytest.mark.parametrize("targets", [
+    {"block": [["layers.{}.q", 4, 4]], "indices": [0, 2**30]},
+    {"block": [["layers.q", 4, 4]], "indices": [0, 2]},
+    {"block": [["layers.{}.q", 4, 4]], "indices": [3, 3]},
+    {"block": [], "indices": [0, 2]},
+    {"block": [["layers.{}.q", 4, 4]], "indices": [0, 2], "extra": 1},
+])
+def test_a_bad_packed_block_is_refused_before_it_is_expanded(tmp_path, targets):
+    model = mcnc.get_adapter_model(tiny_llama(), CONFIGS["lora"])
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    config["targets"] = targets
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
+    with pytest.raises(mcnc.FormatError, match="a packed 'targets' must be|does not have"):
+        mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)

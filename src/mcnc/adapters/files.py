@@ -49,8 +49,10 @@ from mcnc.core.limits import (
 from mcnc.core.manifold import Region, chunk_count, expected_shapes
 
 FORMAT = "mcnc-adapter"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+MAX_TARGETS = 1 << 20
+"""The most adapted layers a config may describe (a compact ``targets`` expands to this)."""
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 16 << 20
@@ -68,7 +70,7 @@ def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model
         **source.config.to_dict(),
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "targets": [[t.name, t.out_features, t.in_features] for t in source.layout.targets],
+        "targets": pack_targets(source.layout.targets),
         "base_model_name_or_path": base_model,
         "payload_sha256": tensor_digest(tensors),
     }
@@ -78,13 +80,47 @@ def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model
     return directory
 
 
+def pack_targets(targets: tuple[AdaptedLayer, ...]) -> list | dict:
+    """The adapted layers as a config writes them: ``{"block": [[template, out, in], ...],
+    "indices": [start, stop]}`` when they are one block of layers repeated over consecutive
+    indices (``template`` holds ``{}`` where the index goes: the first dotted part of the name
+    that is a number, as in ``model.layers.{}.self_attn.q_proj``), which takes a few hundred
+    bytes for a language model's hundreds of layers; otherwise every layer as
+    ``[name, out, in]``."""
+    explicit = [[t.name, t.out_features, t.in_features] for t in targets]
+    rows = []
+    for t in targets:
+        parts = t.name.split(".")
+        number = next((i for i, part in enumerate(parts) if part.isdigit()), None)
+        if number is None or "{" in t.name or "}" in t.name:
+            return explicit
+        index = int(parts[number])
+        parts[number] = "{}"
+        rows.append((index, [".".join(parts), t.out_features, t.in_features]))
+    start = rows[0][0]
+    block = [row for index, row in rows if index == start]
+    stop = start + len(rows) // len(block)
+    packed = {"block": block, "indices": [start, stop]}
+    return packed if unpack_targets(packed) == explicit else explicit
+
+
+def unpack_targets(packed: dict) -> list[list]:
+    start, stop = packed["indices"]
+    return [[template.replace("{}", str(i)), out, n]
+            for i in range(start, stop) for template, out, n in packed["block"]]
+
+
 def _config_json(config: dict) -> bytes:
-    """``config`` as JSON with 2-space indentation, but one line per target (an adapter on
-    every linear layer of a language model names hundreds)."""
+    """``config`` as JSON with 2-space indentation, but one line per target (or per layer of a
+    packed block)."""
     marker = json.dumps("\0targets\0")
-    rows = ",\n".join(f"    {json.dumps(t)}" for t in config["targets"])
+    targets = config["targets"]
+    rows = targets if isinstance(targets, list) else targets["block"]
+    listed = "[\n" + ",\n".join(f"    {json.dumps(t)}" for t in rows) + "\n  ]"
+    if isinstance(targets, dict):
+        listed = f'{{"block": {listed}, "indices": {json.dumps(targets["indices"])}}}'
     text = json.dumps({**config, "targets": "\0targets\0"}, indent=2)
-    return text.replace(marker, f"[\n{rows}\n  ]").encode()
+    return text.replace(marker, listed).encode()
 
 
 def _read_bytes(path: Path, limit: int | None = None) -> bytes:
@@ -97,9 +133,27 @@ def _read_bytes(path: Path, limit: int | None = None) -> bytes:
     return path.read_bytes()
 
 
+def _unpacked(data: dict) -> list[list]:
+    """A packed ``targets`` object, checked before it is expanded."""
+    block, indices = data.get("block"), data.get("indices")
+    if not (set(data) == {"block", "indices"} and isinstance(block, list) and block
+            and all(isinstance(r, list) and len(r) == 3 and isinstance(r[0], str)
+                    and r[0].count("{}") == 1 for r in block)
+            and isinstance(indices, list) and len(indices) == 2
+            and all(is_int(i, 0, MAX_TARGETS) for i in indices) and indices[0] < indices[1]
+            and (indices[1] - indices[0]) * len(block) <= MAX_TARGETS):
+        raise FormatError("a packed 'targets' must be an object with 'block' (a list of "
+                          "[template with one {}, out, in]) and 'indices' ([start, stop], "
+                          f"0 <= start < stop), at most {MAX_TARGETS:,} layers")
+    return unpack_targets(data)
+
+
 def _targets(data: object, version: int) -> tuple[AdaptedLayer, ...]:
-    """The targets of a version-2 config (``[name, out, in]`` lists) or a version-1 one
-    (``{name, out_features, in_features}`` objects)."""
+    """The targets of a config: from version 3 a packed block (:func:`pack_targets`) or
+    ``[name, out, in]`` lists, as in version 2; version 1 wrote
+    ``{name, out_features, in_features}`` objects."""
+    if version >= 3 and isinstance(data, dict):
+        data = _unpacked(data)
     def fields(t: object) -> list | None:
         if version == 1:
             keys = ("name", "out_features", "in_features")
