@@ -530,5 +530,5 @@ def test_a_bad_packed_block_is_refused_before_it_is_expanded(tmp_path, targets):
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     config["targets"] = targets
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(mcnc.FormatError, match="a packed 'targets' must be|does not have"):
+    with pytest.raises(mcnc.FormatError, match="a packed 'targets' must be"):
         mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)

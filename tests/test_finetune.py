@@ -3,6 +3,7 @@ torchrun with 2 CPU processes."""
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -309,3 +310,48 @@ def test_without_fcntl_the_peer_benchmark_warns_that_its_folder_is_unlocked(tmp_
     monkeypatch.setattr(bench, "fcntl", None)
     with pytest.warns(UserWarning, match="not locked"):
         bench.hold_folder(tmp_path).close()
+
+
+def _save_small_model(kind: str, folder: Path) -> None:
+    """A small random causal LM of architecture ``kind`` with the SmolLM2 tokenizer, saved as
+    a Hugging Face folder (no download)."""
+    import transformers
+
+    from mcnc.llm.models import load_smollm2_tokenizer
+
+    tokenizer = load_smollm2_tokenizer()
+    vocab, shape = len(tokenizer), {"num_hidden_layers": 2, "num_attention_heads": 4}
+    configs = {
+        "llama": transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=48,
+                                          num_key_value_heads=2, **shape),
+        "gpt2": transformers.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=4,
+                                        n_positions=256),
+        "qwen2": transformers.Qwen2Config(vocab_size=vocab, hidden_size=32, intermediate_size=48,
+                                          num_key_value_heads=2, **shape),
+    }
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(configs[kind]).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "qwen2"])
+def test_finetune_takes_a_local_hugging_face_folder(kind, tmp_path):
+    _save_small_model(kind, tmp_path / "model")
+    result = finetune(FinetuneSettings(model=str(tmp_path / "model"), steps=2, rank=4,
+                                       budget=240, max_length=48, val_batches=1,
+                                       out=str(tmp_path / "run"), progress=False))
+    assert 0 < result["trainable"] <= 240 and math.isfinite(result["val_loss"])
+    base, _ = build_language_model(str(tmp_path / "model"))
+    served = mcnc.AdapterModel.from_pretrained(base, tmp_path / "run" / "adapter")
+    expected = 8 if kind == "gpt2" else 14  # GPT-2: c_attn, c_proj, c_fc, mlp.c_proj per block
+    assert len(served.adapters["default"].layout.targets) == expected
+
+
+def test_a_model_path_that_is_no_model_is_refused_clearly(tmp_path):
+    from mcnc.data.errors import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="neither a Hugging Face model folder"):
+        build_language_model(str(tmp_path))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(DataNotFoundError, match="has no tokenizer"):
+        build_language_model(str(tmp_path))

