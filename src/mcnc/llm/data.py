@@ -213,16 +213,14 @@ def split_pairs(pairs: Sequence[Pair], val_fraction: float = 0.1,
     return train, val
 
 
-def _chat_texts(tokenizer: Any, question: str, answer: str,
-                system_prompt: str | None) -> tuple[str, str]:
-    """``(prompt, completion)`` text of one exchange in the tokenizer's chat template: the
-    prompt ends with the assistant header, the completion is the answer up to and including
-    the end-of-turn token (anything the template adds after it is left out)."""
-    messages = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
-    messages.append({"role": "user", "content": question})
-    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_texts(tokenizer: Any, history: list[dict], answer: str) -> tuple[str, str]:
+    """``(prompt, completion)`` text of a chat in the tokenizer's chat template: the prompt is
+    ``history`` (messages ``{"role", "content"}``) ending with the assistant header, the
+    completion is ``answer`` up to and including the end-of-turn token (anything the template
+    adds after it is left out)."""
+    prompt = tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
     full = tokenizer.apply_chat_template(
-        [*messages, {"role": "assistant", "content": answer}], tokenize=False)
+        [*history, {"role": "assistant", "content": answer}], tokenize=False)
     if not full.startswith(prompt):
         raise ValueError("the tokenizer's chat template does not render the conversation as "
                          "the generation prompt followed by the answer; cannot mask the prompt")
@@ -233,17 +231,32 @@ def _chat_texts(tokenizer: Any, question: str, answer: str,
     return prompt, completion
 
 
+def examples_from_texts(texts: Sequence[tuple[str, str]], tokenizer: Any,
+                        max_length: int) -> list[Example]:
+    """Examples ``{"input_ids", "labels"}`` from ``(prompt, target)`` texts: labels are
+    :data:`IGNORE_INDEX` on the prompt and the token ids on the target; cut to ``max_length``
+    tokens from the end; an example with no target token left is dropped."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    if not texts:
+        return []
+    prompts = tokenizer([p for p, _ in texts], add_special_tokens=False)["input_ids"]
+    targets = tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
+    examples: list[Example] = []
+    for prompt, target in zip(prompts, targets, strict=True):
+        ids = (list(prompt) + list(target))[:max_length]
+        labels = ([IGNORE_INDEX] * len(prompt) + list(target))[:max_length]
+        if any(label != IGNORE_INDEX for label in labels):
+            examples.append({"input_ids": ids, "labels": labels})
+    return examples
+
+
 def tokenize_pairs(pairs: Sequence[Pair], tokenizer: Any, max_length: int = 128,
                    system_prompt: str | None = None) -> list[Example]:
     """Tokenize (question, answer) pairs as one user turn and one assistant turn of the
-    tokenizer's chat template.
-
-    Each example is ``{"input_ids": [...], "labels": [...]}`` of equal length: labels are
-    :data:`IGNORE_INDEX` on the prompt (template header, system prompt, question, assistant
-    header) and equal to ``input_ids`` on the answer and its end-of-turn token, so that the
-    loss covers only the answer. Sequences are cut to ``max_length`` tokens from the end;
-    examples with no answer token left are dropped, so the result may be shorter than
-    ``pairs``.
+    tokenizer's chat template (:func:`examples_from_texts`): the loss covers the answer and
+    its end-of-turn token only. Examples with no answer token left after the cut to
+    ``max_length`` are dropped, so the result may be shorter than ``pairs``.
 
     Args:
         pairs: (question, answer) pairs.
@@ -252,20 +265,10 @@ def tokenize_pairs(pairs: Sequence[Pair], tokenizer: Any, max_length: int = 128,
         system_prompt: system message; ``None`` keeps the template's default (SmolLM2's
             template then adds its own one-line system prompt).
     """
-    if max_length < 1:
-        raise ValueError(f"max_length must be positive, got {max_length}")
-    if not pairs:
-        return []
-    texts = [_chat_texts(tokenizer, q, a, system_prompt) for q, a in pairs]
-    prompts = tokenizer([p for p, _ in texts], add_special_tokens=False)["input_ids"]
-    answers = tokenizer([c for _, c in texts], add_special_tokens=False)["input_ids"]
-    examples: list[Example] = []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        ids = (list(prompt) + list(answer))[:max_length]
-        labels = ([IGNORE_INDEX] * len(prompt) + list(answer))[:max_length]
-        if any(label != IGNORE_INDEX for label in labels):
-            examples.append({"input_ids": ids, "labels": labels})
-    return examples
+    system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    texts = [chat_texts(tokenizer, [*system, {"role": "user", "content": q}], a)
+             for q, a in pairs]
+    return examples_from_texts(texts, tokenizer, max_length)
 
 
 def collate(examples: Sequence[Mapping[str, Sequence[int]]],
