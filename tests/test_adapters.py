@@ -532,3 +532,15 @@ def test_a_bad_packed_block_is_refused_before_it_is_expanded(tmp_path, targets):
     (tmp_path / CONFIG_NAME).write_text(json.dumps(config))
     with pytest.raises(mcnc.FormatError, match="a packed 'targets' must be"):
         mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+
+
+def test_an_mcnc_adapter_config_can_ask_for_a_budget_instead_of_d(tmp_path):
+    model = mcnc.get_adapter_model(tiny_llama(), mcnc.MCNCAdapterConfig(rank=4, budget=300))
+    source = model.adapters["default"]
+    trained = source.alpha.numel() + source.beta.numel()
+    assert 300 - 2 * 6 < trained <= 300 and source.config.d != 5000
+    model.save_pretrained(tmp_path)
+    served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert served.adapters["default"].config == source.config  # budget and chosen d saved
+    with pytest.raises(ValueError, match="budget"):
+        mcnc.MCNCAdapterConfig(budget=0)

@@ -355,3 +355,24 @@ def test_a_model_path_that_is_no_model_is_refused_clearly(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(DataNotFoundError, match="has no tokenizer"):
         build_language_model(str(tmp_path))
+
+
+def test_the_default_adapter_rates_are_the_best_of_the_committed_sweep():
+    """ADAPTER_LR holds, per method, the best rate that results/finetune-peers found at the
+    default budget (6,000) and length (300 steps); VeRA and RandLoRA at their defaults, LoRA
+    at rank 1."""
+    from mcnc.apps.rates import ADAPTER_LR, ADAPTER_STEPS
+
+    table = (BENCHMARKS.parent / "results" / "finetune-peers" / "table.md").read_text()
+    best = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.split("|")]
+        if len(cells) > 4 and cells[3][:1].isdigit():
+            best[cells[1]] = float(cells[3].split()[0])
+    cells = {"mcnc": "mcnc @ 6,000", "nola": "nola @ 6,000", "lora": "lora r1",
+             "fourierft": "fourierft @ 6,000", "unilora": "unilora @ 6,000",
+             "tinylora": "tinylora @ 6,000", "vblora": "vblora @ 6,000",
+             "vera": "vera default", "randlora": "randlora default", "peft-lora": "lora r1"}
+    assert {method: best[cell] for method, cell in cells.items()} == ADAPTER_LR
+    assert "300 steps" in table and ADAPTER_STEPS == 300 == FinetuneSettings().steps
+    assert FinetuneSettings(method="unilora").learning_rate == 0.1

@@ -125,6 +125,10 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     every chunk moves entries of both factors of every layer (as each of Uni-LoRA's numbers
     does), and both start small (``joint_start``); ``"none"``: chunk j makes entries
     ``j d .. (j + 1) d - 1``."""
+    budget: int | None = None
+    """Trained numbers to spend: when set, :meth:`~mcnc.adapters.AdapterModel.add_adapter`
+    chooses the smallest ``d`` whose chunks fit it on the model's layers (and ``d`` as given
+    is ignored); the saved config records both."""
     alpha_init_scale: float = 1.0
     """Initial alphas uniform on ``[-s L, s L]^k`` for this ``s`` (1: the whole cube)."""
     joint_start: float = 0.02
@@ -138,6 +142,8 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
         check_positive_ints(m=self.m)
         if self.mixing not in ADAPTER_MIXINGS:
             raise ValueError(f"mixing must be one of {ADAPTER_MIXINGS}, got {self.mixing!r}")
+        if self.budget is not None:
+            check_positive_ints(budget=self.budget)
         for name in ("alpha_init_scale", "joint_start"):
             if not is_number(getattr(self, name), 0, 1 + 1e-12):
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")

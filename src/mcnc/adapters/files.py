@@ -192,6 +192,8 @@ def _check_types(meta: dict) -> None:
                                             and all(isinstance(v, str) for v in value))
         elif key == "base_model_name_or_path":
             ok = value is None or isinstance(value, str)
+        elif key == "budget":
+            ok = value is None or is_int(value, 1, 1 << 62)
         else:
             continue  # targets has its own check; unknown keys are refused by the config
         if not ok:

@@ -18,15 +18,22 @@ import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mcnc.adapters.config import AdapterConfig
+from mcnc.adapters.config import AdapterConfig, MCNCAdapterConfig
 from mcnc.adapters.files import check_tensors, read_adapter, write_adapter
 from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot
-from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource, build_source
+from mcnc.adapters.sources import (
+    AdaptedLayer,
+    FactorLayout,
+    FactorSource,
+    build_source,
+    d_for_budget,
+)
 from mcnc.adapters.targets import (
     check_layers_fit,
     linear_layers,
@@ -122,6 +129,8 @@ class AdapterModel(nn.Module):
         self._check_new_name(adapter_name)
         warn_unadaptable(self.base_model)
         layout = FactorLayout(self.select_targets(config), config.rank)
+        if isinstance(config, MCNCAdapterConfig) and config.budget is not None:
+            config = replace(config, d=d_for_budget(layout, config.budget, config))
         source = build_source(config, layout, **options)
         self._install(adapter_name, source)
         return source

@@ -19,7 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,19 +35,18 @@ from mcnc.adapters import (
 )
 from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
-from mcnc.adapters.sources import FactorLayout, d_for_budget
 from mcnc.adapters.targets import select_targets
 from mcnc.apps.distributed import Context, init_distributed, sum_over_processes
 from mcnc.apps.machine import machine_line, peak_memory, reset_peak_memory
 from mcnc.apps.peers import PEERS, peer_config
-from mcnc.apps.rates import adapter_lr
+from mcnc.apps.rates import ADAPTER_STEPS, adapter_lr
 from mcnc.core.errors import DivergedError
 
 OWN_METHODS = ("mcnc", "nola", "lora")
 ADAPTER_METHODS = OWN_METHODS + PEERS
 """mcnc's own adapters, then peft's, run through peft itself (:mod:`mcnc.apps.peers`)."""
 BASES = ("float32", "gguf-4bit")
-_SET_BY_FINETUNE = {"target_modules", "rank", "seed", "mixing", "d"}
+_SET_BY_FINETUNE = {"target_modules", "rank", "seed", "mixing", "d", "budget"}
 """MCNCAdapterConfig fields that FinetuneSettings sets itself (not through mcnc_options)."""
 
 
@@ -70,7 +69,7 @@ class FinetuneSettings:
     follows from ``rank``."""
     rank: int = AdapterConfig.rank
     target_modules: str = ALL_LINEAR
-    steps: int = 200
+    steps: int = ADAPTER_STEPS
     batch_size: int = 4
     """Global batch size (split over processes under torchrun)."""
     max_length: int = 128
@@ -121,17 +120,16 @@ class FinetuneSettings:
         return self.lr if self.lr is not None else adapter_lr(self.method)
 
 
-def adapter_config(s: FinetuneSettings, model: AdapterModel) -> AdapterConfig:
-    """The adapter config for ``s``; MCNC's chunk size is chosen to meet the budget."""
+def adapter_config(s: FinetuneSettings) -> AdapterConfig:
+    """The adapter config for ``s``; MCNC's chunk size is chosen for the budget when the
+    adapter is added."""
     common = {"target_modules": s.target_modules, "rank": s.rank, "seed": s.seed}
     if s.method == "lora":
         return LoRAAdapterConfig(**common)
     if s.method == "nola":
         return NOLAAdapterConfig(**common, coefficients=s.budget)
     if s.method == "mcnc":
-        config = MCNCAdapterConfig(**common, mixing=s.mixing, **s.mcnc_options)
-        layout = FactorLayout(model.select_targets(config), s.rank)
-        return replace(config, d=d_for_budget(layout, s.budget, config))
+        return MCNCAdapterConfig(**common, mixing=s.mixing, budget=s.budget, **s.mcnc_options)
     raise ValueError(f"unknown adapter method {s.method!r}; choose one of {OWN_METHODS}")
 
 
@@ -282,10 +280,9 @@ class FinetuneRun:
             self.config = self.model.peft_config["default"]
         else:
             self.model = AdapterModel(base)
-            self.config = adapter_config(s, self.model)
             options = ({"max_basis_bytes": 0} if s.method == "nola" and s.nola_on_the_fly
                        else {})
-            self.model.add_adapter("default", self.config, **options)
+            self.config = self.model.add_adapter("default", adapter_config(s), **options).config
         self.model.to(ctx.device)
         self.ddp = self.model
         if ctx.world > 1:

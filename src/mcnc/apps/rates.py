@@ -9,9 +9,13 @@ PyTorch's usual 1e-3 for dense and LoRA, which the sweep does not cover.
 ``DEMO_LR``: ``mcnc demo``'s rate of alpha and beta, from the generator-design runs
 (``python benchmarks/generator_design.py``).
 
-``ADAPTER_LR``: AdamW's rate of each adapter in ``mcnc finetune``: mcnc's adapters from the
-sweep on SmolLM2 at rank 16 (results/finetune/sweep.md); peft's adapters 1e-2, not tuned
-here (results/finetune-peers sweeps each per budget; pass ``lr``).
+``ADAPTER_LR``: AdamW's rate of each adapter in ``mcnc finetune`` at its default budget of
+6,000 trained numbers and 300 steps: the best rate of the side-by-side sweep on SmolLM2-135M
+(results/finetune-peers/table.md, cells ``@ 6,000``, the best strictly inside its rungs). VeRA
+and RandLoRA cannot be set that small: their rates are those of their documented defaults
+there (``vera default``, ``randlora default``); LoRA's and peft's LoRA's that of ``lora r1``.
+Another budget may want another rate (at 26,880 the best rates were about 3x lower): pass
+``lr``.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 CLASSIFIER_LR = {"dense": 1e-3, "mcnc": 0.3, "mcnc-lowrank": 0.3, "pranc": 0.3, "nola": 0.3,
                  "lora": 1e-3, "pruning": 0.03}
 DEMO_LR = 0.2
-ADAPTER_LR = {"mcnc": 0.2, "nola": 0.1, "lora": 3e-3}
-PEER_ADAPTER_LR = 1e-2
+ADAPTER_LR = {"mcnc": 0.3, "nola": 0.1, "lora": 3e-3, "fourierft": 0.3, "unilora": 0.1,
+              "tinylora": 1e-3, "vblora": 1e-2, "vera": 3e-2, "randlora": 3e-4,
+              "peft-lora": 3e-3}
+ADAPTER_STEPS = 300
+"""The length of the sweep behind ``ADAPTER_LR``, ``mcnc finetune``'s default."""
 
 
 def classifier_lr(method: str) -> float:
@@ -30,4 +37,4 @@ def classifier_lr(method: str) -> float:
 
 def adapter_lr(method: str) -> float:
     """The default rate of an adapter ``method`` (mcnc's own, or one of peft's)."""
-    return ADAPTER_LR.get(method, PEER_ADAPTER_LR)
+    return ADAPTER_LR[method]
