@@ -376,3 +376,41 @@ def test_the_default_adapter_rates_are_the_best_of_the_committed_sweep():
     assert {method: best[cell] for method, cell in cells.items()} == ADAPTER_LR
     assert "300 steps" in table and ADAPTER_STEPS == 300 == FinetuneSettings().steps
     assert FinetuneSettings(method="unilora").learning_rate == 0.1
+
+
+def _adapter_after(tmp_path, name, **settings) -> dict[str, torch.Tensor]:
+    finetune(FinetuneSettings(model="tiny-llama", steps=3, rank=4, budget=240, max_length=48,
+                              val_batches=1, out=str(tmp_path / name), progress=False,
+                              **settings))
+    import safetensors.torch
+
+    return safetensors.torch.load_file(tmp_path / name / "adapter" / "adapter_model.safetensors")
+
+
+def test_gradient_accumulation_trains_the_same_adapter(tmp_path):
+    whole = _adapter_after(tmp_path, "whole")
+    parts = _adapter_after(tmp_path, "parts", grad_accumulation=2)
+    assert whole.keys() == parts.keys()
+    for name in whole:
+        torch.testing.assert_close(parts[name], whole[name], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot be cut into 3 equal micro-batches"):
+        finetune(FinetuneSettings(model="tiny-llama", grad_accumulation=3, progress=False))
+
+
+def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path):
+    result = finetune(FinetuneSettings(model="tiny-llama", steps=2, rank=4, budget=240,
+                                       max_length=48, val_batches=1, dtype="bfloat16",
+                                       out=str(tmp_path), progress=False))
+    assert math.isfinite(result["val_loss"]) and result["dtype"] == "bfloat16"
+    import safetensors.torch
+
+    stored = safetensors.torch.load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float32}
+    with pytest.raises(ValueError, match="--dtype float8: choose one of"):
+        FinetuneSettings(dtype="float8")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_asking_for_cuda_without_one_is_a_clear_error():
+    with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
+        finetune(FinetuneSettings(model="tiny-llama", device="cuda", progress=False))

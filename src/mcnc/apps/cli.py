@@ -253,7 +253,8 @@ def _train(args: argparse.Namespace) -> None:
 def _add_finetune(sub: _Subparsers) -> None:
     """Add ``mcnc finetune`` and its options; it runs :func:`_finetune`."""
     from mcnc.adapters.config import ADAPTER_MIXINGS
-    from mcnc.apps.finetune import ADAPTER_METHODS, BASES, FinetuneSettings
+    from mcnc.apps.distributed import DEVICES
+    from mcnc.apps.finetune import ADAPTER_METHODS, BASES, DTYPES, FinetuneSettings
     from mcnc.apps.rates import ADAPTER_LR
 
     run = FinetuneSettings()
@@ -278,6 +279,13 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--steps", type=int, default=run.steps, help="optimiser steps")
     p.add_argument("--batch-size", type=int, default=run.batch_size, help="global batch size")
     p.add_argument("--max-length", type=int, default=run.max_length, help="tokens per example")
+    p.add_argument("--grad-accumulation", type=int, default=run.grad_accumulation,
+                   help="run each process's share of a batch as N micro-batches (same "
+                   "gradient, less memory)")
+    p.add_argument("--device", default=run.device, choices=DEVICES,
+                   help="auto: CUDA when there is one, else the CPU")
+    p.add_argument("--dtype", default=run.dtype, choices=list(DTYPES), help="the base model's "
+                   "weights (mcnc's adapters and the loss stay float32)")
     p.add_argument("--lr", type=float, help="AdamW lr (default: "
                    + ", ".join(f"{k} {v:g}" for k, v in ADAPTER_LR.items()) + ": the best "
                    "of the sweep at 6,000 trained numbers, 300 steps)")
@@ -307,7 +315,8 @@ def _finetune(args: argparse.Namespace) -> None:
         model=args.model, data=args.data, val_data=args.val_data, method=args.method,
         budget=args.budget, rank=args.rank,
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
-        max_length=args.max_length, lr=args.lr, seed=args.seed, base=args.base,
+        max_length=args.max_length, grad_accumulation=args.grad_accumulation,
+        device=args.device, dtype=args.dtype, lr=args.lr, seed=args.seed, base=args.base,
         mixing=args.mixing, beta_lr_scale=args.beta_lr_scale,
         nola_on_the_fly=not args.nola_in_memory,
         val_batches=args.val_batches,

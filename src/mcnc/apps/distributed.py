@@ -27,10 +27,25 @@ class Context:
         return self.rank == 0
 
 
-def init_distributed() -> Context:
-    """Join the process group torchrun set up (gloo on CPU, nccl on GPU); single process else."""
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def init_distributed(device: str = "auto") -> Context:
+    """Join the process group torchrun set up (gloo on CPU, nccl on GPU); single process else.
+
+    Args:
+        device: ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
+
+    Raises:
+        ValueError: an unknown ``device``, or ``cuda`` on a machine without CUDA.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"--device {device}: choose one of {', '.join(DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu "
+                         "(or auto)")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    cuda = torch.cuda.is_available()
+    cuda = device != "cpu" and torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
     if world == 1:

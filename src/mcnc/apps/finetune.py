@@ -13,6 +13,7 @@ process takes its share of every global batch and DDP averages the gradients.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import tempfile
@@ -41,11 +42,13 @@ from mcnc.apps.machine import machine_line, peak_memory, reset_peak_memory
 from mcnc.apps.peers import PEERS, peer_config
 from mcnc.apps.rates import ADAPTER_STEPS, adapter_lr
 from mcnc.core.errors import DivergedError
+from mcnc.core.limits import check_positive_ints
 
 OWN_METHODS = ("mcnc", "nola", "lora")
 ADAPTER_METHODS = OWN_METHODS + PEERS
 """mcnc's own adapters, then peft's, run through peft itself (:mod:`mcnc.apps.peers`)."""
 BASES = ("float32", "gguf-4bit")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SET_BY_FINETUNE = {"target_modules", "rank", "seed", "mixing", "d", "budget"}
 """MCNCAdapterConfig fields that FinetuneSettings sets itself (not through mcnc_options)."""
 
@@ -72,6 +75,14 @@ class FinetuneSettings:
     steps: int = ADAPTER_STEPS
     batch_size: int = 4
     """Global batch size (split over processes under torchrun)."""
+    grad_accumulation: int = 1
+    """Each process's share of a batch runs as this many micro-batches (same gradient, less
+    memory); it must divide the share."""
+    device: str = "auto"
+    """``auto`` (CUDA when there is one, else the CPU), ``cpu`` or ``cuda``."""
+    dtype: str = "float32"
+    """The base model's weights: ``float32``, ``bfloat16`` or ``float16`` (mcnc's adapters and
+    the loss stay float32)."""
     max_length: int = 128
     lr: float | None = None
     """None: the method's default (:func:`mcnc.apps.rates.adapter_lr`)."""
@@ -101,6 +112,12 @@ class FinetuneSettings:
         if self.mixing != "none" and self.method != "mcnc":
             raise ValueError(f"--mixing {self.mixing} is an MCNC option; {self.method} has no "
                              "generated vector to mix (drop --mixing)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
+        if self.dtype != "float32" and self.base != "float32":
+            raise ValueError(f"--dtype {self.dtype} needs --base float32 (the 4-bit base "
+                             "computes in float32)")
+        check_positive_ints(grad_accumulation=self.grad_accumulation)
         if self.beta_lr_scale != 1.0 and self.method != "mcnc":
             raise ValueError(f"beta_lr_scale is an MCNC option; {self.method} has no beta "
                              "(leave it at 1)")
@@ -166,7 +183,7 @@ def _load_model(s: FinetuneSettings) -> tuple[nn.Module, object]:
         from mcnc.llm.quantized import load_gguf_4bit
 
         return load_gguf_4bit(smollm2_gguf_path()), load_smollm2_tokenizer()
-    return build_language_model(s.model, seed=s.seed)
+    return build_language_model(s.model, seed=s.seed, dtype=DTYPES[s.dtype])
 
 
 def _data(s: FinetuneSettings, tokenizer) -> tuple[list[dict], list[dict]]:
@@ -269,6 +286,10 @@ class FinetuneRun:
         if s.batch_size % ctx.world:
             raise ValueError(f"batch size {s.batch_size} must be a multiple of the number of "
                              f"processes ({ctx.world})")
+        if (s.batch_size // ctx.world) % s.grad_accumulation:
+            raise ValueError(f"each process's {s.batch_size // ctx.world} examples per batch "
+                             f"cannot be cut into {s.grad_accumulation} equal micro-batches; "
+                             "choose a --grad-accumulation that divides them")
         self.s, self.ctx = s, ctx
         base, self.tokenizer = _load_model(s)
         self.pad_id = self.tokenizer.pad_token_id
@@ -323,6 +344,28 @@ class FinetuneRun:
         self.model.train()
         return {"step": step, "val_loss": result.loss, "token_accuracy": result.token_accuracy}
 
+    def _accumulate(self, batch: dict[str, torch.Tensor]) -> float:
+        """Gradients of one global batch, in ``grad_accumulation`` micro-batches (DDP syncs on
+        the last only); returns this process's share of the batch loss. Every process divides
+        its token-loss sums by the global count of answer tokens, and DDP averages over
+        processes, so the gradient is that of the whole batch's mean token loss."""
+        from mcnc.llm.data import IGNORE_INDEX
+
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        (count,) = sum_over_processes([n], self.ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        parts = self.s.grad_accumulation
+        micro = {name: tensor.chunk(parts) for name, tensor in batch.items()}
+        total = 0.0
+        for i in range(parts):
+            sync = i == parts - 1 or self.ctx.world == 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                loss_sum, _ = _token_loss_sum(self.ddp, {k: v[i] for k, v in micro.items()})
+                loss = loss_sum * self.ctx.world / count
+                loss.backward()
+            total += loss.item()
+        return total
+
     def train(self) -> tuple[list[float], float, int]:
         """Train for ``steps``; returns per-step losses, seconds and tokens (all processes).
         With ``eval_every``, the validation curve goes to ``self.curve``."""
@@ -339,19 +382,14 @@ class FinetuneRun:
                 self.curve.append(self._curve_point(step))
             batch = next(data)
             t0 = time.perf_counter()
-            loss_sum, n = _token_loss_sum(self.ddp, batch)
-            (count,) = sum_over_processes([n], self.ctx)
-            # Every process divides by the global token count; DDP averages over processes.
-            loss = loss_sum * self.ctx.world / count
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._accumulate(batch)
             self.optimizer.step()
             self.scheduler.step()
             if isinstance(self.model, AdapterModel):
                 self.model.after_step()
             seconds += time.perf_counter() - t0
             tokens += count_tokens(batch)
-            (global_loss,) = sum_over_processes([loss.item() / self.ctx.world], self.ctx)
+            (global_loss,) = sum_over_processes([loss / self.ctx.world], self.ctx)
             if not math.isfinite(global_loss):
                 bar.close()
                 raise DivergedError(
@@ -447,7 +485,7 @@ def _folder_bytes(folder: Path) -> int:
 
 def finetune(settings: FinetuneSettings) -> dict:
     """Run one fine-tuning job; returns (and, with ``out``, writes) its results."""
-    ctx = init_distributed()
+    ctx = init_distributed(settings.device)
     torch.manual_seed(settings.seed)
     result = FinetuneRun(settings, ctx).run()
     if settings.out and ctx.main:
