@@ -112,7 +112,8 @@ def test_train_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert "data_batch_1.bin" in capsys.readouterr().err
 
 
-COMMANDS = ("demo", "train", "compare", "finetune", "coverage", "bench", "inspect", "reconstruct")
+COMMANDS = ("demo", "train", "compare", "finetune", "generate", "coverage", "bench", "inspect",
+            "reconstruct")
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
@@ -178,7 +179,7 @@ def test_each_command_runs_its_own_handler():
     from mcnc.apps.compare import PRESETS
 
     minimal = {"compare": ["--preset", next(iter(PRESETS))], "inspect": ["f.mcnc"],
-               "reconstruct": ["f.mcnc", "-o", "f.safetensors"]}
+               "reconstruct": ["f.mcnc", "-o", "f.safetensors"], "generate": ["--adapter", "a", "hi"]}
     for name in COMMANDS:
         args = build_parser().parse_args([name, *minimal.get(name, [])])
         assert args.command == name and args.func.__name__ == f"_{name}"

@@ -53,7 +53,9 @@ def test_finetune_reports_and_saves(method, tmp_path):
                                        max_length=48, val_batches=2, out=str(tmp_path),
                                        progress=False))
     adapter = tmp_path / "adapter"
-    assert result["adapter_bytes"] == sum(f.stat().st_size for f in adapter.iterdir())
+    needed = ("adapter_config.json", "adapter_model.safetensors")  # README, training.json aside
+    assert result["adapter_bytes"] == sum((adapter / name).stat().st_size for name in needed)
+    assert {f.name for f in adapter.iterdir()} == {*needed, "README.md", "training.json"}
     for key in ("train_loss", "val_loss", "train_tokens_per_s", "inference_tokens_per_s"):
         assert result[key] > 0
     if method == "lora":
@@ -414,3 +416,24 @@ def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path):
 def test_asking_for_cuda_without_one_is_a_clear_error():
     with pytest.raises(ValueError, match="--device cuda: torch sees no CUDA device"):
         finetune(FinetuneSettings(model="tiny-llama", device="cuda", progress=False))
+
+
+def test_a_finetuned_folder_says_what_it_is_generates_and_exports_to_peft(tmp_path, capsys):
+    from mcnc.apps.cli import main
+
+    finetune(FinetuneSettings(model="tiny-llama", steps=1, rank=4, budget=240, max_length=48,
+                              val_batches=1, out=str(tmp_path / "run"),
+                              export_lora=str(tmp_path / "lora"), progress=False))
+    folder = tmp_path / "run" / "adapter"
+    info = json.loads((folder / "training.json").read_text())
+    assert info["base_model"] == "tiny-llama" and info["budget"] == 240
+    assert math.isfinite(info["val_loss"]) and "val_loss" in (folder / "README.md").read_text()
+    prompt = ["generate", "--adapter", str(folder), "--max-new-tokens", "5", "Hello"]
+    assert main(prompt) == 0 and main(prompt) == 0
+    first, second = capsys.readouterr().out.splitlines()[-2:]
+    assert first == second  # greedy: the same text twice (a random model may say nothing)
+    assert main([*prompt, "--temperature", "0.8", "--seed", "3"]) == 0
+    peft_config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert peft_config["peft_type"] == "LORA" and peft_config["r"] == 4
+    with pytest.raises(ValueError, match="drop --export-lora"):
+        FinetuneSettings(method="unilora", export_lora=str(tmp_path / "x"))

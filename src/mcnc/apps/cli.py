@@ -1,5 +1,5 @@
-"""The ``mcnc`` command line: demo, train, compare, finetune, bench, coverage, inspect,
-reconstruct."""
+"""The ``mcnc`` command line: demo, train, compare, finetune, generate, bench, coverage,
+inspect, reconstruct."""
 
 from __future__ import annotations
 
@@ -80,6 +80,38 @@ def _demo(args: argparse.Namespace) -> None:
     run_demo(DemoSettings(epochs=args.epochs, lr=args.lr, k=args.k, d=args.d, seed=args.seed,
                           limit=args.limit, out=args.out, progress=not args.no_progress,
                           dense_baseline=not args.no_dense_baseline))
+
+
+def _add_generate(sub: _Subparsers) -> None:
+    """Add ``mcnc generate`` and its options; it runs :func:`_generate`."""
+    from mcnc.apps.generate import GenerateSettings
+
+    p = _add_command(sub, "generate", "text from a base model with an mcnc adapter folder")
+    p.add_argument("prompt", help="the user's message (through the chat template unless --raw)")
+    p.add_argument("--adapter", required=True, help="an mcnc adapter folder (mcnc finetune "
+                   "--out DIR writes DIR/adapter)")
+    p.add_argument("--model", help="base model: a name or a local Hugging Face folder or .gguf "
+                   "file (default: the one the adapter was trained on)")
+    p.add_argument("--max-new-tokens", type=int,
+                   default=_default(GenerateSettings, "max_new_tokens"),
+                   help="tokens to generate at most")
+    p.add_argument("--temperature", type=float, default=_default(GenerateSettings, "temperature"),
+                   help="0: greedy; above 0: sampled")
+    p.add_argument("--top-p", type=float, default=_default(GenerateSettings, "top_p"),
+                   help="nucleus sampling (with --temperature > 0)")
+    p.add_argument("--seed", type=int, default=_default(GenerateSettings, "seed"),
+                   help="seed of the sampling")
+    p.add_argument("--raw", action="store_true", help="no chat template")
+    p.set_defaults(func=_generate)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from mcnc.apps.generate import GenerateSettings, generate
+
+    print(generate(GenerateSettings(
+        adapter=args.adapter, prompt=args.prompt, model=args.model,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+        seed=args.seed, raw=args.raw)))
 
 
 def _add_coverage(sub: _Subparsers) -> None:
@@ -304,6 +336,8 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--eval-every", type=int, help="also evaluate every N steps (a validation "
                    "curve in the results)")
     p.add_argument("--out", help="directory for the adapter (out/adapter) and results.jsonl")
+    p.add_argument("--export-lora", help="also write the adapter as a peft LoRA folder here "
+                   "(for LoRA serving stacks)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_finetune)
 
@@ -317,7 +351,7 @@ def _finetune(args: argparse.Namespace) -> None:
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, grad_accumulation=args.grad_accumulation,
         device=args.device, dtype=args.dtype, lr=args.lr, seed=args.seed, base=args.base,
-        mixing=args.mixing, beta_lr_scale=args.beta_lr_scale,
+        mixing=args.mixing, beta_lr_scale=args.beta_lr_scale, export_lora=args.export_lora,
         nola_on_the_fly=not args.nola_in_memory,
         val_batches=args.val_batches,
         eval_every=args.eval_every, out=args.out,
@@ -462,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mcnc {_version()}",
                         help="print mcnc's version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_demo, _add_train, _add_compare, _add_finetune, _add_coverage, _add_bench,
-                _add_inspect, _add_reconstruct):
+    for add in (_add_demo, _add_train, _add_compare, _add_finetune, _add_generate,
+                _add_coverage, _add_bench, _add_inspect, _add_reconstruct):
         add(sub)
     return parser
 

@@ -106,6 +106,10 @@ class FinetuneSettings:
     eval_every: int | None = None
     """Also evaluate every this many steps (and before the first), for a validation curve."""
     out: str | None = None
+    """Folder for ``results.jsonl`` and the adapter (``out/adapter``, with ``training.json``
+    and a ``README.md`` saying what it was trained on and how well it did)."""
+    export_lora: str | None = None
+    """Also write mcnc's adapter as a peft LoRA folder here, for LoRA serving stacks."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -118,6 +122,9 @@ class FinetuneSettings:
             raise ValueError(f"--dtype {self.dtype} needs --base float32 (the 4-bit base "
                              "computes in float32)")
         check_positive_ints(grad_accumulation=self.grad_accumulation)
+        if self.export_lora and self.method in PEERS:
+            raise ValueError(f"--export-lora writes mcnc's adapters as peft LoRA; {self.method}'s "
+                             "folder is peft's own already (drop --export-lora)")
         if self.beta_lr_scale != 1.0 and self.method != "mcnc":
             raise ValueError(f"beta_lr_scale is an MCNC option; {self.method} has no beta "
                              "(leave it at 1)")
@@ -427,6 +434,11 @@ class FinetuneRun:
         sizes = {"adapter_bytes": None, "adapter_bytes_without_projection": None}
         if out is not None and self.ctx.main:
             sizes = self.save(out / "adapter")
+            _describe(out / "adapter", self.s, final)
+        if self.s.export_lora and self.ctx.main:
+            from mcnc.adapters.peft_export import export_peft_lora
+
+            export_peft_lora(self.model, self.s.export_lora)
         tail = losses[-max(1, len(losses) // 10):] or [math.nan]
         return {
             **{k: v for k, v in self.s.to_dict().items() if k not in ("out", "progress")},
@@ -456,6 +468,29 @@ class FinetuneRun:
 
         batch = collate(self.val_set[:self.s.batch_size], self.pad_id)
         return merge_error(self.model, _to(batch, self.ctx.device))
+
+
+TRAINING_NAME = "training.json"
+
+
+def _describe(folder: Path, s: FinetuneSettings, final: Evaluation) -> None:
+    """Write what an adapter folder was trained on and how well it did: ``training.json``
+    (read by ``mcnc generate`` for the base model) and the same as a short ``README.md``."""
+    from mcnc import __version__
+    from mcnc.core.fileformat import atomic_write
+
+    info = {"base_model": s.model, "method": s.method, "budget": s.budget, "rank": s.rank,
+            "data": s.data or "chatterbot-corpus English Q/A pairs", "val_data": s.val_data,
+            "lr": s.learning_rate, "steps": s.steps, "batch_size": s.batch_size,
+            "val_loss": final.loss, "token_accuracy": final.token_accuracy,
+            "mcnc_version": __version__, "machine": machine_line()}
+    atomic_write(folder / TRAINING_NAME, json.dumps(info, indent=2).encode())
+    rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
+    atomic_write(folder / "README.md", (
+        f"# {s.method} adapter for {s.model}\n\nTrained by `mcnc finetune`; reload with "
+        "`mcnc.AdapterModel.from_pretrained(base_model, this_folder)` or try it with "
+        f"`mcnc generate --adapter <this folder> \"...\"`.\n\n| field | value |\n|---|---|\n"
+        f"{rows}\n").encode())
 
 
 @contextmanager
