@@ -179,7 +179,8 @@ def test_each_command_runs_its_own_handler():
     from mcnc.apps.compare import PRESETS
 
     minimal = {"compare": ["--preset", next(iter(PRESETS))], "inspect": ["f.mcnc"],
-               "reconstruct": ["f.mcnc", "-o", "f.safetensors"], "generate": ["--adapter", "a", "hi"]}
+               "reconstruct": ["f.mcnc", "-o", "f.safetensors"],
+               "generate": ["--adapter", "a", "hi"]}
     for name in COMMANDS:
         args = build_parser().parse_args([name, *minimal.get(name, [])])
         assert args.command == name and args.func.__name__ == f"_{name}"
