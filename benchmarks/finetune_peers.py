@@ -1,11 +1,12 @@
 """MCNC beside the adapters a user would pick instead, fine-tuning SmolLM2-135M-Instruct on the
 English Q/A pairs: mcnc's own adapters (MCNC, NOLA, LoRA rank 1) and peft's small ones
-(FourierFT, Uni-LoRA, TinyLoRA, VB-LoRA, VeRA, RandLoRA), the latter run by peft itself,
+(FourierFT, WaveFT, Uni-LoRA, TinyLoRA, VB-LoRA, VeRA, RandLoRA), the latter run by peft itself,
 untouched. Every run has the same data, order, steps, batch, schedule and target layers (every
 linear layer of the 30 transformer blocks).
 
-Cells: MCNC, NOLA, FourierFT, Uni-LoRA, TinyLoRA and VB-LoRA at two matched budgets of trained
-numbers (6,000 and 26,880; each method's own knobs set the count, reported exactly), every peft
+Cells: MCNC, NOLA, FourierFT, Uni-LoRA, TinyLoRA, VB-LoRA and WaveFT at four matched budgets of
+trained numbers (1,500, 6,000, 26,880 and 100,000, a curve; each method's own knobs set the
+count, reported exactly; the first table had 6,000 and 26,880 only), every peft
 peer at its documented default, and LoRA rank 1 for scale; also MCNC with its factors mixed
 by a seeded Hadamard transform (``mcnc-mixed``: every chunk moves entries of every layer, as
 each of Uni-LoRA's numbers does), a candidate for where MCNC trails.
@@ -50,13 +51,14 @@ except ImportError:  # Windows: no advisory locks; hold_folder says so
     fcntl = None
 
 LADDER = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
-BUDGETS = (6_000, 26_880)
-"""About 6,000 and 26,880 trained numbers: the second is 64 NOLA coefficients for each of the
-420 factors (the paper's NOLA ratio on LLaMA-2)."""
-MATCHED = ("mcnc", "nola", "fourierft", "unilora", "tinylora", "vblora")
+BUDGETS = (6_000, 26_880, 1_500, 100_000)
+"""About 6,000 and 26,880 trained numbers (the second is 64 NOLA coefficients for each of the
+420 factors, the paper's NOLA ratio on LLaMA-2), then 1,500 and 100,000 to make a curve
+(after the first two, so that runs already recorded keep their place in the schedule)."""
+MATCHED = ("mcnc", "nola", "fourierft", "unilora", "tinylora", "vblora", "waveft")
 """Methods that can be set to both budgets (VeRA and RandLoRA cannot go below 155,730 and
 218,880 trained numbers on this model: results/finetune/peer_budgets.md)."""
-DEFAULTS = ("fourierft", "unilora", "tinylora", "vblora", "vera", "randlora")
+DEFAULTS = ("fourierft", "unilora", "tinylora", "vblora", "vera", "randlora", "waveft")
 DEFAULT_MODEL = "smollm2-135m"
 MODEL_TITLES = {DEFAULT_MODEL: "SmolLM2-135M-Instruct",
                 "tiny-llama": "A tiny random Llama (a trial of the benchmark, not a result)"}
@@ -263,6 +265,16 @@ def _late(records: list[dict]) -> str:
     return f"{statistics.mean(changes):+.4f}" if changes else "n/a"
 
 
+def _best_eval(records: list[dict]) -> str:
+    """Mean over seeds of the lowest validation loss of each run's curve, and the mean step
+    of it: the loss at the best evaluation, reported for every method alike."""
+    best = [min(r["curve"], key=lambda p: p["val_loss"]) for r in records if r.get("curve")]
+    if not best:
+        return "n/a"
+    return (f"{statistics.mean(p['val_loss'] for p in best):.4f} "
+            f"(step {statistics.mean(p['step'] for p in best):.0f})")
+
+
 def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
     """Per cell: the best rate, the rungs tried and the records at the best rate."""
     rows = []
@@ -331,7 +343,9 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
         "mean ± std "
         "(seeds). *vs MCNC*: validation loss minus MCNC's at the same budget ± Welch standard "
         "error; a verdict only beyond 2 SE. *late*: change of validation loss over the last "
-        "fifth of the steps. Train tokens/s: median over seeds, on the machine named (they "
+        "fifth of the steps. *best eval*: the lowest validation loss of each run's curve "
+        "(mean over seeds, and the mean step where it was reached). Train tokens/s: median "
+        "over seeds, on the machine named (they "
         "differ, and a run shares the machine with another run, so speeds are rough; compare "
         "them within one machine). Peak memory: the process's peak resident set while "
         "training (model included) on a CPU, CUDA memory allocated on a GPU. Merge error: largest "
@@ -347,23 +361,23 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
                   f"accuracy {100 * base['token_accuracy']:.2f}%.", ""]
     lines += [
         "| adapter | trained numbers | lr (rungs tried) | val loss | vs MCNC | token acc. % "
-        "| late | file bytes | without projection | train tokens/s (machine) | peak memory MiB "
-        "| merge error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| late | best eval | file bytes | without projection | train tokens/s (machine) "
+        "| peak memory MiB | merge error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         rs, cell = row["records"], row["cell"]
         label = cell.label + ("" if row["finished"] else " (unfinished)")
         tried = f"{row['lr']:g} ({min(row['tried']):g}..{max(row['tried']):g})"
         if any(r.get("diverged") for r in rs):
-            lines.append(f"| {label} | | {tried} | diverged | | | | | | | | |")
+            lines.append(f"| {label} | | {tried} | diverged | | | | | | | | | |")
             continue
         lean = rs[0].get("adapter_bytes_without_projection")
         memory = [r["peak_memory_bytes"] for r in rs if r.get("peak_memory_bytes")]
         lines.append(
             f"| {label} | {rs[0]['trainable']:,} | {tried} "
             f"| {_fmt([r['val_loss'] for r in rs])} | {_versus_mcnc(row, rows)} "
-            f"| {_fmt([r['token_accuracy'] for r in rs], 100, 2)} | {_late(rs)} "
+            f"| {_fmt([r['token_accuracy'] for r in rs], 100, 2)} | {_late(rs)} | {_best_eval(rs)} "
             f"| {rs[0]['adapter_bytes']:,} | {f'{lean:,}' if lean else '-'} "
             f"| {statistics.median(r['train_tokens_per_s'] for r in rs):.0f} ({_cpus(rs)}) "
             f"| {f'{max(memory) / 2**20:,.0f}' if memory else 'n/a'} "

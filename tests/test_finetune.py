@@ -154,7 +154,7 @@ def test_a_nan_loss_stops_finetuning_without_writing_an_adapter(tmp_path, monkey
 
 
 @pytest.mark.parametrize(("method", "budget", "expected"), [
-    ("unilora", 120, 120), ("fourierft", 140, 140), ("tinylora", 140, 140),
+    ("unilora", 120, 120), ("fourierft", 140, 140), ("waveft", 140, 140), ("tinylora", 140, 140),
     ("vblora", 0, None), ("vera", 120, None), ("randlora", 0, None), ("peft-lora", 120, None)])
 def test_peft_peers_run_through_peft(method, budget, expected, tmp_path):
     pytest.importorskip("peft")

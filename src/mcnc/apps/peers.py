@@ -5,6 +5,7 @@ read off the model peft builds, so it is exact; MCNC and NOLA meet a budget exac
 
 =========  ========================================================================
 fourierft  ``n_frequency = budget / layers`` spectral coefficients per layer
+waveft     ``n_frequency = budget / layers`` wavelet coefficients per layer
 unilora    one shared vector: ``theta_d_length = budget``
 tinylora   ``u = budget / layers`` numbers per layer
 vblora     rank 1, vector length = gcd of the layers' sizes (at most 256), as many bank
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-PEERS = ("fourierft", "unilora", "tinylora", "vblora", "vera", "randlora", "peft-lora")
+PEERS = ("fourierft", "waveft", "unilora", "tinylora", "vblora", "vera", "randlora", "peft-lora")
 
 
 def peer_config(method: str, budget: int | None, layers: Sequence[tuple[int, int]],
@@ -39,6 +40,9 @@ def peer_config(method: str, budget: int | None, layers: Sequence[tuple[int, int
     if method == "fourierft":
         return peft.FourierFTConfig(**common, **({} if budget is None
                                                  else {"n_frequency": per_layer}))
+    if method == "waveft":
+        return peft.WaveFTConfig(**common, **({} if budget is None
+                                              else {"n_frequency": per_layer}))
     if method == "unilora":
         return peft.UniLoraConfig(**common, **({} if budget is None
                                                else {"theta_d_length": budget}))

@@ -36,5 +36,12 @@ def classifier_lr(method: str) -> float:
 
 
 def adapter_lr(method: str) -> float:
-    """The default rate of an adapter ``method`` (mcnc's own, or one of peft's)."""
+    """The default rate of an adapter ``method`` (mcnc's own, or one of peft's).
+
+    Raises:
+        ValueError: no sweep has measured one for ``method`` yet.
+    """
+    if method not in ADAPTER_LR:
+        raise ValueError(f"{method} has no measured default learning rate yet (no sweep of it "
+                         "in results/finetune-peers); pass --lr")
     return ADAPTER_LR[method]
