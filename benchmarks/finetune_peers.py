@@ -115,6 +115,9 @@ def held_in_cells() -> list[Cell]:
 
 
 GRIDS = {"peers": peer_cells, "adapter-held-in": held_in_cells}
+GRID_TITLES = {"peers": "MCNC beside peft's small adapters",
+               "adapter-held-in": "the MCNC adapter's held-in candidates (vs MCNC: against "
+                                  "today's default at the same budget)"}
 """``--grid``: the side-by-side table, or the held-in programme of the MCNC adapter."""
 
 
@@ -334,7 +337,7 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
                        + ([f"--rates-from {args.rates_from}"] if args.rates_from else [])
                        + ([f'--cells "{args.cells}"'] if args.cells != "." else []))
     lines = [
-        f"# {MODEL_TITLES.get(args.model, args.model)}: MCNC beside peft's small adapters",
+        f"# {MODEL_TITLES.get(args.model, args.model)}: {GRID_TITLES[args.grid]}",
         "",
         f"{args.steps} steps, batch 4, at most 128 tokens, English chatterbot Q/A pairs "
         "(1,044 train / 116 validation), every linear layer of the transformer blocks; "
