@@ -50,8 +50,9 @@ def weights_region(layout: Layout, params: dict[str, torch.Tensor], config: MCNC
         start = torch.cat(pieces)
     spreads = tuple((t.size, std) for t, std in zip(layout.targets, target_std(layout),
                                                     strict=True))
-    return Region(layout.total, spreads, start,
-                  (rng.MIXING_SIGN_STREAM, rng.MIXING_PERMUTATION_STREAM))
+    return Region(layout.total, spreads=spreads, start_mean_squares=start,
+                  mixing_streams=(rng.MIXING_SIGN_STREAM, rng.MIXING_PERMUTATION_STREAM),
+                  starts_at_zero=config.mode == "delta")
 
 
 class MCNCModel(HoldsManifold, Reparameterized):

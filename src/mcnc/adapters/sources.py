@@ -187,10 +187,11 @@ def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Regi
     stream = rng.ADAPTER_MIXING_STREAM
     if config.mixing == "hadamard-joint":
         spreads = (*a_spreads, (layout.total_b, 1 / math.sqrt(3 * layout.rank)))
-        return [Region(layout.total_a + layout.total_b, spreads, torch.ones(1),
-                       (stream + 4, stream + 5), config.joint_start)]
-    return [Region(layout.total_a, a_spreads, layout.a_std().pow(2), (stream, stream + 1)),
-            Region(layout.total_b, mixing_streams=(stream + 2, stream + 3))]
+        return [Region(layout.total_a + layout.total_b, spreads=spreads,
+                       mixing_streams=(stream + 4, stream + 5), start_scale=config.joint_start)]
+    return [Region(layout.total_a, spreads=a_spreads, start_mean_squares=layout.a_std().pow(2),
+                   mixing_streams=(stream, stream + 1)),
+            Region(layout.total_b, mixing_streams=(stream + 2, stream + 3), starts_at_zero=True)]
 
 
 def region_sizes(layout: FactorLayout, config: MCNCAdapterConfig) -> list[int]:

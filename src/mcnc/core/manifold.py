@@ -30,7 +30,7 @@ the cube after every optimiser step (:meth:`ChunkedManifold.after_step`).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 import torch
 from torch import nn
@@ -47,17 +47,19 @@ class Region:
 
     numbers: int
     """``N_r``: entries the region produces."""
+    _: KW_ONLY
     spreads: tuple[tuple[int, float], ...] = ()
     """Runs of ``(entries, std)`` covering the region in order: the spread each entry's own
     initialisation has, by which mixed entries are scaled (empty: no scale)."""
     start_mean_squares: torch.Tensor | None = None
-    """``(N_r,)`` mean square of every entry at the start, which the unmixed betas match;
-    ``None``: the region starts at zero. Mixed, only whether it is ``None`` matters (the
-    spreads set the start)."""
+    """Unmixed: ``(N_r,)`` the mean square every entry starts with, which the betas match
+    (mixed regions start at their spreads times ``start_scale``)."""
     mixing_streams: tuple[int, int] = (0, 0)
     """Random streams (signs, permutation) of the region's mixing."""
     start_scale: float = 1.0
     """Mixed: the entries start at this fraction of their spreads."""
+    starts_at_zero: bool = False
+    """The region starts at zero (``beta = 0``): a fine-tuning delta, an adapter's ``B``."""
 
     def chunks(self, d: int) -> int:
         return -(-self.numbers // d)
@@ -112,13 +114,16 @@ class ChunkedManifold(nn.Module):
         """(chunks, m) starting amplitudes of region i."""
         region, chunks = self.regions[i], self.counts[i]
         d, m = self.generator.spec.d, self.m
-        if region.start_mean_squares is None:
+        if region.starts_at_zero:
             return torch.zeros(chunks, m)
         if self.mixings is not None:
             padded = self.mixings[i].length
             return torch.full((chunks, m), region.root_mean_square() * region.start_scale
                               * math.sqrt(padded / (chunks * m)))
         squares = region.start_mean_squares
+        if squares is None:
+            raise ValueError("an unmixed region that does not start at zero needs the mean "
+                             "squares its entries start with")
         squares = torch.cat([squares, squares.new_zeros(chunks * d - squares.numel())])
         per_chunk = squares.view(chunks, d).sum(dim=1)
         return (per_chunk / m).sqrt().unsqueeze(1).expand(chunks, m).clone()
