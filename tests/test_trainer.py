@@ -84,3 +84,35 @@ def test_plain_trainer_keeps_the_inputs_and_the_callback_folds(tmp_path):
 def test_adapter_trainer_wants_an_adapter_model(tmp_path):
     with pytest.raises(TypeError, match="get_adapter_model"):
         AdapterTrainer(model=tiny_gpt2(), args=arguments(tmp_path), eval_dataset=examples(4, 2))
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_a_plain_trainer_saves_and_resumes_the_adapters_only(model_name, tmp_path):
+    """A plain Trainer saves an AdapterModel's state dict, which holds the adapters only: a
+    few kilobytes, no crash on GPT-2's tied weights, and it resumes from its checkpoints."""
+    import safetensors.torch
+
+    def plain(out):
+        model = mcnc.get_adapter_model(MODELS[model_name](), CONFIGS["mcnc"])
+        return Trainer(model=model, args=arguments(out), train_dataset=examples(16, 1),
+                       eval_dataset=examples(8, 2), callbacks=[AdapterCallback()])
+
+    full = plain(tmp_path / "full")
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-2" / "model.safetensors"
+    saved = safetensors.torch.load_file(checkpoint)
+    assert set(saved) == {"adapters.default.manifold.alpha", "adapters.default.manifold.beta"}
+    assert checkpoint.stat().st_size < 4 * sum(t.numel() for t in saved.values()) + 1000
+    resumed = plain(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint.parent))
+    for name, value in adapter_values(full).items():
+        torch.testing.assert_close(adapter_values(resumed)[name], value, atol=1e-6, rtol=1e-5)
+    full.save_model(str(tmp_path / "final"))
+    fresh = mcnc.get_adapter_model(MODELS[model_name](), CONFIGS["mcnc"])
+    fresh.load_state_dict(safetensors.torch.load_file(tmp_path / "final" / "model.safetensors"))
+    ids = examples(2, 3)[0]["input_ids"][None]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.eval()(input_ids=ids).logits,
+                                   full.model.eval()(input_ids=ids).logits)
+    with pytest.raises(RuntimeError, match="holds its adapters only"):
+        fresh.load_state_dict(MODELS[model_name]().state_dict())

@@ -290,6 +290,28 @@ class AdapterModel(nn.Module):
                 setattr(owner, attr, module.base_layer)
         return self.base_model
 
+    # -- state: the adapters only ------------------------------------------------------------
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The adapters' trained tensors only (``adapters.<name>.<tensor>``): the base model is
+        frozen and has its own checkpoint (``base_model.state_dict()``). So a plain
+        ``transformers.Trainer`` checkpoints and saves kilobytes instead of the whole model,
+        resumes from them, and never meets the base's tied weights."""
+        return self.adapters.state_dict(*args, destination=destination,
+                                        prefix=prefix + "adapters.", keep_vars=keep_vars)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load what :meth:`state_dict` gives; other keys (a base model's) are refused when
+        ``strict``, else reported as unexpected."""
+        own = {k.removeprefix("adapters."): v for k, v in state_dict.items()
+               if k.startswith("adapters.")}
+        others = [k for k in state_dict if not k.startswith("adapters.")]
+        if strict and others:
+            raise RuntimeError(f"an AdapterModel's state dict holds its adapters only, got "
+                               f"{others[:3]}...; load base weights into .base_model")
+        result = self.adapters.load_state_dict(own, strict=strict, assign=assign)
+        return type(result)([f"adapters.{k}" for k in result.missing_keys],
+                            [f"adapters.{k}" for k in result.unexpected_keys] + others)
+
     # -- reporting ----------------------------------------------------------------------------
     def trainable_count(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

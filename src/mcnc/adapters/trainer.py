@@ -8,9 +8,10 @@
 
 Checkpoints hold the adapter folders (``adapter_config.json`` + ``adapter_model.safetensors``,
 see :mod:`mcnc.adapters.files`) plus Trainer's own optimiser, scheduler and random states; the
-training arguments are written as JSON. With a plain ``Trainer``, pass
-``callbacks=[AdapterCallback()]`` to keep MCNC's alphas in their cube; its ``save_model``
-would write the whole model's state dict instead of the adapters.
+training arguments are written as JSON. A plain ``Trainer`` works too: it saves the
+AdapterModel's state dict, which holds the adapters only (``model.safetensors``, kilobytes; load
+it with ``AdapterModel.load_state_dict``), and resumes from it; pass
+``callbacks=[AdapterCallback()]`` to keep MCNC's alphas in their cube.
 """
 
 from __future__ import annotations
