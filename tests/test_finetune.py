@@ -45,6 +45,22 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     torch.testing.assert_close(alphas[0], alphas[1], atol=1e-4, rtol=1e-4)
 
 
+def test_fsdp_shards_the_base_and_trains_the_same_adapter(tmp_path):
+    """Two processes with the base's blocks sharded (FSDP2 on gloo) and the adapter replicated
+    train the adapter one process trains on the whole batch."""
+    single = run_cli("--method", "mcnc", "--out", str(tmp_path / "one"))
+    sharded = run_cli("--method", "mcnc", "--out", str(tmp_path / "two"), "--fsdp",
+                      torchrun=True)
+    assert sharded["world_size"] == 2 and sharded["fsdp"]
+    assert sharded["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)
+    folders = [tmp_path / run / "adapter" / "adapter_model.safetensors" for run in ("one", "two")]
+    import safetensors.torch
+
+    one, two = (safetensors.torch.load_file(f) for f in folders)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("method", ["mcnc", "mcnc-mixed", "nola", "lora"])
 def test_finetune_reports_and_saves(method, tmp_path):
     mixing = "hadamard" if method == "mcnc-mixed" else "none"

@@ -336,6 +336,8 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--eval-every", type=int, help="also evaluate every N steps (a validation "
                    "curve in the results)")
     p.add_argument("--out", help="directory for the adapter (out/adapter) and results.jsonl")
+    p.add_argument("--fsdp", action="store_true", help="under torchrun: shard the base model's "
+                   "blocks over the processes (FSDP2); the adapters stay whole")
     p.add_argument("--export-lora", help="also write the adapter as a peft LoRA folder here "
                    "(for LoRA serving stacks)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -352,6 +354,7 @@ def _finetune(args: argparse.Namespace) -> None:
         max_length=args.max_length, grad_accumulation=args.grad_accumulation,
         device=args.device, dtype=args.dtype, lr=args.lr, seed=args.seed, base=args.base,
         mixing=args.mixing, beta_lr_scale=args.beta_lr_scale, export_lora=args.export_lora,
+        fsdp=args.fsdp,
         nola_on_the_fly=not args.nola_in_memory,
         val_batches=args.val_batches,
         eval_every=args.eval_every, out=args.out,

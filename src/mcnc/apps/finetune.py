@@ -108,6 +108,10 @@ class FinetuneSettings:
     out: str | None = None
     """Folder for ``results.jsonl`` and the adapter (``out/adapter``, with ``training.json``
     and a ``README.md`` saying what it was trained on and how well it did)."""
+    fsdp: bool = False
+    """Under ``torchrun``: shard the base model's blocks over the processes with torch's
+    ``fully_shard`` (FSDP2), for a base that outgrows one device; the adapters and their
+    generator stay whole on every process and their gradients are averaged."""
     export_lora: str | None = None
     """Also write mcnc's adapter as a peft LoRA folder here, for LoRA serving stacks."""
     progress: bool = True
@@ -290,6 +294,8 @@ class FinetuneRun:
             raise ValueError(f"unknown method {s.method!r}; choose one of {ADAPTER_METHODS}")
         if s.method in PEERS and ctx.world > 1:
             raise ValueError("peft's adapters run in a single process here")
+        if s.fsdp and (s.method in PEERS or s.base != "float32"):
+            raise ValueError("--fsdp shards a float32 base under mcnc's own adapters")
         if s.batch_size % ctx.world:
             raise ValueError(f"batch size {s.batch_size} must be a multiple of the number of "
                              f"processes ({ctx.world})")
@@ -313,7 +319,9 @@ class FinetuneRun:
             self.config = self.model.add_adapter("default", adapter_config(s), **options).config
         self.model.to(ctx.device)
         self.ddp = self.model
-        if ctx.world > 1:
+        if ctx.world > 1 and s.fsdp:
+            shard_blocks(self.model.base_model)
+        elif ctx.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
         if isinstance(self.model, AdapterModel):
             rates = {"beta_lr_scale": s.beta_lr_scale} if s.beta_lr_scale != 1.0 else {}
@@ -371,6 +379,11 @@ class FinetuneRun:
                 loss = loss_sum * self.ctx.world / count
                 loss.backward()
             total += loss.item()
+        if self.s.fsdp and self.ctx.world > 1:  # the replicated adapters: average as DDP does
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.ctx.world
         return total
 
     def train(self) -> tuple[list[float], float, int]:
@@ -468,6 +481,22 @@ class FinetuneRun:
 
         batch = collate(self.val_set[:self.s.batch_size], self.pad_id)
         return merge_error(self.model, _to(batch, self.ctx.device))
+
+
+def shard_blocks(base: nn.Module) -> int:
+    """Shard every block of the base model's largest stack of repeated blocks (an
+    ``nn.ModuleList``: a transformer's layers) over the processes with ``fully_shard``; the
+    rest (embeddings, head, the adapters) stays whole. Returns the number of blocks."""
+    from torch.distributed.fsdp import fully_shard
+
+    stacks = [m for m in base.modules() if isinstance(m, nn.ModuleList) and len(m) > 1]
+    if not stacks:
+        raise ValueError("--fsdp found no stack of repeated blocks (an nn.ModuleList) to shard "
+                         "in the base model")
+    blocks = max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()))
+    for block in blocks:
+        fully_shard(block)
+    return len(blocks)
 
 
 TRAINING_NAME = "training.json"
