@@ -544,3 +544,10 @@ def test_an_mcnc_adapter_config_can_ask_for_a_budget_instead_of_d(tmp_path):
     assert served.adapters["default"].config == source.config  # budget and chosen d saved
     with pytest.raises(ValueError, match="budget"):
         mcnc.MCNCAdapterConfig(budget=0)
+
+
+def test_a_nola_adapter_config_takes_a_budget_too():
+    config = mcnc.NOLAAdapterConfig(rank=4, budget=150)
+    assert config.coefficients == 150
+    model = mcnc.get_adapter_model(tiny_llama(), config)
+    assert model.trainable_count() == 150

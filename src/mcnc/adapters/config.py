@@ -94,10 +94,16 @@ class NOLAAdapterConfig(AdapterConfig):
     method = "nola"
 
     coefficients: int = 6000
-    """Total trained coefficients over all factors (the budget)."""
+    """Total trained coefficients over all factors."""
+    budget: int | None = None
+    """Trained numbers to spend, as for MCNC: when set, ``coefficients`` is this (NOLA trains
+    exactly its coefficients)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.budget is not None:
+            check_positive_ints(budget=self.budget)
+            object.__setattr__(self, "coefficients", self.budget)
         check_positive_ints(coefficients=self.coefficients)
 
 
