@@ -291,8 +291,8 @@ def _add_finetune(sub: _Subparsers) -> None:
 
     run = FinetuneSettings()
 
-    p = _add_command(sub, "finetune", "fine-tune a language model with an MCNC, NOLA or LoRA "
-                     "adapter on English Q/A pairs (also under torchrun / accelerate launch)")
+    p = _add_command(sub, "finetune", "fine-tune a language model (SmolLM2 or your own) with "
+                     "an mcnc or peft adapter on Q/A pairs or your data (also under torchrun)")
     p.add_argument("--model", default=run.model, help="language model to adapt: smollm2-135m, "
                    "tiny-llama (a tiny stand-in for tests), or a local Hugging Face model "
                    "folder (config.json, weights, tokenizer) or .gguf file")

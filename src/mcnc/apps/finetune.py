@@ -1,5 +1,7 @@
-"""``mcnc finetune``: fine-tune a causal language model with an MCNC, NOLA or LoRA adapter on
-instruction data (English Q/A pairs), and report what users compare adapters by.
+"""``mcnc finetune``: fine-tune a causal language model (a named one, or a local Hugging Face
+folder or ``.gguf`` file) with an mcnc or peft adapter on instruction data (the built-in English
+Q/A pairs or the user's file, :mod:`mcnc.llm.user_data`), and report what users compare
+adapters by.
 
 Reported: train loss (mean of the last tenth of the steps), validation loss (token-weighted)
 and token accuracy (the share of answer tokens the greedy next-token prediction gets right),
@@ -8,7 +10,8 @@ can leave out their seeded projections, also without them), the FLOPs to generat
 adapter's factors (once per forward pass in training; cached in inference), tokens per second
 in training and in inference (validation forward passes with the adapter unmerged), peak
 memory in training, and how far merged logits are from unmerged ones. Under ``torchrun`` each
-process takes its share of every global batch and DDP averages the gradients.
+process takes its share of every global batch and DDP averages the gradients (with ``fsdp``, the
+base's blocks are sharded and the adapters' gradients averaged by hand).
 """
 
 from __future__ import annotations
