@@ -294,7 +294,14 @@ def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _versus_mcnc(row: dict, rows: list[dict]) -> str:
+VERDICTS = {"peers": {"win": "MCNC wins", "loss": "MCNC loses", "tie": "tie"},
+            "adapter-held-in": {"win": "worse than the default",
+                                "loss": "better than the default", "tie": "tie"}}
+"""The words of a Welch verdict against the cell's MCNC row, per grid (in the held-in grid
+that row is today's default and the other rows are candidates)."""
+
+
+def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers") -> str:
     """Validation loss against MCNC's at the same budget (negative: lower than MCNC's)."""
     budget = row["cell"].settings.get("budget")
     mcnc = next((r for r in rows if r["cell"].label == f"mcnc @ {budget:,}"), None) if budget \
@@ -307,7 +314,7 @@ def _versus_mcnc(row: dict, rows: list[dict]) -> str:
     if se is None:
         return f"{diff:+.4f} (1 seed: no test)"
     # Lower loss is better: a peer "wins" against MCNC when its loss is lower by > 2 SE.
-    word = {"win": "MCNC wins", "loss": "MCNC loses", "tie": "tie"}[verdict]
+    word = VERDICTS[grid][verdict]
     return f"{diff:+.4f} ± {se:.4f}: **{word}**"
 
 
@@ -379,7 +386,7 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
         memory = [r["peak_memory_bytes"] for r in rs if r.get("peak_memory_bytes")]
         lines.append(
             f"| {label} | {rs[0]['trainable']:,} | {tried} "
-            f"| {_fmt([r['val_loss'] for r in rs])} | {_versus_mcnc(row, rows)} "
+            f"| {_fmt([r['val_loss'] for r in rs])} | {_versus_mcnc(row, rows, args.grid)} "
             f"| {_fmt([r['token_accuracy'] for r in rs], 100, 2)} | {_late(rs)} | {_best_eval(rs)} "
             f"| {rs[0]['adapter_bytes']:,} | {f'{lean:,}' if lean else '-'} "
             f"| {statistics.median(r['train_tokens_per_s'] for r in rs):.0f} ({_cpus(rs)}) "
