@@ -35,13 +35,13 @@ def weights_region(layout: Layout, params: dict[str, torch.Tensor], config: MCNC
                    ) -> Region:
     """The selected weights end to end as one region of the manifold.
 
-    Entries start with the mean square of their parameter's current (default-initialised)
+    Unmixed, entries start with the mean square of their parameter's current (default-initialised)
     values; a rank-r product ``B @ A`` of factors with entry variance ``s`` has entries of
     variance ``r s**2``, so factor entries get ``s = sqrt(ms / r)``. In ``delta`` mode the
     region starts at zero, so training starts from the pretrained model. Mixed entries are
     scaled to their layer's spread at PyTorch's default initialisation."""
     start = None
-    if config.mode != "delta":
+    if config.mode != "delta" and config.mixing == "none":  # mixed: the spreads set the start
         pieces = []
         for t in layout.targets:
             ms = params[t.name].detach().float().pow(2).mean()
