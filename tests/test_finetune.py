@@ -397,9 +397,20 @@ def _adapter_after(tmp_path, name, **settings) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(tmp_path / name / "adapter" / "adapter_model.safetensors")
 
 
-def test_gradient_accumulation_trains_the_same_adapter(tmp_path):
+def test_gradient_accumulation_trains_the_same_adapter(tmp_path, monkeypatch):
+    from mcnc.apps import finetune as module
+
+    real, calls = module._token_loss_sum, []
+
+    def counted(model, batch):
+        calls.append(len(batch["input_ids"]))
+        return real(model, batch)
+
+    monkeypatch.setattr(module, "_token_loss_sum", counted)
     whole = _adapter_after(tmp_path, "whole")
+    assert calls == [4, 4, 4]
     parts = _adapter_after(tmp_path, "parts", grad_accumulation=2)
+    assert calls[3:] == [2] * 6  # three steps of two micro-batches
     assert whole.keys() == parts.keys()
     for name in whole:
         torch.testing.assert_close(parts[name], whole[name], rtol=1e-4, atol=1e-5)
@@ -407,11 +418,21 @@ def test_gradient_accumulation_trains_the_same_adapter(tmp_path):
         finetune(FinetuneSettings(model="tiny-llama", grad_accumulation=3, progress=False))
 
 
-def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path):
+def test_a_bfloat16_base_trains_a_float32_adapter(tmp_path, monkeypatch):
+    import mcnc.llm.models as models
+
+    real, bases = models.build_language_model, []
+
+    def recorded(*args, **kwargs):
+        model, tokenizer = real(*args, **kwargs)
+        bases.append(next(model.parameters()).dtype)
+        return model, tokenizer
+
+    monkeypatch.setattr(models, "build_language_model", recorded)
     result = finetune(FinetuneSettings(model="tiny-llama", steps=2, rank=4, budget=240,
                                        max_length=48, val_batches=1, dtype="bfloat16",
                                        out=str(tmp_path), progress=False))
-    assert math.isfinite(result["val_loss"]) and result["dtype"] == "bfloat16"
+    assert math.isfinite(result["val_loss"]) and bases == [torch.bfloat16]
     import safetensors.torch
 
     stored = safetensors.torch.load_file(tmp_path / "adapter" / "adapter_model.safetensors")
