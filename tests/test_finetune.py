@@ -40,7 +40,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     sharded = run_cli("--method", "mcnc", "--out", str(tmp_path / "fsdp"), "--fsdp",
                       torchrun=True)
     assert (single["world_size"], dual["world_size"], sharded["world_size"]) == (1, 2, 2)
-    assert sharded["fsdp"] and not dual["fsdp"]
+    assert (sharded["sharded_blocks"], dual["sharded_blocks"]) == (2, 0)  # tiny-llama: 2 blocks
     for run in (dual, sharded):
         assert run["train_loss"] == pytest.approx(single["train_loss"], rel=1e-4)
         assert run["val_loss"] == pytest.approx(single["val_loss"], rel=1e-4)

@@ -322,8 +322,10 @@ class FinetuneRun:
             self.config = self.model.add_adapter("default", adapter_config(s), **options).config
         self.model.to(ctx.device)
         self.ddp = self.model
+        self.sharded_blocks = 0
+        """Blocks of the base sharded over the processes (``fsdp``)."""
         if ctx.world > 1 and s.fsdp:
-            shard_blocks(self.model.base_model)
+            self.sharded_blocks = shard_blocks(self.model.base_model)
         elif ctx.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
         if isinstance(self.model, AdapterModel):
@@ -473,7 +475,8 @@ class FinetuneRun:
             "peak_memory_bytes": peak_bytes, "peak_memory_kind": peak_kind,
             "merge_error": self._merge_error() if self.ctx.world == 1 else None,
             "train_examples": len(self.train_set), "val_examples": len(self.val_set),
-            "world_size": self.ctx.world, "losses": losses, "curve": self.curve,
+            "world_size": self.ctx.world, "sharded_blocks": self.sharded_blocks,
+            "losses": losses, "curve": self.curve,
             "machine": machine_line(),
         }
 
