@@ -96,6 +96,7 @@ HELD_IN_CANDIDATES = {
     "mcnc-mixed gen-vision": {"mixing": "hadamard", "mcnc_options": VISION_GENERATOR},
     "mcnc-joint": {"mixing": "hadamard-joint"},
     "mcnc-mixed beta x0.3": {"mixing": "hadamard", "beta_lr_scale": 0.3},
+    "mcnc-joint beta x0.3": {"mixing": "hadamard-joint", "beta_lr_scale": 0.3},
     "mcnc-mixed beta x3": {"mixing": "hadamard", "beta_lr_scale": 3.0},
     "mcnc-mixed alpha-centre": {"mixing": "hadamard",
                                 "mcnc_options": {"alpha_init_scale": 0.1}},
