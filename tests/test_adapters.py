@@ -491,8 +491,12 @@ def test_the_active_adapter_gives_beta_a_rate_of_its_own():
     model = mcnc.get_adapter_model(tiny_llama(), CONFIGS["mcnc"])
     groups = model.param_groups(0.3, beta_lr_scale=0.1)
     source = model.adapters["default"]
+    typical = source.manifold.typical_beta  # A's betas: B starts at zero and knows no spread
+    assert typical == pytest.approx(source.beta[source.beta > 0].pow(2).mean().sqrt().item())
     assert [(g["params"], g["lr"]) for g in groups] == [([source.alpha], 0.3),
-                                                       ([source.beta], 0.3 * 0.1)]
+                                                       ([source.beta], 0.3 * 0.1 * typical)]
+    absolute = model.param_groups(0.3, beta_lr_scale=0.1, beta_rate="absolute")
+    assert [g["lr"] for g in absolute] == [0.3, 0.3 * 0.1]
     lora = mcnc.get_adapter_model(tiny_llama(), CONFIGS["lora"])
     with pytest.raises(ValueError, match="the lora adapter has no such rate"):
         lora.param_groups(1e-3, beta_lr_scale=0.1)

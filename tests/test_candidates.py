@@ -22,7 +22,7 @@ def test_alpha_init_scale_keeps_alphas_near_the_centre():
 
 def test_beta_gets_its_own_rate_and_warmup_rises_first():
     model = mcnc.compress(mlp(), mcnc.MCNCConfig(k=4, d=100, width=8))
-    groups = param_groups(model, 0.3, 1e-3, beta_lr_scale=0.1)
+    groups = param_groups(model, 0.3, 1e-3, beta_lr_scale=0.1, beta_rate="absolute")
     assert [(g["lr"], len(g["params"])) for g in groups] == [(0.3, 1), (0.3 * 0.1, 1)]
     with pytest.raises(ValueError, match=r"\['gamma'\]: mcnc has no such rate"):
         param_groups(model, 0.3, 1e-3, gamma=2.0)

@@ -96,10 +96,11 @@ def test_train_beta_lr_scale_sets_and_records_beta_s_own_rate(tmp_path, capsys, 
     monkeypatch.setattr(run, "param_groups", lambda *a, **kw: groups.append(real(*a, **kw))
                         or groups[-1])
     assert main(["train", "--budget", "300", "--lr", "0.2", "--beta-lr-scale", "0.25",
-                 "--epochs", "1", "--train-subset", "128", "--test-subset", "64",
-                 "--no-progress"]) == 0
+                 "--beta-rate", "absolute", "--epochs", "1", "--train-subset", "128",
+                 "--test-subset", "64", "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["lr"] == 0.2 and result["beta_lr_scale"] == 0.25
+    assert result["beta_rate"] == "absolute"
     rates = sorted(g["initial_lr"] for g in groups[-1])  # "lr" has decayed to 0 by now
     assert rates[:2] == [pytest.approx(0.05), 0.2]
 

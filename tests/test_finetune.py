@@ -102,8 +102,10 @@ def test_beta_gets_its_own_rate_in_finetuning():
                                     beta_lr_scale=0.5, max_length=48, val_batches=1,
                                     progress=False))
     assert run["beta_lr_scale"] == 0.5
-    with pytest.raises(ValueError, match="beta_lr_scale is an MCNC option; lora"):
+    with pytest.raises(ValueError, match="beta_lr_scale and beta_rate are MCNC options; lora"):
         FinetuneSettings(model="tiny-llama", method="lora", beta_lr_scale=0.5)
+    with pytest.raises(ValueError, match="MCNC options; lora"):
+        FinetuneSettings(model="tiny-llama", method="lora", beta_rate="absolute")
 
 
 def test_the_validation_curve_starts_before_training_and_ends_with_the_result():

@@ -21,7 +21,14 @@ from mcnc.core.generator import Generator, seeded_weights_shapes
 from mcnc.core.initialisation import target_std
 from mcnc.core.layout import Layout, plan_layout
 from mcnc.core.limits import MAX_NUMBERS, check_work
-from mcnc.core.manifold import ChunkedManifold, HoldsManifold, Region, chunk_count, expected_shapes
+from mcnc.core.manifold import (
+    MANIFOLD_RATES,
+    ChunkedManifold,
+    HoldsManifold,
+    Region,
+    chunk_count,
+    expected_shapes,
+)
 from mcnc.core.reparam import Reparameterized, check_float32, flat_values
 from mcnc.metadata import (
     generator_from_meta,
@@ -91,12 +98,13 @@ class MCNCModel(HoldsManifold, Reparameterized):
     def generated_flat(self) -> torch.Tensor:
         return self.manifold()[0]
 
-    def method_param_groups(self, lr: float, **rates: float) -> list[dict]:
-        """alpha at ``lr``, beta at ``lr * beta_lr_scale`` (``rates``; default 1)."""
-        scale = rates.pop("beta_lr_scale", 1.0)
-        if rates:
-            return super().method_param_groups(lr, **rates)  # refuses them by name
-        return self.manifold.param_groups(lr, scale)
+    def method_param_groups(self, lr: float, **rates) -> list[dict]:
+        """alpha at ``lr``, beta at a rate of its own (``rates``: ``beta_lr_scale``,
+        ``beta_rate``; :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`)."""
+        unknown = {k: v for k, v in rates.items() if k not in MANIFOLD_RATES}
+        if unknown:
+            return super().method_param_groups(lr, **unknown)  # refuses them by name
+        return self.manifold.param_groups(lr, **rates)
 
     def after_step(self) -> None:
         self.manifold.after_step()

@@ -29,7 +29,7 @@ from mcnc.baselines.subspace import split_coefficients
 from mcnc.core import rng
 from mcnc.core.generator import Generator
 from mcnc.core.initialisation import UNIT_BOUND
-from mcnc.core.manifold import ChunkedManifold, HoldsManifold, Region
+from mcnc.core.manifold import MANIFOLD_RATES, ChunkedManifold, HoldsManifold, Region
 
 
 @dataclass(frozen=True)
@@ -240,12 +240,13 @@ class MCNCSource(HoldsManifold, FactorSource):
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self._factors(self.manifold())
 
-    def param_groups(self, lr: float, **rates: float) -> list[dict]:
-        """alpha at ``lr``, beta at ``lr * beta_lr_scale`` (``rates``; default 1)."""
-        scale = rates.pop("beta_lr_scale", 1.0)
-        if rates:
-            return super().param_groups(lr, **rates)  # refuses them by name
-        return self.manifold.param_groups(lr, scale)
+    def param_groups(self, lr: float, **rates) -> list[dict]:
+        """alpha at ``lr``, beta at a rate of its own (``rates``: ``beta_lr_scale``,
+        ``beta_rate``; :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`)."""
+        unknown = {k: v for k, v in rates.items() if k not in MANIFOLD_RATES}
+        if unknown:
+            return super().param_groups(lr, **unknown)  # refuses them by name
+        return self.manifold.param_groups(lr, **rates)
 
     def generation_flops(self) -> int:
         return self.manifold.generation_flops()

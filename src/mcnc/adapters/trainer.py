@@ -11,7 +11,9 @@ see :mod:`mcnc.adapters.files`) plus Trainer's own optimiser, scheduler and rand
 training arguments are written as JSON. A plain ``Trainer`` works too: it saves the
 AdapterModel's state dict, which holds the adapters only (``model.safetensors``, kilobytes; load
 it with ``AdapterModel.load_state_dict``), and resumes from it; pass
-``callbacks=[AdapterCallback()]`` to keep MCNC's alphas in their cube.
+``callbacks=[AdapterCallback()]`` to keep MCNC's alphas in their cube. AdapterTrainer also
+builds its optimiser from ``AdapterModel.param_groups`` (MCNC's beta at its own rate); a plain
+Trainer trains every number at one rate unless given ``optimizers=``.
 """
 
 from __future__ import annotations
@@ -53,6 +55,16 @@ class AdapterTrainer(Trainer):
                             f"{type(self.model).__name__}; wrap the model with "
                             "mcnc.get_adapter_model first")
         self.add_callback(AdapterCallback())
+
+    def create_optimizer(self, model: nn.Module | None = None):
+        """Trainer's optimiser (its class and settings from the training arguments) over the
+        adapter's own groups: MCNC's beta at its own rate (``AdapterModel.param_groups``)."""
+        if self.optimizer is None:
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            groups = _adapter_model(self.model).param_groups(self.args.learning_rate)
+            self.optimizer = cls([{**g, "weight_decay": self.args.weight_decay} for g in groups],
+                                 **kwargs)
+        return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

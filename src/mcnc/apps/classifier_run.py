@@ -34,6 +34,7 @@ from mcnc.apps.rates import classifier_lr
 from mcnc.baselines import PruningConfig, prune
 from mcnc.core.errors import DivergedError
 from mcnc.core.fileformat import atomic_write, save, to_bytes
+from mcnc.core.manifold import manifold_rates
 from mcnc.core.reparam import Reparameterized
 from mcnc.data.dataset import ImageDataset, collate_batch, subset
 from mcnc.data.registry import load_dataset
@@ -56,7 +57,12 @@ class TrainSettings:
     dense_lr: float = 1e-3
     """Learning rate of dense parameters (normalisation layers; everything for ``dense``)."""
     beta_lr_scale: float = 1.0
-    """MCNC: beta trains at ``lr * beta_lr_scale`` (alpha at ``lr``)."""
+    """MCNC: beta trains at ``lr * beta_lr_scale`` (alpha at ``lr``), times its typical size
+    under ``beta_rate="relative"``."""
+    beta_rate: str = "relative"
+    """MCNC: ``"relative"`` scales beta's rate by its typical size, so that a step moves the
+    weights as far at every budget; ``"absolute"`` (before version 0.3) does not
+    (:meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`)."""
     warmup: float = 0.0
     """Share of the steps over which the learning rates rise linearly from 0 before the
     cosine decay (0: cosine decay from the first step)."""
@@ -188,7 +194,7 @@ class Run:
 
     def _new_optimizer(self) -> None:
         lr = self.s.dense_lr if self.phase == "dense" else self.lr
-        rates = {"beta_lr_scale": self.s.beta_lr_scale} if self.s.beta_lr_scale != 1.0 else {}
+        rates = manifold_rates(self.s.beta_lr_scale, self.s.beta_rate)
         self.optimizer = torch.optim.Adam(param_groups(self.model, lr, self.s.dense_lr, **rates))
         steps_per_epoch = -(-len(self.train_set) // self.s.batch_size)
         steps = max(1, self._phase_length() * steps_per_epoch)
@@ -316,7 +322,7 @@ class Run:
             "test_accuracy": last.get("test_accuracy", math.nan),
             "train_loss": last.get("train_loss", math.nan),
             "train_seconds": seconds, "world_size": self.ctx.world,
-            "lr": self.lr, "beta_lr_scale": self.s.beta_lr_scale,
+            "lr": self.lr, "beta_lr_scale": self.s.beta_lr_scale, "beta_rate": self.s.beta_rate,
             "train_samples": len(self.train_set), "test_samples": len(self.test_set),
             "machine": machine_line(),
             "history": self.history,

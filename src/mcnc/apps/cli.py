@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mcnc.core.errors import FormatError
+from mcnc.core.manifold import BETA_RATES
 from mcnc.data.errors import DataError
 
 if TYPE_CHECKING:
@@ -44,6 +45,13 @@ def _default(settings: type, name: str) -> object:
     """The default of field ``name`` of a settings dataclass: the command line shows the
     library's defaults and has none of its own."""
     return next(f.default for f in dataclasses.fields(settings) if f.name == name)
+
+
+def _add_beta_rate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--beta-rate", default="relative", choices=BETA_RATES, help="MCNC: "
+                   "'relative' scales beta's rate by its typical size (spread * sqrt(d / m)), so "
+                   "that a step moves the weights as far at every budget; 'absolute' does not "
+                   "(mcnc before 0.3)")
 
 
 def _add_command(sub: _Subparsers, name: str, summary: str) -> argparse.ArgumentParser:
@@ -225,7 +233,9 @@ def _add_train(sub: _Subparsers) -> None:
     p.add_argument("--dense-lr", type=float, default=1e-3,
                    help="Adam lr of dense parameters (normalisation layers, dense method)")
     p.add_argument("--beta-lr-scale", type=float, default=1.0, help="MCNC: beta trains at "
-                   "--lr times this (alpha at --lr); below 1 where a large budget diverges")
+                   "--lr times this (alpha at --lr), times its typical size under --beta-rate "
+                   "relative")
+    _add_beta_rate(p)
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the run (initialisation, subsets, data order)")
     method = MethodSettings()
@@ -273,7 +283,8 @@ def _train(args: argparse.Namespace) -> None:
     result = train(TrainSettings(
         model=args.model, dataset=args.dataset, method=args.method, budget=args.budget,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dense_lr=args.dense_lr,
-        beta_lr_scale=args.beta_lr_scale, seed=args.seed, method_settings=method,
+        beta_lr_scale=args.beta_lr_scale, beta_rate=args.beta_rate, seed=args.seed,
+        method_settings=method,
         data_root=args.data_root,
         train_subset=args.train_subset, test_subset=args.test_subset, augment=args.augment,
         out=args.out, resume=args.resume, progress=not args.no_progress,
@@ -329,7 +340,9 @@ def _add_finetune(sub: _Subparsers) -> None:
                    "Hadamard transform, so every chunk moves entries of every layer; "
                    "'hadamard-joint' mixes A and B together")
     p.add_argument("--beta-lr-scale", type=float, default=run.beta_lr_scale,
-                   help="MCNC: beta trains at --lr times this (alpha at --lr)")
+                   help="MCNC: beta trains at --lr times this (alpha at --lr), times its "
+                   "typical size under --beta-rate relative")
+    _add_beta_rate(p)
     p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
                    "memory instead of regenerating them every step")
     p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
@@ -353,7 +366,8 @@ def _finetune(args: argparse.Namespace) -> None:
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, grad_accumulation=args.grad_accumulation,
         device=args.device, dtype=args.dtype, lr=args.lr, seed=args.seed, base=args.base,
-        mixing=args.mixing, beta_lr_scale=args.beta_lr_scale, export_lora=args.export_lora,
+        mixing=args.mixing, beta_lr_scale=args.beta_lr_scale, beta_rate=args.beta_rate,
+        export_lora=args.export_lora,
         fsdp=args.fsdp,
         nola_on_the_fly=not args.nola_in_memory,
         val_batches=args.val_batches,

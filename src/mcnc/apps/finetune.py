@@ -46,6 +46,7 @@ from mcnc.apps.peers import PEERS, peer_config
 from mcnc.apps.rates import ADAPTER_STEPS, adapter_lr
 from mcnc.core.errors import DivergedError
 from mcnc.core.limits import check_positive_ints
+from mcnc.core.manifold import manifold_rates
 
 OWN_METHODS = ("mcnc", "nola", "lora")
 ADAPTER_METHODS = OWN_METHODS + PEERS
@@ -97,7 +98,11 @@ class FinetuneSettings:
     """MCNC: ``"hadamard"`` mixes the generated factors (see
     :class:`~mcnc.adapters.MCNCAdapterConfig`); other methods need ``"none"``."""
     beta_lr_scale: float = 1.0
-    """MCNC: beta trains at ``lr`` times this (alpha at ``lr``)."""
+    """MCNC: beta trains at ``lr`` times this (alpha at ``lr``), times its typical size under
+    ``beta_rate="relative"``."""
+    beta_rate: str = "relative"
+    """MCNC: ``"relative"`` or ``"absolute"`` (before version 0.3); see
+    :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`."""
     mcnc_options: dict[str, Any] = field(default_factory=dict)
     """MCNC: further :class:`~mcnc.adapters.MCNCAdapterConfig` fields (``k``, ``m``,
     ``width``, ``depth``, ``hidden_gain``, ``L``) for experiments; ``d`` follows the budget."""
@@ -132,9 +137,9 @@ class FinetuneSettings:
         if self.export_lora and self.method in PEERS:
             raise ValueError(f"--export-lora writes mcnc's adapters as peft LoRA; {self.method}'s "
                              "folder is peft's own already (drop --export-lora)")
-        if self.beta_lr_scale != 1.0 and self.method != "mcnc":
-            raise ValueError(f"beta_lr_scale is an MCNC option; {self.method} has no beta "
-                             "(leave it at 1)")
+        if manifold_rates(self.beta_lr_scale, self.beta_rate) and self.method != "mcnc":
+            raise ValueError(f"beta_lr_scale and beta_rate are MCNC options; {self.method} has "
+                             "no beta (leave them at their defaults)")
         if self.mcnc_options and self.method != "mcnc":
             raise ValueError(f"mcnc_options {sorted(self.mcnc_options)} are MCNC settings; "
                              f"{self.method} has none (leave them out)")
@@ -329,8 +334,8 @@ class FinetuneRun:
         elif ctx.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
         if isinstance(self.model, AdapterModel):
-            rates = {"beta_lr_scale": s.beta_lr_scale} if s.beta_lr_scale != 1.0 else {}
-            groups = self.model.param_groups(s.learning_rate, **rates)
+            groups = self.model.param_groups(s.learning_rate,
+                                             **manifold_rates(s.beta_lr_scale, s.beta_rate))
         else:
             groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
                        "lr": s.learning_rate}]

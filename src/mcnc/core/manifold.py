@@ -39,6 +39,16 @@ from mcnc.core.generator import Generator, initial_alpha
 from mcnc.core.mixing import SeededMixing
 
 MIXINGS = ("none", "hadamard")
+BETA_RATES = ("relative", "absolute")
+MANIFOLD_RATES = ("beta_lr_scale", "beta_rate")
+"""The rate settings :meth:`ChunkedManifold.param_groups` takes besides ``lr``."""
+
+
+def manifold_rates(beta_lr_scale: float = 1.0, beta_rate: str = "relative") -> dict:
+    """The rate settings that differ from the defaults, for a training loop to pass on (empty
+    for the defaults, which every method accepts)."""
+    return ({"beta_lr_scale": beta_lr_scale} if beta_lr_scale != 1.0 else {}) | (
+        {"beta_rate": beta_rate} if beta_rate != "relative" else {})
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +67,7 @@ class Region:
     mixing_streams: tuple[int, int] = (0, 0)
     """Random streams (signs, permutation) of the region's mixing."""
     start_scale: float = 1.0
-    """Mixed: the entries start at this fraction of their spreads."""
+    """The entries start at this fraction of their spreads."""
     starts_at_zero: bool = False
     """The region starts at zero (``beta = 0``): a fine-tuning delta, an adapter's ``B``."""
 
@@ -109,24 +119,47 @@ class ChunkedManifold(nn.Module):
                                                 alpha_init_scale))
         self.beta = nn.Parameter(torch.cat([self._initial_beta(i)
                                             for i in range(len(self.regions))]))
+        self.typical_beta = self._typical_beta()
+        """The size betas have when the entries have their spreads (:meth:`param_groups`)."""
 
     def _initial_beta(self, i: int) -> torch.Tensor:
         """(chunks, m) starting amplitudes of region i."""
+        region = self.regions[i]
+        if region.starts_at_zero:
+            return torch.zeros(self.counts[i], self.m)
+        amplitudes = self._amplitudes(i, region.start_scale)
+        if amplitudes is None:
+            raise ValueError("a region that does not start at zero needs the spreads (mixed) or "
+                             "the mean squares (unmixed) its entries start with")
+        return amplitudes
+
+    def _amplitudes(self, i: int, start_scale: float) -> torch.Tensor | None:
+        """(chunks, m) the betas that give region i's entries ``start_scale`` times their
+        spreads (module docstring), or None when the region knows no spread."""
         region, chunks = self.regions[i], self.counts[i]
         d, m = self.generator.spec.d, self.m
-        if region.starts_at_zero:
-            return torch.zeros(chunks, m)
         if self.mixings is not None:
+            if not region.spreads:
+                return None
             padded = self.mixings[i].length
-            return torch.full((chunks, m), region.root_mean_square() * region.start_scale
+            return torch.full((chunks, m), region.root_mean_square() * start_scale
                               * math.sqrt(padded / (chunks * m)))
         squares = region.start_mean_squares
         if squares is None:
-            raise ValueError("an unmixed region that does not start at zero needs the mean "
-                             "squares its entries start with")
+            return None
         squares = torch.cat([squares, squares.new_zeros(chunks * d - squares.numel())])
-        per_chunk = squares.view(chunks, d).sum(dim=1)
+        per_chunk = squares.view(chunks, d).sum(dim=1) * start_scale**2
         return (per_chunk / m).sqrt().unsqueeze(1).expand(chunks, m).clone()
+
+    def _typical_beta(self) -> float:
+        """The root mean square of the betas that give every entry its spread, over the
+        regions that know one (1 when none does), summed exactly in double."""
+        found = [a for i in range(len(self.regions))
+                 if (a := self._amplitudes(i, 1.0)) is not None]
+        if not found:
+            return 1.0
+        squares = torch.cat([a.flatten() for a in found]).double().pow(2).tolist()
+        return math.sqrt(math.fsum(squares) / len(squares))
 
     @property
     def generated_size(self) -> int:
@@ -161,13 +194,24 @@ class ChunkedManifold(nn.Module):
         with torch.no_grad():
             return self.generator.fold(self.alpha)
 
-    def param_groups(self, lr: float, beta_lr_scale: float = 1.0) -> list[dict]:
-        """Optimiser groups: alpha at ``lr``, beta at ``lr * beta_lr_scale`` (one group when
-        the scale is 1)."""
-        if beta_lr_scale == 1.0:
+    def param_groups(self, lr: float, beta_lr_scale: float = 1.0,
+                     beta_rate: str = "relative") -> list[dict]:
+        """Optimiser groups: alpha at ``lr``, beta at ``lr * beta_lr_scale * b`` where ``b`` is
+        :attr:`typical_beta` (``beta_rate="relative"``, the default) or 1 (``"absolute"``).
+
+        Why relative: an Adam step moves every beta by about its rate, and a chunk's d entries
+        by that over ``sqrt(d)``. At a larger budget over the same weights chunks are shorter,
+        so an absolute rate moves the weights further per step (``sqrt(n / D)`` for n chunks of
+        D numbers) and diverges (LeNet-5 at 10,000 numbers with the rate swept at 1,000). The
+        typical beta is about ``spread * sqrt(d / m)``, so the relative rate moves each entry by
+        about ``lr * spread / sqrt(m)`` at every budget, as alpha's rate already does.
+        """
+        if beta_rate not in BETA_RATES:
+            raise ValueError(f"beta_rate must be one of {BETA_RATES}, got {beta_rate!r}")
+        beta_lr = lr * beta_lr_scale * (self.typical_beta if beta_rate == "relative" else 1.0)
+        if beta_lr == lr:
             return [{"params": [self.alpha, self.beta], "lr": lr}]
-        return [{"params": [self.alpha], "lr": lr},
-                {"params": [self.beta], "lr": lr * beta_lr_scale}]
+        return [{"params": [self.alpha], "lr": lr}, {"params": [self.beta], "lr": beta_lr}]
 
     def generation_flops(self) -> int:
         """Floating-point operations of one :meth:`forward`: the generator, the amplitudes
