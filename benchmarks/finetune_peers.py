@@ -43,6 +43,7 @@ from typing import IO
 
 from mcnc.apps.comparison_report import machines_line, welch
 from mcnc.apps.machine import machine_line
+from mcnc.apps.rates import ADAPTER_LR
 from mcnc.apps.worker_pool import process_pool
 
 try:
@@ -73,6 +74,8 @@ class Cell:
     label: str
     settings: dict = field(hash=False)
     """FinetuneSettings fields besides lr, seed and steps."""
+    rate: float | None = None
+    """A fixed learning rate (no sweep), e.g. the default being checked."""
 
     @property
     def start(self) -> float:
@@ -115,8 +118,21 @@ def held_in_cells() -> list[Cell]:
             for b in BUDGETS for name, change in HELD_IN_CANDIDATES.items()]
 
 
-GRIDS = {"peers": peer_cells, "adapter-held-in": held_in_cells}
+def beta_rate_cells() -> list[Cell]:
+    """The MCNC adapter at its defaults (lr 0.3, beta's rate relative to its typical size) at
+    every budget, and the old absolute rate where it should fail (100,000) or is unmeasured."""
+    def cell(budget: int, rule: str) -> Cell:
+        name = "mcnc" if rule == "relative" else "mcnc beta absolute"
+        return Cell(f"{name} @ {budget:,}", {"method": "mcnc", "budget": budget,
+                                             "beta_rate": rule}, rate=ADAPTER_LR["mcnc"])
+    return [cell(100_000, "relative"), cell(100_000, "absolute"), cell(1_500, "relative"),
+            cell(26_880, "relative"), cell(6_000, "relative"), cell(1_500, "absolute")]
+
+
+GRIDS = {"peers": peer_cells, "adapter-held-in": held_in_cells, "beta-rate": beta_rate_cells}
 GRID_TITLES = {"peers": "MCNC beside peft's small adapters",
+               "beta-rate": "the MCNC adapter at its default rate with beta's rate relative to "
+                            "its typical size (vs MCNC: the absolute rate against it)",
                "adapter-held-in": "the MCNC adapter's held-in candidates (vs MCNC: against "
                                   "today's default at the same budget)"}
 """``--grid``: the side-by-side table, or the held-in programme of the MCNC adapter."""
@@ -179,6 +195,11 @@ def best_rates(done: dict[str, dict], steps: int, grid: str) -> dict[str, float]
     return rates
 
 
+def fixed_rate(cell: Cell, args: argparse.Namespace) -> float | None:
+    """The rate a cell trains at without a sweep (``--rates-from``, else its own), or None."""
+    return args.rates.get(cell.label, cell.rate)
+
+
 def _read_runs(path: Path) -> dict[str, dict]:
     """A runs.jsonl by key ({} if the file does not exist yet)."""
     if not path.exists():
@@ -212,7 +233,7 @@ def pending(chosen: list[Cell], done: dict[str, dict],
     earlier cells come first), and the base model's evaluation while it is missing."""
     todo = [(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
             for c in chosen if not args.rates_from or c.label in args.rates
-            for lr, seed in next_runs(c, done, args.steps, args.seeds, args.rates.get(c.label))]
+            for lr, seed in next_runs(c, done, args.steps, args.seeds, fixed_rate(c, args))]
     base_key = run_key(BASE, LADDER[0], 0, 0)
     if base_key not in done:
         todo.append((base_key, {**BASE.settings, "model": args.model, "lr": LADDER[0],
@@ -289,7 +310,7 @@ def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
         best = min(sweep, key=lambda lr: _loss(sweep[lr]))
         records = seed_runs(cell, best, done, args.steps)
         finished = not next_runs(cell, done, args.steps, args.seeds,
-                                 args.rates.get(cell.label))
+                                 fixed_rate(cell, args))
         rows.append({"cell": cell, "lr": best, "tried": sorted(sweep), "records": records,
                      "finished": finished})
     return rows
