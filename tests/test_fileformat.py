@@ -209,3 +209,21 @@ def test_failed_save_keeps_the_previous_file(good, monkeypatch):
         atomic_write(good, b"new content")
     assert good.read_bytes() == before
     assert [p.name for p in good.parent.iterdir()] == [good.name]
+
+
+@pytest.mark.parametrize("method", ["mcnc", "nola"])
+def test_loading_generates_the_weights_once(method, tmp_path, monkeypatch):
+    """From the file's values only: not first from the initial values as well."""
+    model = (mcnc.compress(make("convnet"), mcnc.MCNCConfig(d=50)) if method == "mcnc"
+             else mcnc.baselines.nola(make("convnet"), mcnc.baselines.NOLAConfig(coefficients=40)))
+    mcnc.save(model, tmp_path / "m.mcnc")
+    cls = type(model)
+    calls = []
+    real = cls.generated_flat
+    monkeypatch.setattr(cls, "generated_flat", lambda self: calls.append(1) or real(self))
+    state = mcnc.reconstruct(tmp_path / "m.mcnc")
+    assert len(calls) == 1
+    loaded = mcnc.load(tmp_path / "m.mcnc", make("convnet"))
+    assert len(calls) == 2
+    assert all(torch.equal(state[k], v) for k, v in loaded.dense_state_dict().items())
+    assert all(torch.equal(state[k], v) for k, v in model.dense_state_dict().items())

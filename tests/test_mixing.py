@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 import mcnc
-from mcnc.core.mixing import SeededMixing, hadamard, padded_length
+from mcnc.core import rng
+from mcnc.core.mixing import SeededMixing, hadamard, padded_length, seeded_order
 
 
 def _sylvester(length: int) -> torch.Tensor:
@@ -43,6 +44,14 @@ def test_the_hadamard_backward_is_what_autograd_computes_bit_for_bit():
     assert torch.equal(own, through_passes)
     assert torch.equal(_Hadamard.apply(x), _butterflies_with_autograd(x))
     assert torch.equal(hadamard(x.detach()), _butterflies_with_autograd(x))
+
+
+@pytest.mark.parametrize(("seed", "stream", "length"), [(0, rng.MIXING_PERMUTATION_STREAM, 1 << 20),
+                                                       (7, 3, 1000), (2**40, 11, 4096)])
+def test_the_integer_sort_is_the_stable_sort_of_the_float_keys(seed, stream, length):
+    keys = rng.uniform(seed, stream, (length,), 1.0)
+    assert len(keys.unique()) < length or length < 5000  # a million keys hold ties: kept in order
+    assert torch.equal(seeded_order(seed, stream, length), torch.argsort(keys, stable=True))
 
 
 def test_mixing_is_a_seeded_isometry():

@@ -37,7 +37,7 @@ from torch import nn
 from mcnc.core.errors import FormatError
 from mcnc.core.layout import Layout, layout_mismatches
 from mcnc.core.limits import MAX_NUMBERS, VALUE_ERRORS, check_finite, is_int
-from mcnc.core.reparam import METHODS, Reparameterized, flat_values
+from mcnc.core.reparam import METHODS, Reparameterized, flat_values, values_follow
 
 FORMAT_NAME = "mcnc"
 FORMAT_VERSION = 2
@@ -367,7 +367,8 @@ def _load_checked(path, tensors: dict[str, torch.Tensor], meta: dict, model: nn.
             if base_digest(theta0) != meta["base_sha256"]:
                 raise FormatError(f"{path} is a fine-tuning delta for other base weights than "
                                   "the model's; load the matching base (or verify_base=False)")
-        compressed = _built(path, lambda: cls.from_file(model, layout, config, tensors))
+        with values_follow():  # fill() generates the weights, from the file's values
+            compressed = _built(path, lambda: cls.from_file(model, layout, config, tensors))
 
     def fill() -> None:
         with torch.no_grad():

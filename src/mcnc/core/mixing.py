@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -91,6 +92,20 @@ class _Permute(torch.autograd.Function):
         return out, None
 
 
+def seeded_order(seed: int, stream: int, length: int) -> torch.Tensor:
+    """``(length,)`` int64: the permutation that sorts ``rng.uniform(seed, stream, (length,),
+    1.0)`` (a stable argsort: ties keep their index order).
+
+    Sorted as integers, which is the same order: a key is ``2 u - 1`` for ``u = (w >> 8 + 0.5)
+    / 2**24``, i.e. ``(2 (w >> 8) + 1 - 2**24) / 2**24``, an odd multiple of ``2**-24`` in
+    (-1, 1) that float32 holds exactly, so keys are equal or ordered exactly as the top 24 bits
+    of their words are. PyTorch sorts integers by radix, ten times faster than floats on a
+    CPU (a million keys: 0.013 s against 0.14 s here), and the order is what loading a mixed
+    file spent half its time on."""
+    top = rng.random_words(seed, stream, 0, length) >> 8
+    return torch.argsort(torch.from_numpy(top.astype(np.int32)), stable=True)
+
+
 class SeededMixing(nn.Module):
     """``y = P H S x / sqrt(D)`` for x of length ``numbers`` (zero-padded to D), keeping the
     first ``keep`` entries of y; S and P from the random streams ``streams`` (signs,
@@ -102,9 +117,8 @@ class SeededMixing(nn.Module):
         super().__init__()
         self.length, self.keep = padded_length(numbers), keep
         unit = rng.uniform(seed, streams[0], (self.length,), 1.0)
-        keys = rng.uniform(seed, streams[1], (self.length,), 1.0)
         self.register_buffer("signs", torch.where(unit < 0, -1.0, 1.0), persistent=False)
-        self.register_buffer("order", torch.argsort(keys, stable=True)[:keep],
+        self.register_buffer("order", seeded_order(seed, streams[1], self.length)[:keep],
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

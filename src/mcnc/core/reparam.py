@@ -15,6 +15,9 @@ goes into the file.
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import ClassVar
 
 import torch
@@ -38,6 +41,21 @@ def tensor_versions(tensors) -> tuple:
 
 METHODS: dict[str, type[Reparameterized]] = {}
 """Every method class by its file name; filled as the classes are defined."""
+
+
+_VALUES_FOLLOW = contextvars.ContextVar("mcnc_values_follow", default=False)
+
+
+@contextmanager
+def values_follow() -> Iterator[None]:
+    """Within it, a compressed model being built (or moved) does not generate its weights: a
+    file's values are copied in next, and loading generates the weights once, from them (it
+    generated them twice before, the first time from the initial values)."""
+    token = _VALUES_FOLLOW.set(True)
+    try:
+        yield
+    finally:
+        _VALUES_FOLLOW.reset(token)
 
 
 class Reparameterized(nn.Module):
@@ -144,7 +162,10 @@ class Reparameterized(nn.Module):
 
     # -- the shared machinery -------------------------------------------------------------------
     def _refresh(self) -> None:
-        """Install the current weights on the modules (subclasses call it at the end of init)."""
+        """Install the current weights on the modules (subclasses call it at the end of init);
+        skipped while :func:`values_follow` is active."""
+        if _VALUES_FOLLOW.get():
+            return
         with torch.no_grad():
             self._install(self.generated_weights())
 
