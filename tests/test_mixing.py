@@ -46,6 +46,21 @@ def test_the_hadamard_backward_is_what_autograd_computes_bit_for_bit():
     assert torch.equal(hadamard(x.detach()), _butterflies_with_autograd(x))
 
 
+@pytest.mark.parametrize("levels", [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 21])
+def test_the_compiled_butterflies_give_the_bits_of_the_passes(levels):
+    """Three levels per pass and blocks that stay in the cache: every level count modulo 3,
+    below, at and above the block (2**15 entries), in both directions."""
+    from mcnc.core.mixing import _kernel, butterfly_passes
+
+    pytest.importorskip("numba")
+    assert _kernel() is not None
+    x = torch.randn(1 << levels, generator=torch.Generator().manual_seed(levels))
+    assert torch.equal(hadamard(x), butterfly_passes(x))
+    assert torch.equal(hadamard(x, reverse=True), butterfly_passes(x, reverse=True))
+    if levels <= 13:
+        assert torch.equal(hadamard(x), _butterflies_with_autograd(x))
+
+
 @pytest.mark.parametrize(("seed", "stream", "length"), [(0, rng.MIXING_PERMUTATION_STREAM, 1 << 20),
                                                        (7, 3, 1000), (2**40, 11, 4096)])
 def test_the_integer_sort_is_the_stable_sort_of_the_float_keys(seed, stream, length):

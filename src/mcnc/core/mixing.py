@@ -37,12 +37,29 @@ def padded_length(numbers: int) -> int:
 def hadamard(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """``H x`` for a vector of power-of-two length D (Sylvester order, unnormalised): log2 D
     butterfly passes, pairs at distance 1, 2, 4, ... (``reverse``: ..., 4, 2, 1; the passes
-    commute, so both orders give H x, with different rounding). Each pass writes into one of
-    two buffers (same additions, same bits), so the function is not differentiable itself:
-    :class:`_Hadamard` is."""
+    commute, so both orders give H x, with different rounding). Not differentiable itself:
+    :class:`_Hadamard` is.
+
+    Every entry goes through the same additions in the same order on every path, so the bits
+    are the same: a compiled loop (:func:`_butterflies_in_place`) for float32 CPU vectors when
+    numba is available, PyTorch's elementwise passes otherwise (:func:`butterfly_passes`).
+    """
     length = x.numel()
     if length & (length - 1):
         raise ValueError(f"the Hadamard transform needs a power-of-two length, got {length}")
+    kernel = _kernel() if (x.device.type == "cpu" and x.dtype == torch.float32
+                           and length >= KERNEL_MIN_LENGTH
+                           and not torch.compiler.is_compiling()) else None
+    if kernel is None:
+        return butterfly_passes(x, reverse)
+    out = x.detach().reshape(length).clone()
+    kernel(out.numpy(), reverse, KERNEL_BLOCK)
+    return out
+
+
+def butterfly_passes(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """:func:`hadamard` as one PyTorch pass per level over the whole vector."""
+    length = x.numel()
     halves = [1 << i for i in range(length.bit_length() - 1)]
     order = reversed(halves) if reverse else halves
     if torch.compiler.is_compiling():  # the compiler fuses these, but cannot take out= views
@@ -57,6 +74,110 @@ def hadamard(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         torch.sub(pairs[:, 0], pairs[:, 1], out=out[:, 1])
         x = buffers[step % 2]
     return x.reshape(length)
+
+
+KERNEL_MIN_LENGTH = 1 << 10
+"""Shorter vectors take PyTorch's passes (a call into the compiled loop costs more there)."""
+KERNEL_BLOCK = 1 << 15
+"""The levels whose butterflies stay within this many entries (128 KiB of float32, the size
+of a core's second-level cache) run block by block while the block sits in the cache."""
+
+
+def _radix8(x: np.ndarray, h: int, up: bool) -> None:
+    """Three levels in one pass, distances ``h, 2h, 4h`` (``up``) or ``4h, 2h, h``: the eight
+    entries ``j + m h`` (m < 8) of each group of ``8 h`` are loaded once, go through their
+    three butterflies in registers and are stored once."""
+    for i in range(0, x.size, 8 * h):
+        for j in range(i, i + h):
+            a0, a1, a2, a3 = x[j], x[j + h], x[j + 2 * h], x[j + 3 * h]
+            a4, a5, a6, a7 = x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h]
+            if up:
+                a0, a1, a2, a3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
+                a4, a5, a6, a7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
+            a0, a2, a1, a3 = a0 + a2, a0 - a2, a1 + a3, a1 - a3
+            a4, a6, a5, a7 = a4 + a6, a4 - a6, a5 + a7, a5 - a7
+            if up:
+                a0, a4, a1, a5 = a0 + a4, a0 - a4, a1 + a5, a1 - a5
+                a2, a6, a3, a7 = a2 + a6, a2 - a6, a3 + a7, a3 - a7
+            x[j], x[j + h], x[j + 2 * h], x[j + 3 * h] = a0, a1, a2, a3
+            x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h] = a4, a5, a6, a7
+
+
+def _radix8_down(x: np.ndarray, h: int) -> None:
+    """:func:`_radix8` with the levels in reverse order (``4h`` first)."""
+    for i in range(0, x.size, 8 * h):
+        for j in range(i, i + h):
+            a0, a1, a2, a3 = x[j], x[j + h], x[j + 2 * h], x[j + 3 * h]
+            a4, a5, a6, a7 = x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h]
+            a0, a4, a1, a5 = a0 + a4, a0 - a4, a1 + a5, a1 - a5
+            a2, a6, a3, a7 = a2 + a6, a2 - a6, a3 + a7, a3 - a7
+            a0, a2, a1, a3 = a0 + a2, a0 - a2, a1 + a3, a1 - a3
+            a4, a6, a5, a7 = a4 + a6, a4 - a6, a5 + a7, a5 - a7
+            a0, a1, a2, a3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
+            a4, a5, a6, a7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
+            x[j], x[j + h], x[j + 2 * h], x[j + 3 * h] = a0, a1, a2, a3
+            x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h] = a4, a5, a6, a7
+
+
+def _radix2(x: np.ndarray, h: int) -> None:
+    """One level: the butterflies at distance ``h``."""
+    for i in range(0, x.size, 2 * h):
+        for j in range(i, i + h):
+            a, b = x[j], x[j + h]
+            x[j], x[j + h] = a + b, a - b
+
+
+def _butterflies_in_place(x: np.ndarray, reverse: bool, block: int) -> None:
+    """``x <- H x`` in place for a float32 array of power-of-two length: the butterflies
+    ``(a, b) -> (a + b, a - b)`` of :func:`butterfly_passes`, level by level in the same order,
+    three levels per pass over memory (:func:`_radix8`; the top one or two levels alone), and
+    the passes whose groups fit in ``block`` entries block by block. Each butterfly still
+    reads the two values the previous level wrote, so every entry gets the same bits.
+    Compiled by numba (:func:`_kernel`)."""
+    n, levels = x.size, 0
+    while (1 << levels) < n:
+        levels += 1
+    groups, block = levels // 3, min(block, n)
+    local = 0  # groups whose 8 h entries fit in a block (h = 8**g)
+    while local < groups and 8 ** (local + 1) <= block:
+        local += 1
+    if not reverse:
+        if local:
+            for start in range(0, n, block):
+                for g in range(local):
+                    _radix8(x[start:start + block], 8**g, True)
+        for g in range(local, groups):
+            _radix8(x, 8**g, True)
+        for level in range(3 * groups, levels):
+            _radix2(x, 1 << level)
+        return
+    for level in range(levels - 1, 3 * groups - 1, -1):
+        _radix2(x, 1 << level)
+    for g in range(groups - 1, local - 1, -1):
+        _radix8_down(x, 8**g)
+    if local:
+        for start in range(0, n, block):
+            for g in range(local - 1, -1, -1):
+                _radix8_down(x[start:start + block], 8**g)
+
+
+_KERNELS = ("_radix8", "_radix8_down", "_radix2", "_butterflies_in_place")
+_compiled: dict = {}
+
+
+def _kernel():
+    """:func:`_butterflies_in_place` compiled by numba on first use (each helper first, by
+    rebinding this module's names; the machine code is cached on disk), or None where numba
+    cannot be used (:func:`mcnc.core.rng.numba_module`)."""
+    if "kernel" not in _compiled:
+        numba = rng.numba_module()
+        if numba is not None:
+            names = globals()
+            for name in _KERNELS:
+                names[name] = numba.njit(cache=True, nogil=True, boundscheck=False)(
+                    names[name])
+        _compiled["kernel"] = None if numba is None else names["_butterflies_in_place"]
+    return _compiled["kernel"]
 
 
 class _Hadamard(torch.autograd.Function):
@@ -75,21 +196,19 @@ class _Hadamard(torch.autograd.Function):
 
 
 class _Permute(torch.autograd.Function):
-    """``z[order]`` whose backward writes the gradient back through the permutation (a plain
+    """``z[order]`` whose backward copies the gradient back through the permutation (a plain
     index's backward accumulates, which is much slower on a CPU)."""
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(order)
         ctx.length = z.numel()
-        return z[order]
+        return torch.index_select(z, 0, order)  # 2x faster than z[order] on a CPU, same values
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (order,) = ctx.saved_tensors
-        out = grad.new_zeros(ctx.length)
-        out[order] = grad
-        return out, None
+        return grad.new_zeros(ctx.length).index_copy_(0, order, grad), None
 
 
 def seeded_order(seed: int, stream: int, length: int) -> torch.Tensor:

@@ -384,12 +384,22 @@ def _numba():
     return _nb_state["numba"]
 
 
-def _load_numba():
+def numba_module():
+    """The numba module, or None where it cannot be imported or ``MCNC_NUMBA=0`` turns it
+    off (compiled loops are optional: every caller has a pure NumPy / PyTorch path giving
+    the same bits)."""
     if os.environ.get("MCNC_NUMBA", "").strip() == "0":
         return None
     try:
         import numba
     except Exception:  # not installed, or broken against this numpy
+        return None
+    return numba
+
+
+def _load_numba():
+    numba = numba_module()
+    if numba is None:
         return None
     names = globals()
     names["_prange"] = numba.prange
