@@ -146,16 +146,16 @@ def test_bad_settings_are_clear(tmp_path):
 
 
 def test_a_nan_loss_stops_finetuning_without_writing_an_adapter(tmp_path, monkeypatch):
-    from mcnc.apps import finetune as module
+    from mcnc.apps import lm_eval as module
 
-    real, calls = module._token_loss_sum, []
+    real, calls = module.token_loss_sum, []
 
     def nan_at_step_2(model, batch):
         loss, n = real(model, batch)
         calls.append(None)
         return (loss * float("nan") if len(calls) == 2 else loss), n
 
-    monkeypatch.setattr(module, "_token_loss_sum", nan_at_step_2)
+    monkeypatch.setattr(module, "token_loss_sum", nan_at_step_2)
     with pytest.raises(mcnc.DivergedError, match=r"loss became nan at step 2/3, so the run "
                        r"stopped and no adapter was written\. Try a lower learning rate"):
         finetune(FinetuneSettings(model="tiny-llama", steps=3, rank=4, budget=120,
@@ -400,15 +400,15 @@ def _adapter_after(tmp_path, name, **settings) -> dict[str, torch.Tensor]:
 
 
 def test_gradient_accumulation_trains_the_same_adapter(tmp_path, monkeypatch):
-    from mcnc.apps import finetune as module
+    from mcnc.apps import lm_eval as module
 
-    real, calls = module._token_loss_sum, []
+    real, calls = module.token_loss_sum, []
 
     def counted(model, batch):
         calls.append(len(batch["input_ids"]))
         return real(model, batch)
 
-    monkeypatch.setattr(module, "_token_loss_sum", counted)
+    monkeypatch.setattr(module, "token_loss_sum", counted)
     whole = _adapter_after(tmp_path, "whole")
     assert calls == [4, 4, 4]
     parts = _adapter_after(tmp_path, "parts", grad_accumulation=2)

@@ -40,6 +40,7 @@ from mcnc.adapters import (
 from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.targets import select_targets
+from mcnc.apps import lm_eval
 from mcnc.apps.distributed import Context, init_distributed, sum_over_processes
 from mcnc.apps.machine import machine_line, peak_memory, reset_peak_memory
 from mcnc.apps.peers import PEERS, peer_config
@@ -223,77 +224,6 @@ def _data(s: FinetuneSettings, tokenizer) -> tuple[list[dict], list[dict]]:
             tokenize_records(val, tokenizer, s.max_length, s.val_data or s.data))
 
 
-def _next_token_logits(model: nn.Module, batch: dict[str, torch.Tensor]
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits ``(batch, length - 1, vocab)`` predicting each next token, and the labels they
-    predict (``-100`` where the token is not part of an answer)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return out.logits[:, :-1].float(), batch["labels"][:, 1:]
-
-
-def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {name: tensor.to(device) for name, tensor in batch.items()}
-
-
-def _token_loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the answer tokens of ``batch`` and their count."""
-    logits, labels = _next_token_logits(model, batch)
-    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
-                                       ignore_index=-100, reduction="sum")
-    return loss, int((labels != -100).sum())
-
-
-@dataclass
-class Evaluation:
-    """A pass over the validation answers."""
-
-    loss: float
-    """Cross-entropy per answer token."""
-    token_accuracy: float
-    """Share of answer tokens that the greedy (argmax) next-token prediction gets right."""
-    tokens_per_s: float
-    """Tokens (answers and prompts) through the unmerged model per second."""
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, examples: list[dict], s: FinetuneSettings, pad_id: int,
-             ctx: Context) -> Evaluation:
-    """Evaluate ``model`` on ``examples``. Global batches of ``s.batch_size`` are shared by the
-    processes as in training (``s.val_batches`` of them). Leaves the model in eval mode."""
-    from mcnc.llm.data import batches, collate, count_tokens
-
-    model.eval()
-    total, correct, count, tokens, seconds = 0.0, 0, 0, 0, 0.0
-    chunks = batches(examples, s.batch_size // ctx.world, seed=0, epoch=0, rank=ctx.rank,
-                     world_size=ctx.world)
-    for i, chunk in enumerate(chunks):
-        if s.val_batches is not None and i >= s.val_batches:
-            break
-        batch = _to(collate(chunk, pad_id), ctx.device)
-        t0 = time.perf_counter()
-        logits, labels = _next_token_logits(model, batch)
-        seconds += time.perf_counter() - t0
-        answer = labels != -100
-        total += nn.functional.cross_entropy(logits[answer], labels[answer],
-                                             reduction="sum").item()
-        correct += int((logits[answer].argmax(-1) == labels[answer]).sum())
-        count, tokens = count + int(answer.sum()), tokens + count_tokens(batch)
-    total, correct, count, tokens, seconds = sum_over_processes(
-        [total, correct, count, tokens, seconds], ctx)
-    return Evaluation(total / max(count, 1), correct / max(count, 1),
-                      tokens / max(seconds, 1e-9))
-
-
-@torch.no_grad()
-def merge_error(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
-    """Merge the adapter into the base weights (in place: ``model`` is spent afterwards) and
-    return the largest change in any logit of ``batch``, relative to the largest logit."""
-    model.eval()
-    unmerged, _ = _next_token_logits(model, batch)
-    merged, _ = _next_token_logits(model.merge_and_unload(), batch)
-    return float((merged - unmerged).abs().max() / unmerged.abs().max())
-
-
 class FinetuneRun:
     """Model, adapter, data and optimiser of one run."""
 
@@ -360,12 +290,13 @@ class FinetuneRun:
         while True:
             for chunk in batches(self.train_set, local, seed=self.s.seed, epoch=epoch,
                                  rank=self.ctx.rank, world_size=self.ctx.world):
-                yield _to(collate(chunk, self.pad_id), self.ctx.device)
+                yield lm_eval.to_device(collate(chunk, self.pad_id), self.ctx.device)
             epoch += 1
 
     def _curve_point(self, step: int) -> dict:
         """Evaluate (for the validation curve) and go back to training."""
-        result = evaluate(self.model, self.val_set, self.s, self.pad_id, self.ctx)
+        result = lm_eval.evaluate(self.model, self.val_set, self.s.batch_size, self.s.val_batches,
+                                 self.pad_id, self.ctx)
         self.model.train()
         return {"step": step, "val_loss": result.loss, "token_accuracy": result.token_accuracy}
 
@@ -385,7 +316,7 @@ class FinetuneRun:
         for i in range(parts):
             sync = i == parts - 1 or self.ctx.world == 1
             with contextlib.nullcontext() if sync else self.ddp.no_sync():
-                loss_sum, _ = _token_loss_sum(self.ddp, {k: v[i] for k, v in micro.items()})
+                loss_sum, _ = lm_eval.token_loss_sum(self.ddp, {k: v[i] for k, v in micro.items()})
                 loss = loss_sum * self.ctx.world / count
                 loss.backward()
             total += loss.item()
@@ -449,7 +380,8 @@ class FinetuneRun:
         reset_peak_memory(self.ctx.device)
         losses, train_seconds, train_tokens = self.train()
         peak_bytes, peak_kind = peak_memory(self.ctx.device)
-        final = evaluate(self.model, self.val_set, self.s, self.pad_id, self.ctx)
+        final = lm_eval.evaluate(self.model, self.val_set, self.s.batch_size, self.s.val_batches,
+                                 self.pad_id, self.ctx)
         if self.s.eval_every:
             self.curve.append({"step": self.s.steps, "val_loss": final.loss,
                                "token_accuracy": final.token_accuracy})
@@ -486,12 +418,12 @@ class FinetuneRun:
         }
 
     def _merge_error(self) -> float:
-        """:func:`merge_error` on the first validation batch; the run's model is merged
-        afterwards, so this comes last."""
+        """:func:`~mcnc.apps.lm_eval.merge_error` on the first validation batch; the run's
+        model is merged afterwards, so this comes last."""
         from mcnc.llm.data import collate
 
         batch = collate(self.val_set[:self.s.batch_size], self.pad_id)
-        return merge_error(self.model, _to(batch, self.ctx.device))
+        return lm_eval.merge_error(self.model, lm_eval.to_device(batch, self.ctx.device))
 
 
 def shard_blocks(base: nn.Module) -> int:
@@ -513,7 +445,7 @@ def shard_blocks(base: nn.Module) -> int:
 TRAINING_NAME = "training.json"
 
 
-def _describe(folder: Path, s: FinetuneSettings, final: Evaluation) -> None:
+def _describe(folder: Path, s: FinetuneSettings, final: lm_eval.Evaluation) -> None:
     """Write what an adapter folder was trained on and how well it did: ``training.json``
     (read by ``mcnc generate`` for the base model) and the same as a short ``README.md``."""
     from mcnc import __version__
