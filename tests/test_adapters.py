@@ -17,6 +17,7 @@ from mcnc.core.fileformat import metadata_digest
 from mcnc.core.generator import Generator
 
 VOCAB = 96
+BASE = mcnc.adapters.BASE
 CONFIGS = {
     "mcnc": mcnc.MCNCAdapterConfig(rank=4, d=400, seed=1),
     "nola": mcnc.NOLAAdapterConfig(rank=4, coefficients=200, seed=2),
@@ -205,6 +206,104 @@ def test_mixed_batch_equals_each_sample_with_its_own_adapter():
             model.set_adapter(name)
             alone = logits(model, ids[i : i + 1])
         torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def many_mcnc_adapters(count: int = 8) -> mcnc.AdapterModel:
+    """``count`` MCNC adapters of ranks 2 and 4 with their own scalings and random trained
+    numbers; the last one has another seed, hence another generator."""
+    model = mcnc.AdapterModel(tiny_llama())
+    g = torch.Generator().manual_seed(4)
+    for i in range(count):
+        config = mcnc.MCNCAdapterConfig(rank=4 if i % 2 else 2, d=400, scaling=0.5 + i / 4,
+                                        seed=2 if i == count - 1 else 1)
+        source = model.add_adapter(f"a{i}", config)
+        with torch.no_grad():
+            source.alpha.uniform_(-1, 1, generator=g)
+            source.beta.copy_(source.beta.abs().max() * torch.rand(source.beta.shape,
+                                                                    generator=g))
+    return model.eval()
+
+
+SPARSE = ["a0", "a3", BASE, "a3", "a7", "a1", "a0", "a2", "a4", "a5", "a6", "a0", BASE]
+"""Eight adapters over 11 samples: too few samples per adapter to group them (stacked)."""
+GROUPED = [*SPARSE, "a1", "a2", "a4", "a5", "a6", "a7", "a3"]
+"""The same adapters over 18 samples, two or more each: each adapter runs on its samples."""
+
+
+def spy_on_mixed_paths(monkeypatch) -> list[str]:
+    """Record which way each layer computes a mixed batch's deltas."""
+    used, linear = [], mcnc.adapters.AdapterLinear
+    for path in ("_grouped_delta", "_stacked_delta"):
+        original = getattr(linear, path)
+
+        def spy(self, *args, original=original, path=path):
+            used.append(path)
+            return original(self, *args)
+        monkeypatch.setattr(linear, path, spy)
+    return used
+
+
+@pytest.mark.parametrize(("names", "path"), [(SPARSE, "_stacked_delta"),
+                                             (GROUPED, "_grouped_delta")])
+def test_many_adapters_in_one_batch_equal_each_adapter_alone(names, path, monkeypatch):
+    """Samples grouped unevenly over eight adapters of two ranks, with samples of the base
+    model: each sample equals its adapter run alone, to float32 round-off (atol = rtol = 1e-5:
+    the products run on other shapes), whether the layers stack the samples' factors or run
+    each adapter on its own samples. A batch that uses one adapter throughout runs the unmixed
+    products: the same bits."""
+    model = many_mcnc_adapters()
+    ids = tokens(len(names), 5, seed=3)
+    used = spy_on_mixed_paths(monkeypatch)
+    mixed = logits(model, ids, adapter_names=names)
+    assert set(used) == {path}
+    for i, name in enumerate(names):
+        if name == BASE:
+            with model.disable_adapter():
+                alone = logits(model, ids[i : i + 1])
+        else:
+            model.set_adapter(name)
+            alone = logits(model, ids[i : i + 1])
+        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+    model.set_adapter("a3")
+    assert torch.equal(logits(model, ids[:4], adapter_names=["a3"] * 4), logits(model, ids[:4]))
+
+
+@pytest.mark.parametrize("names", [SPARSE, GROUPED])
+def test_many_adapters_in_one_batch_train(names):
+    """An adapter's gradient from a mixed batch is its gradient on its own samples alone."""
+    model = many_mcnc_adapters()
+    model.requires_grad_(False)
+    for source in model.adapters.values():
+        source.requires_grad_(True)
+    ids = tokens(len(names), 5, seed=3)
+    model(input_ids=ids, adapter_names=names).logits.sum().backward()
+    mixed = model.adapters["a0"].alpha.grad.clone()
+    assert mixed.abs().sum() > 0
+    model.zero_grad()
+    model.set_adapter("a0")
+    rows = [i for i, n in enumerate(names) if n == "a0"]
+    model(input_ids=ids[rows]).logits.sum().backward()
+    torch.testing.assert_close(mixed, model.adapters["a0"].alpha.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_mixed_batch_checks_each_adapter_once_per_forward(monkeypatch):
+    """A mixed batch checks its adapters' cached factors once per forward pass, not once per
+    layer, and still sees an adapter changed between passes."""
+    model = many_mcnc_adapters()
+    names = [f"a{i % 8}" for i in range(10)]
+    ids = tokens(len(names), 5, seed=3)
+    logits(model, ids, adapter_names=names)  # generates and caches every adapter's factors
+    checks, key = [], mcnc.adapters.layer.AdapterState._key
+    monkeypatch.setattr(mcnc.adapters.layer.AdapterState, "_key",
+                        lambda self, source: checks.append(1) or key(self, source))
+    before = logits(model, ids, adapter_names=names)
+    assert len(checks) == 8
+    with torch.no_grad():
+        model.adapters["a5"].beta.mul_(2)
+    after = logits(model, ids, adapter_names=names)
+    assert torch.equal(after[:5], before[:5]) and not torch.equal(after[5], before[5])
+    model.set_adapter("a5")
+    torch.testing.assert_close(after[5:6], logits(model, ids[5:6]), atol=1e-5, rtol=1e-5)
 
 
 def test_mixed_batch_generation():

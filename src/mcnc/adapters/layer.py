@@ -22,6 +22,12 @@ from mcnc.core.reparam import tensor_versions
 BASE = "__base__"
 """The name that means "no adapter" in ``adapter_names`` of a mixed batch."""
 
+GROUPED_MIN_SAMPLES = 2
+"""A mixed batch whose adapters have at least this many samples each on average applies each
+adapter to its own samples; below it, every sample's factors are stacked for batched products
+(with one sample per adapter, copying a sample's factors costs less than one adapter's
+separate products)."""
+
 
 class AdapterState:
     """What every adapted layer of one model shares: the adapters, which one is active, which
@@ -36,6 +42,7 @@ class AdapterState:
         self.batch_adapters: list[str] | None = None
         self._forward_id = 0
         self._cache: dict[str, tuple[tuple, int | None, dict]] = {}
+        self._batch_factors: tuple[int, dict] | None = None
 
     def new_forward(self) -> None:
         """Mark the start of a model forward pass: factors that carry a graph are recomputed."""
@@ -75,8 +82,29 @@ class AdapterState:
                     self._cache[n] = (self._key(sources[n]), tag, matrices)
         return {n: self._cache[n][2] for n in names}
 
+    def prepare_batch(self, names: list[str]) -> None:
+        """At the start of a mixed batch's forward pass: compute (or look up and check) the
+        factors of its adapters once, for every layer of the pass (:meth:`batch_matrices`)."""
+        self._batch_factors = (self._forward_id, self.matrices(names))
+
+    def batch_matrices(self, names: list[str]
+                       ) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """Like :meth:`matrices`, but within the forward pass that :meth:`prepare_batch`
+        started, its factors are served without checking each adapter again (with hundreds of
+        adapters, checking them in every layer costs more than the layer's products)."""
+        prepared = self._batch_factors
+        if prepared is not None and prepared[0] == self._forward_id and all(
+                n in prepared[1] for n in names):
+            return prepared[1]
+        return self.matrices(names)
+
+    def end_batch(self) -> None:
+        """After a mixed batch: let go of the factors :meth:`prepare_batch` held for it."""
+        self._batch_factors = None
+
     def forget(self, name: str | None = None) -> None:
         """Drop cached factors (of one adapter, or all)."""
+        self._batch_factors = None
         if name is None:
             self._cache.clear()
         else:
@@ -184,7 +212,8 @@ class AdapterLinear(nn.Module):
         if state.disabled:
             return out
         if state.batch_adapters is not None:
-            return out + self._mixed_delta(x, state.batch_adapters).to(out.dtype)
+            delta = self._mixed_delta(x, state.batch_adapters)
+            return out if delta is None else out + delta.to(out.dtype)
         name = state.active
         if name is None or name not in self.slots or name in state.merged:
             return out
@@ -193,13 +222,15 @@ class AdapterLinear(nn.Module):
         h = F.dropout(x.to(A.dtype), s.dropout, self.training) if s.dropout else x.to(A.dtype)
         return out + (s.scaling * F.linear(F.linear(h, A), B)).to(out.dtype)
 
-    def _mixed_delta(self, x: torch.Tensor, names: list[str]) -> torch.Tensor:
-        """Per-sample deltas: sample i uses adapter ``names[i]`` (``BASE``: none).
+    def _mixed_delta(self, x: torch.Tensor, names: list[str]) -> torch.Tensor | None:
+        """Per-sample deltas: sample i uses adapter ``names[i]`` (``BASE``: none); None when no
+        sample uses an adapter of this layer. Dropout is not applied (mixed batches are for
+        serving).
 
-        All adapters present are padded to the largest rank (zero rows of A, zero columns of B
-        add nothing) and stacked, with a zero adapter last for ``BASE``, so the whole batch is
-        two batched matrix products: (b, s, in) x (b, in, r) then (b, s, r) x (b, r, out).
-        Dropout is not applied (mixed batches are for serving).
+        When one adapter serves every sample, the products are those of an unmixed batch. When
+        the adapters have :data:`GROUPED_MIN_SAMPLES` samples each on average, each adapter
+        runs those products on its own samples (:meth:`_grouped_delta`); otherwise every
+        sample's factors are stacked for two batched products (:meth:`_stacked_delta`).
         """
         batch = x.shape[0]
         if batch != len(names):
@@ -208,24 +239,56 @@ class AdapterLinear(nn.Module):
                                  f"{batch} samples; give one name per sample")
             repeat = batch // len(names)  # e.g. generate() with several beams per prompt
             names = [n for n in names for _ in range(repeat)]
-        present = [n for n in dict.fromkeys(names) if n in self.slots]
-        if not present:
-            return x.new_zeros(())
-        factors = self.factor_matrices(present)
-        rank = max(self.slots[n].rank for n in present)
-        As, Bs = [], []
-        for n in present:
+        samples: dict[str, list[int]] = {}
+        for i, n in enumerate(names):
+            if n in self.slots:
+                samples.setdefault(n, []).append(i)
+        if not samples:
+            return None
+        matrices = self.state.batch_matrices(list(samples))
+        factors = {n: matrices[n][self.layer_name] for n in samples}
+        if len(samples) == 1 and len(next(iter(samples.values()))) == batch:
+            (n, (A, B)), = factors.items()
+            return self.slots[n].scaling * F.linear(F.linear(x.to(A.dtype), A), B)
+        if batch >= GROUPED_MIN_SAMPLES * len(samples):
+            return self._grouped_delta(x, samples, factors)
+        return self._stacked_delta(x, names, factors)
+
+    def _grouped_delta(self, x: torch.Tensor, samples: dict[str, list[int]],
+                       factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Each adapter's unmixed products on its own samples, written into a zero delta: no
+        factor is copied, and the Python work grows with the number of adapters."""
+        dtype = next(iter(factors.values()))[0].dtype
+        delta = x.new_zeros(*x.shape[:-1], self.out_features, dtype=dtype)
+        for n, rows in samples.items():
             A, B = factors[n]
-            pad = rank - A.shape[0]
-            As.append(F.pad(A * self.slots[n].scaling, (0, 0, 0, pad)))
-            Bs.append(F.pad(B, (0, pad)))
-        As.append(torch.zeros_like(As[0]))
-        Bs.append(torch.zeros_like(Bs[0]))
-        position = {n: i for i, n in enumerate(present)}
-        index = torch.tensor([position.get(n, len(present)) for n in names], device=x.device)
-        A_batch, B_batch = torch.stack(As)[index], torch.stack(Bs)[index]
-        h = x.reshape(batch, -1, self.in_features).to(A_batch.dtype)
-        delta = torch.bmm(torch.bmm(h, A_batch.transpose(1, 2)), B_batch.transpose(1, 2))
+            index = torch.tensor(rows, device=x.device)
+            h = x.index_select(0, index).to(A.dtype)
+            delta.index_copy_(0, index, self.slots[n].scaling * F.linear(F.linear(h, A), B))
+        return delta
+
+    def _stacked_delta(self, x: torch.Tensor, names: list[str],
+                       factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Every sample's factors stacked, padded to the largest rank present (zero rows of A,
+        zero columns of B add nothing), zeros for a sample without an adapter here: the whole
+        batch is two batched matrix products, (b, s, in) x (b, in, r) then (b, s, r) x
+        (b, r, out), with each sample's scaling applied between them. The factors are copied
+        once per sample (b x 4 x r x (in + out) bytes), never once per adapter."""
+        rank = max(A.shape[0] for A, _ in factors.values())
+        for n, (A, B) in factors.items():
+            if A.shape[0] < rank:
+                pad = rank - A.shape[0]
+                factors[n] = F.pad(A, (0, 0, 0, pad)), F.pad(B, (0, pad))
+        A0, B0 = next(iter(factors.values()))
+        zeros = A0.new_zeros(A0.shape), B0.new_zeros(B0.shape)
+        per_sample = [factors.get(n, zeros) for n in names]
+        A_batch = torch.stack([A for A, _ in per_sample])
+        B_batch = torch.stack([B for _, B in per_sample])
+        scaling = torch.tensor([self.slots[n].scaling if n in factors else 0.0 for n in names],
+                               dtype=A_batch.dtype, device=A_batch.device)
+        h = x.reshape(len(names), -1, self.in_features).to(A_batch.dtype)
+        hidden = torch.bmm(h, A_batch.transpose(1, 2)) * scaling[:, None, None]
+        delta = torch.bmm(hidden, B_batch.transpose(1, 2))
         return delta.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:

@@ -71,7 +71,9 @@ class AdapterModel(nn.Module):
         names = state.batch_adapters
         if names is None:
             names = [] if state.active in (None, *state.merged) else [state.active]
-        state.matrices([n for n in dict.fromkeys(names) if n != BASE])
+            state.matrices(names)
+        else:
+            state.prepare_batch([n for n in dict.fromkeys(names) if n != BASE])
 
     def __getattr__(self, name: str):
         try:
@@ -183,6 +185,7 @@ class AdapterModel(nn.Module):
             yield
         finally:
             self.state.batch_adapters = previous
+            self.state.end_batch()
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, *args,
                 adapter_names: list[str] | None = None, **kwargs):

@@ -1,24 +1,47 @@
-"""Serving speed: forward passes of a language model with MCNC adapters, one batch holding 1, 4
-or 16 distinct adapters (``adapter_names``), against the same model with one adapter merged
-into its weights (no adapter cost at all), in tokens per second.
+"""Serving speed and memory: forward passes of a language model with many MCNC adapters.
+
+One batch, the same for every row, so that only the number of distinct adapters changes: the
+model with one adapter merged into its weights (no adapter cost at all: the reference), the
+same adapter unmerged, and mixed batches (``adapter_names``) in which row i uses adapter
+``i mod N`` for N = 1, 4, 16, ... up to one adapter per row (:func:`adapter_counts`). A mixed
+batch needs at least as many rows as distinct adapters, hence one batch of many short rows.
 
 Adapters are in eval mode under ``torch.no_grad()``, so their factors are generated once and
-cached; the cost measured is that of applying them. What generating them costs is measured
-separately (``mcnc x16``: the factors of all 16 adapters in one generator call).
+cached; the time measured is that of applying them. Each mixed-batch row also reports the
+memory its N adapters' cached factors hold, summed over the cached tensors
+(:func:`cached_factor_bytes`: ``N * 4 * rank * sum(in + out)`` bytes over the adapted layers),
+beside the peak extra memory of one forward pass. What generating the factors costs is
+measured apart (``mcnc xN``: all adapters' factors again, in one generator call).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from mcnc.adapters import AdapterModel, MCNCAdapterConfig
-from mcnc.adapters.sources import generate_all
 from mcnc.apps.bench.cases import Case
 
-ADAPTER_COUNTS = (1, 4, 16)
+
+def adapter_counts(batch: int) -> tuple[int, ...]:
+    """The numbers of distinct adapters a batch of ``batch`` rows is measured with: every
+    power of 4 below ``batch``, then ``batch`` itself (one adapter per row)."""
+    counts, count = [], 1
+    while count < batch:
+        counts.append(count)
+        count *= 4
+    return (*counts, batch)
+
+
+def cached_factor_bytes(model: AdapterModel, names: Iterable[str]) -> int:
+    """Bytes of the factors (every adapted layer's ``A`` and ``B``) ``model`` holds cached for
+    the adapters ``names``, summed over the tensors (computed first where not cached)."""
+    with torch.no_grad():
+        factors = model.state.matrices(list(dict.fromkeys(names)))
+    return sum(A.nbytes + B.nbytes for layers in factors.values() for A, B in layers.values())
 
 
 def _distinct_adapters(model: AdapterModel, count: int, rank: int) -> list[str]:
@@ -37,16 +60,19 @@ def _distinct_adapters(model: AdapterModel, count: int, rank: int) -> list[str]:
 
 def inference_cases(workload: str, base: nn.Module, batch: int, tokens: int, rank: int = 16
                     ) -> tuple[list[Case], Case]:
-    """Forward-pass cases (merged reference, one active adapter, mixed batches) and the case
-    that generates all adapters' factors at once."""
+    """Forward passes of ``batch`` rows of ``tokens`` tokens (merged reference, one active
+    adapter, mixed batches of :func:`adapter_counts` distinct adapters), and the case that
+    generates all adapters' factors at once."""
+    counts = adapter_counts(batch)
     merged = copy.deepcopy(base)
     model = AdapterModel(base).eval()
-    names = _distinct_adapters(model, max(ADAPTER_COUNTS), rank)
+    names = _distinct_adapters(model, counts[-1], rank)
     model.set_adapter(names[0])
     merged = AdapterModel(merged)
     merged.add_adapter(names[0], model.adapters[names[0]].config)
     merged.adapters[names[0]].load_state_dict(model.adapters[names[0]].state_dict())
     merged = merged.merge_and_unload().eval()
+    cached_factor_bytes(model, names)  # every adapter's factors, in one generator call
     ids = torch.randint(0, base.config.vocab_size, (batch, tokens),
                         generator=torch.Generator().manual_seed(0))
     info = {"batch": f"{batch} x {tokens} tokens"}
@@ -56,28 +82,43 @@ def inference_cases(workload: str, base: nn.Module, batch: int, tokens: int, ran
         with torch.no_grad():
             return net(input_ids=ids, **kwargs).logits
 
+    # A forward pass takes seconds at full size: one call per round, one warm-up.
+    timing = {"calls": 1, "warmup": 1}
     cases = [Case("inference", workload, "merged", lambda: forward(merged), batch * tokens,
-                  "tokens", info, calls=2),
+                  "tokens", info, **timing),
              Case("inference", workload, "1 adapter, unmerged", lambda: forward(model),
-                  batch * tokens, "tokens", info, calls=2)]
-    for count in ADAPTER_COUNTS:
+                  batch * tokens, "tokens",
+                  {**info, "cached_factor_bytes": cached_factor_bytes(model, names[:1])},
+                  **timing)]
+    for count in counts:
         per_sample = [names[i % count] for i in range(batch)]
-        cases.append(Case("inference", workload, f"mixed batch, {count} adapters",
+        variant = f"mixed batch, {count} adapter" + ("s" if count > 1 else "")
+        cases.append(Case("inference", workload, variant,
                           lambda per_sample=per_sample: forward(model, per_sample),
-                          batch * tokens, "tokens", {**info, "distinct_adapters": count},
-                          calls=2))
+                          batch * tokens, "tokens",
+                          {**info, "distinct_adapters": count,
+                           "cached_factor_bytes": cached_factor_bytes(model, names[:count])},
+                          **timing))
+    return cases, _generation_case(workload, model, names)
 
+
+def _generation_case(workload: str, model: AdapterModel, names: list[str]) -> Case:
+    """Generating every adapter's factors in one generator call, as a server does once: the
+    serving cache is emptied and filled again, so the memory stays that of one set of factors
+    (and the peak extra memory leaves out the factors it replaces)."""
     sources = [model.adapters[n] for n in names]
 
-    def generate():
+    def regenerate():
+        model.state.forget()
         with torch.no_grad():
-            return generate_all(dict(zip(names, sources, strict=True)))
+            return model.state.matrices(names)
 
     weights = sum(s.layout.total_a + s.layout.total_b for s in sources)
-    generation = Case("reconstruction", f"{workload} adapters", f"mcnc x{len(names)}",
-                      generate, weights, "weights",
-                      {"trained": sum(s.alpha.numel() + s.beta.numel() for s in sources),
-                       "generation_flops_per_weight":
-                           sum(s.generation_flops() for s in sources) / weights,
-                       "note": "all adapters in one generator call"}, calls=3)
-    return cases, generation
+    return Case("reconstruction", f"{workload} adapters", f"mcnc x{len(names)}",
+                regenerate, weights, "weights",
+                {"trained": sum(s.alpha.numel() + s.beta.numel() for s in sources),
+                 "generation_flops_per_weight":
+                     sum(s.generation_flops() for s in sources) / weights,
+                 "note": "all adapters' factors in one generator call, into the emptied "
+                         "serving cache (peak extra memory: beyond the factors it replaces)"},
+                calls=1, warmup=1)

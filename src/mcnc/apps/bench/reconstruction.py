@@ -14,6 +14,9 @@ Two workloads:
   all of them. NOLA and PRANC bases (17 GB and 7.7 TB) are generated on the fly; PRANC is timed
   on a slice of its basis and scaled (its cost is linear in the number of coefficients).
 
+The full ``(out, in)`` deltas of the same 7B adapters and of SmolLM2-135M's, MCNC beside peft's
+Uni-LoRA, VeRA and FourierFT, are in :mod:`mcnc.apps.bench.peers_rebuild`.
+
 The bound of a generator is ``min(GEMM rate / FLOPs per weight, write rate / 4 bytes)``.
 """
 
@@ -27,6 +30,7 @@ import torch
 import mcnc
 from mcnc.adapters.config import MCNCAdapterConfig, NOLAAdapterConfig
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, MCNCSource, NOLASource
+from mcnc.apps.bench.breakdown import reconstruction_stages
 from mcnc.apps.bench.cases import Case
 from mcnc.apps.methods import build_method
 from mcnc.baselines.basis import RandomBasis
@@ -90,6 +94,8 @@ def model_cases(workload: str, build: Callable[[], torch.nn.Module], budget: int
         warm.append(Case("reconstruction", workload, method, _rebuild(model),
                          model.layout.total, "weights", info, calls=1 if slow else 5,
                          warmup=1 if slow else 2))
+        if method == "mcnc":  # its stages, as a share of its time (the group's reference)
+            warm += reconstruction_stages(model, workload, info)
         cold.append(Case("reconstruction", f"{workload} (from file)", method, _from_file(path),
                          model.layout.total, "weights", info, calls=1 if slow else 3,
                          warmup=1))

@@ -41,18 +41,24 @@ def _reconstruction(cases: list[dict]) -> list[str]:
     return lines + (["", *notes] if notes else [])
 
 
-def _timed(cases: list[dict], title: str) -> list[str]:
+def _timed(cases: list[dict], title: str, cached: bool = False) -> list[str]:
+    """A table of timed cases; with ``cached``, a column of the MiB that the adapters' cached
+    factors hold (``cached_factor_bytes``)."""
+    extra = " cached factors MiB |" if cached else ""
     lines = [title, "",
              "| workload | variant | trained | batch | median time | time vs reference | "
-             "throughput | peak extra MiB |", "|---|---|---|---|---|---|---|---|"]
+             "throughput | peak extra MiB |" + extra, "|---|---|---|---|---|---|---|---|"
+             + ("---|" if cached else "")]
     for c in cases:
         unit = c["unit"]
         trained = c.get("trained")
+        memory = c.get("cached_factor_bytes")
         lines.append(
             f"| {c['workload']} | {c['variant']} | "
             f"{'' if trained is None else f'{trained:,}'} | {c.get('batch', '')} | "
             f"{1e3 * c['median_s']:.1f} ms | {_ratio(c)} | {_si(c[f'{unit}_per_s'])} {unit}/s | "
-            f"{_mib(c['peak_extra_bytes'])} |")
+            f"{_mib(c['peak_extra_bytes'])} |"
+            + (f" {'' if memory is None else _mib(memory)} |" if cached else ""))
     return lines
 
 
@@ -88,5 +94,6 @@ def markdown(result: dict) -> str:
     if "training" in by_section:
         lines += [*_timed(by_section["training"], "## Training: one optimiser step"), ""]
     if "inference" in by_section:
-        lines += [*_timed(by_section["inference"], "## Inference: forward passes"), ""]
+        lines += [*_timed(by_section["inference"], "## Inference: forward passes",
+                          cached=True), ""]
     return "\n".join(lines)

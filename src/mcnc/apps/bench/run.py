@@ -66,15 +66,23 @@ class Workloads:
     llm_budget: int
     train_batch: tuple[int, int]
     serve_batch: tuple[int, int]
+    """Rows and tokens per row of the serving batch; it holds as many distinct adapters as
+    rows at most (see :mod:`mcnc.apps.bench.inference`)."""
 
     @classmethod
     def for_settings(cls, s: BenchSettings) -> Workloads:
         if s.quick:
-            return cls(2_000, 2, 256, 688, 8, "tiny-llama", 200, (2, 16), (4, 16))
-        return cls(10_000, 32, 4096, 11008, 128, "smollm2-135m", 6_000, (4, 128), (16, 64))
+            return cls(2_000, 2, 256, 688, 8, "tiny-llama", 200, (2, 16), (8, 8))
+        return cls(10_000, 32, 4096, 11008, 128, "smollm2-135m", 6_000, (4, 128), (256, 4))
 
 
-def _reconstruction_groups(w: Workloads, folder: Path, quick: bool) -> list[list[Case]]:
+def _reconstruction_groups(w: Workloads, folder: Path, quick: bool,
+                           load_llm) -> list[list[Case]]:
+    from mcnc.apps.bench.peers_rebuild import (
+        FOURIERFT_TIMED_BLOCKS,
+        model_delta_cases,
+        shape_only_cases,
+    )
     from mcnc.apps.bench.reconstruction import adapter_cases, llama7b_targets, model_cases
     from mcnc.models import resnet20, resnet56
 
@@ -82,7 +90,12 @@ def _reconstruction_groups(w: Workloads, folder: Path, quick: bool) -> list[list
     warm, cold = model_cases(name, build, w.resnet_budget, folder)
     targets = llama7b_targets(w.adapter_blocks, w.adapter_hidden, w.adapter_intermediate)
     label = "llama-shaped adapters" if quick else "llama7b adapters"
-    return [warm, cold, adapter_cases(targets, label, pranc_columns=8 if quick else 256)]
+    per_block = len(targets) // w.adapter_blocks
+    fourierft_blocks = 1 if quick else FOURIERFT_TIMED_BLOCKS
+    return [warm, cold, adapter_cases(targets, label, pranc_columns=8 if quick else 256),
+            shape_only_cases(f"{label}, full deltas", targets,
+                             fourierft_targets=fourierft_blocks * per_block),
+            model_delta_cases(f"{w.llm} adapters, full deltas", load_llm(), w.llm_budget)]
 
 
 def _training_groups(w: Workloads, load_llm) -> list[list[Case]]:
@@ -123,7 +136,7 @@ def run_bench(s: BenchSettings) -> dict:
             groups += _training_groups(w, load_llm)
         if "inference" in s.sections:
             groups += _inference_groups(w, load_llm)
-        rebuilds = _reconstruction_groups(w, Path(tmp), s.quick) if (
+        rebuilds = _reconstruction_groups(w, Path(tmp), s.quick, load_llm) if (
             "reconstruction" in s.sections) else []
         bar = tqdm(total=len(groups) + len(rebuilds), desc="bench", disable=not s.progress)
         for group in groups:
