@@ -193,11 +193,9 @@ def several_adapters() -> mcnc.AdapterModel:
     return model
 
 
-def test_mixed_batch_equals_each_sample_with_its_own_adapter():
-    model = several_adapters()
-    names = ["mcnc", "nola", mcnc.adapters.BASE, "lora", "mcnc2", "mcnc"]
-    ids = tokens(len(names), 5, seed=3)
-    mixed = logits(model, ids, adapter_names=names)
+def assert_each_row_as_alone(model: mcnc.AdapterModel, ids: torch.Tensor, names: list[str],
+                             mixed: torch.Tensor) -> None:
+    """Row i of a mixed batch's logits equals sample i run alone with adapter ``names[i]``."""
     for i, name in enumerate(names):
         if name == mcnc.adapters.BASE:
             with model.disable_adapter():
@@ -206,6 +204,14 @@ def test_mixed_batch_equals_each_sample_with_its_own_adapter():
             model.set_adapter(name)
             alone = logits(model, ids[i : i + 1])
         torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_batch_equals_each_sample_with_its_own_adapter():
+    model = several_adapters()
+    names = ["mcnc", "nola", mcnc.adapters.BASE, "lora", "mcnc2", "mcnc"]
+    ids = tokens(len(names), 5, seed=3)
+    mixed = logits(model, ids, adapter_names=names)
+    assert_each_row_as_alone(model, ids, names, mixed)
 
 
 def many_mcnc_adapters(count: int = 8) -> mcnc.AdapterModel:
@@ -256,14 +262,7 @@ def test_many_adapters_in_one_batch_equal_each_adapter_alone(names, path, monkey
     used = spy_on_mixed_paths(monkeypatch)
     mixed = logits(model, ids, adapter_names=names)
     assert set(used) == {path}
-    for i, name in enumerate(names):
-        if name == BASE:
-            with model.disable_adapter():
-                alone = logits(model, ids[i : i + 1])
-        else:
-            model.set_adapter(name)
-            alone = logits(model, ids[i : i + 1])
-        torch.testing.assert_close(mixed[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+    assert_each_row_as_alone(model, ids, names, mixed)
     model.set_adapter("a3")
     assert torch.equal(logits(model, ids[:4], adapter_names=["a3"] * 4), logits(model, ids[:4]))
 

@@ -83,38 +83,28 @@ KERNEL_BLOCK = 1 << 15
 of a core's second-level cache) run block by block while the block sits in the cache."""
 
 
-def _radix8(x: np.ndarray, h: int, up: bool) -> None:
-    """Three levels in one pass, distances ``h, 2h, 4h`` (``up``) or ``4h, 2h, h``: the eight
+def _radix8(x: np.ndarray, h: int, down: bool) -> None:
+    """Three levels in one pass, distances ``h, 2h, 4h`` (``down``: ``4h, 2h, h``): the eight
     entries ``j + m h`` (m < 8) of each group of ``8 h`` are loaded once, go through their
     three butterflies in registers and are stored once."""
     for i in range(0, x.size, 8 * h):
         for j in range(i, i + h):
             a0, a1, a2, a3 = x[j], x[j + h], x[j + 2 * h], x[j + 3 * h]
             a4, a5, a6, a7 = x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h]
-            if up:
+            if down:  # distance 4h first
+                a0, a4, a1, a5 = a0 + a4, a0 - a4, a1 + a5, a1 - a5
+                a2, a6, a3, a7 = a2 + a6, a2 - a6, a3 + a7, a3 - a7
+            else:  # distance h first
                 a0, a1, a2, a3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
                 a4, a5, a6, a7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
             a0, a2, a1, a3 = a0 + a2, a0 - a2, a1 + a3, a1 - a3
             a4, a6, a5, a7 = a4 + a6, a4 - a6, a5 + a7, a5 - a7
-            if up:
+            if down:  # distance h last
+                a0, a1, a2, a3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
+                a4, a5, a6, a7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
+            else:  # distance 4h last
                 a0, a4, a1, a5 = a0 + a4, a0 - a4, a1 + a5, a1 - a5
                 a2, a6, a3, a7 = a2 + a6, a2 - a6, a3 + a7, a3 - a7
-            x[j], x[j + h], x[j + 2 * h], x[j + 3 * h] = a0, a1, a2, a3
-            x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h] = a4, a5, a6, a7
-
-
-def _radix8_down(x: np.ndarray, h: int) -> None:
-    """:func:`_radix8` with the levels in reverse order (``4h`` first)."""
-    for i in range(0, x.size, 8 * h):
-        for j in range(i, i + h):
-            a0, a1, a2, a3 = x[j], x[j + h], x[j + 2 * h], x[j + 3 * h]
-            a4, a5, a6, a7 = x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h]
-            a0, a4, a1, a5 = a0 + a4, a0 - a4, a1 + a5, a1 - a5
-            a2, a6, a3, a7 = a2 + a6, a2 - a6, a3 + a7, a3 - a7
-            a0, a2, a1, a3 = a0 + a2, a0 - a2, a1 + a3, a1 - a3
-            a4, a6, a5, a7 = a4 + a6, a4 - a6, a5 + a7, a5 - a7
-            a0, a1, a2, a3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
-            a4, a5, a6, a7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
             x[j], x[j + h], x[j + 2 * h], x[j + 3 * h] = a0, a1, a2, a3
             x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h] = a4, a5, a6, a7
 
@@ -145,23 +135,23 @@ def _butterflies_in_place(x: np.ndarray, reverse: bool, block: int) -> None:
         if local:
             for start in range(0, n, block):
                 for g in range(local):
-                    _radix8(x[start:start + block], 8**g, True)
+                    _radix8(x[start:start + block], 8**g, False)
         for g in range(local, groups):
-            _radix8(x, 8**g, True)
+            _radix8(x, 8**g, False)
         for level in range(3 * groups, levels):
             _radix2(x, 1 << level)
         return
     for level in range(levels - 1, 3 * groups - 1, -1):
         _radix2(x, 1 << level)
     for g in range(groups - 1, local - 1, -1):
-        _radix8_down(x, 8**g)
+        _radix8(x, 8**g, True)
     if local:
         for start in range(0, n, block):
             for g in range(local - 1, -1, -1):
-                _radix8_down(x[start:start + block], 8**g)
+                _radix8(x[start:start + block], 8**g, True)
 
 
-_KERNELS = ("_radix8", "_radix8_down", "_radix2", "_butterflies_in_place")
+_KERNELS = ("_radix8", "_radix2", "_butterflies_in_place")
 _compiled: dict = {}
 
 
