@@ -322,6 +322,24 @@ def test_hadamard_mixing_is_the_default_and_records_before_it_ran_unmixed():
         run, method_settings=MethodSettings(mixing="none"))))
 
 
+def test_records_before_the_relative_beta_rate_ran_at_the_absolute_one():
+    """A record without ``beta_rate`` ran with one rate for alpha and beta; the presets measured
+    then keep that rate, and the rate does not identify a run of a method without a beta."""
+    from mcnc.apps.presets import PRESETS
+
+    run = TrainSettings(model="lenet5", dataset="mnist", method="mcnc", budget=10_000)
+    record = {k: v for k, v in asdict(run).items() if k != "beta_rate"}
+    assert run.beta_rate == "relative"
+    assert cmp._key(record) == cmp._key(asdict(replace(run, beta_rate="absolute")))
+    assert cmp._key(record) != cmp._key(asdict(run))
+    nola = TrainSettings(model="lenet5", dataset="mnist", method="nola", budget=10_000)
+    assert cmp._key({k: v for k, v in asdict(nola).items() if k != "beta_rate"}) == cmp._key(
+        asdict(nola))
+    assert {s.beta_rate for s in PRESETS["converged"].runs if s.method == "mcnc"} == {"absolute"}
+    rerun = PRESETS["converged-beta-rate"].runs
+    assert len(rerun) == 8 and {s.beta_rate for s in rerun} == {"relative"}
+
+
 @pytest.mark.parametrize("name", ["quick", "lr", "ablation-kd", "ablation-L", "ablation-m",
                                   "ablation-activation", "held-in", "held-in-2",
                                   "lowrank-rank"])

@@ -31,7 +31,7 @@ from mcnc.apps.comparison_report import (
     row_label,
 )
 from mcnc.apps.methods import SETTINGS_READ_BY, MethodSettings
-from mcnc.apps.presets import PRESETS, Preset
+from mcnc.apps.presets import MANIFOLD_METHODS, PRESETS, Preset
 from mcnc.apps.worker_pool import process_pool
 from mcnc.data.registry import DATASETS
 
@@ -46,7 +46,10 @@ def _key(settings: dict) -> str:
     and of the method settings only those its method reads (``SETTINGS_READ_BY``). Settings
     added since a record was written take the value the record ran at (``RECORDED_DEFAULTS``,
     else today's default; records written before the budget and seed left ``method_settings``
-    keep their keys)."""
+    keep their keys). beta's rate identifies only a method that has one; a record without it
+    ran at the absolute rate (before version 0.3)."""
+    settings = {**settings, "beta_rate": settings.get("beta_rate", "absolute")
+                if settings["method"] in MANIFOLD_METHODS else "relative"}
     method = {k: v for k, v in settings["method_settings"].items() if k not in ("budget", "seed")}
     removed = {k: method.pop(k) for k in list(method) if k in REMOVED_METHOD_DEFAULTS}
     if any(v != REMOVED_METHOD_DEFAULTS[k] for k, v in removed.items()):
