@@ -82,10 +82,17 @@ class Cell:
         return START.get(self.settings["method"], 1e-2)
 
 
+OLD_BETA_RATE = {"beta_rate": "absolute"}
+"""The peers and adapter-held-in grids were measured before beta's rate became relative to its
+size (version 0.3): their MCNC cells keep the absolute rate, so that their tables stay whole."""
+
+
 def peer_cells() -> list[Cell]:
-    out = [Cell(f"{m} @ {b:,}", {"method": m, "budget": b}) for b in BUDGETS for m in MATCHED]
-    out += [Cell(f"mcnc-mixed @ {b:,}", {"method": "mcnc", "budget": b, "mixing": "hadamard"})
-            for b in BUDGETS]
+    out = [Cell(f"{m} @ {b:,}", {"method": m, "budget": b,
+                                  **(OLD_BETA_RATE if m == "mcnc" else {})})
+           for b in BUDGETS for m in MATCHED]
+    out += [Cell(f"mcnc-mixed @ {b:,}", {"method": "mcnc", "budget": b, "mixing": "hadamard",
+                                         **OLD_BETA_RATE}) for b in BUDGETS]
     out += [Cell(f"{m} default", {"method": m, "budget": 0}) for m in DEFAULTS]
     out.append(Cell("lora r1", {"method": "lora", "rank": 1}))
     return out
@@ -114,7 +121,7 @@ earlier cells first). Most build on the Hadamard mixing, the best setting so far
 
 def held_in_cells() -> list[Cell]:
     """The candidates at 6,000 trained numbers (the screen), then at 26,880."""
-    return [Cell(f"{name} @ {b:,}", {"method": "mcnc", "budget": b, **change})
+    return [Cell(f"{name} @ {b:,}", {"method": "mcnc", "budget": b, **OLD_BETA_RATE, **change})
             for b in BUDGETS for name, change in HELD_IN_CANDIDATES.items()]
 
 
