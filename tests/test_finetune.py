@@ -247,7 +247,8 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     done[bench.run_key(cell, 1.0, 0, 900)] = {"val_loss": 2.1}
     assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 1)]
     mixed = next(c for c in bench.cells() if c.label == "mcnc-mixed @ 6,000")
-    assert mixed.settings == {"method": "mcnc", "budget": 6000, "mixing": "hadamard"}
+    assert mixed.settings == {"method": "mcnc", "budget": 6000, "mixing": "hadamard",
+                              "beta_rate": "absolute"}  # measured before the relative rate
 
 
 def test_the_peer_table_counts_every_seed_recorded_at_the_best_rate():
@@ -291,8 +292,9 @@ def test_the_peer_table_names_the_model_and_its_command():
 def test_the_held_in_grid_changes_one_setting_per_candidate_from_the_default():
     bench = _load_benchmark("finetune_peers")
     held_in = {c.label: c.settings for c in bench.cells("adapter-held-in")}
-    assert held_in["mcnc @ 6,000"] == {"method": "mcnc", "budget": 6000}
-    assert held_in["mcnc r4 @ 26,880"] == {"method": "mcnc", "budget": 26880, "rank": 4}
+    old = {"beta_rate": "absolute"}  # the grid was measured before beta's relative rate
+    assert held_in["mcnc @ 6,000"] == {"method": "mcnc", "budget": 6000, **old}
+    assert held_in["mcnc r4 @ 26,880"] == {"method": "mcnc", "budget": 26880, "rank": 4, **old}
     assert held_in["mcnc gen-vision @ 6,000"]["mcnc_options"] == {
         "depth": 2, "width": 64, "hidden_gain": 8.0}
     args = argparse.Namespace(steps=300, seeds=1, rates_from=None, rates={}, model="tiny-llama",

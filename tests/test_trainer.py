@@ -89,7 +89,8 @@ def test_adapter_trainer_wants_an_adapter_model(tmp_path):
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_a_plain_trainer_saves_and_resumes_the_adapters_only(model_name, tmp_path):
     """A plain Trainer saves an AdapterModel's state dict, which holds the adapters only: a
-    few kilobytes, no crash on GPT-2's tied weights, and it resumes from its checkpoints."""
+    few kilobytes, no crash on GPT-2's tied weights; it resumes from its checkpoints, and what
+    it saved reloads on a fresh base like an adapter folder (the config is in the file)."""
     import safetensors.torch
 
     def plain(out):
@@ -101,7 +102,8 @@ def test_a_plain_trainer_saves_and_resumes_the_adapters_only(model_name, tmp_pat
     full.train()
     checkpoint = tmp_path / "full" / "checkpoint-2" / "model.safetensors"
     saved = safetensors.torch.load_file(checkpoint)
-    assert set(saved) == {"adapters.default.manifold.alpha", "adapters.default.manifold.beta"}
+    assert set(saved) == {"adapters.default.manifold.alpha", "adapters.default.manifold.beta",
+                          "adapters.default.adapter_config"}
     assert checkpoint.stat().st_size < 4 * sum(t.numel() for t in saved.values()) + 1000
     resumed = plain(tmp_path / "resumed")
     resumed.train(resume_from_checkpoint=str(checkpoint.parent))
@@ -116,3 +118,14 @@ def test_a_plain_trainer_saves_and_resumes_the_adapters_only(model_name, tmp_pat
                                    full.model.eval()(input_ids=ids).logits)
     with pytest.raises(RuntimeError, match="holds its adapters only"):
         fresh.load_state_dict(MODELS[model_name]().state_dict())
+    reloaded = mcnc.AdapterModel.from_pretrained(MODELS[model_name](), tmp_path / "final")
+    assert isinstance(reloaded.adapters["default"].config, mcnc.MCNCAdapterConfig)
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(input_ids=ids).logits,
+                           fresh.eval()(input_ids=ids).logits)
+    other = mcnc.get_adapter_model(MODELS[model_name](), CONFIGS["lora"])
+    with pytest.raises(ValueError, match="has another config"):
+        other.load_state_dict(saved, strict=False)
+    with pytest.raises(mcnc.FormatError, match="no config of an adapter named 'second'"):
+        mcnc.AdapterModel.from_pretrained(MODELS[model_name](), tmp_path / "final",
+                                          adapter_name="second")

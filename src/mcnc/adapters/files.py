@@ -66,18 +66,18 @@ def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model
     with torch.no_grad():
         tensors = {k: v.detach().to("cpu", dtype).contiguous()
                    for k, v in source.stored_tensors().items()}
-    config = {
-        **source.config.to_dict(),
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "targets": pack_targets(source.layout.targets),
-        "base_model_name_or_path": base_model,
-        "payload_sha256": tensor_digest(tensors),
-    }
+    config = {**config_record(source, base_model), "payload_sha256": tensor_digest(tensors)}
     metadata = {"format": FORMAT, "config_sha256": metadata_digest(config)}
     atomic_write(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, metadata))
     atomic_write(directory / CONFIG_NAME, _config_json(config))
     return directory
+
+
+def config_record(source: FactorSource, base_model: str | None) -> dict:
+    """What ``adapter_config.json`` holds about ``source`` besides its payload's digest."""
+    return {**source.config.to_dict(), "format": FORMAT, "format_version": FORMAT_VERSION,
+            "targets": pack_targets(source.layout.targets),
+            "base_model_name_or_path": base_model}
 
 
 def pack_targets(targets: tuple[AdaptedLayer, ...]) -> list | dict:
@@ -228,24 +228,19 @@ def _config_digest(data: bytes) -> str | None:
     return digest if isinstance(digest, str) else None
 
 
-def read_adapter(directory: str | os.PathLike
-                 ) -> tuple[AdapterConfig, FactorLayout, dict[str, torch.Tensor], dict]:
-    """Read and check one adapter folder (nothing about the model yet).
+def parse_config(raw: bytes, where: str | os.PathLike
+                 ) -> tuple[AdapterConfig, FactorLayout, dict[str, tuple[int, ...]], dict]:
+    """Parse and check an adapter config's JSON (read from ``where``, named in errors).
 
     Returns:
-        config, factor layout, tensors (float32), and the raw config JSON.
-
-    Raises:
-        FileNotFoundError: a file is missing. FormatError: anything else is wrong.
+        config, factor layout, the shapes of the tensors it implies, and the raw JSON dict.
     """
-    directory = Path(directory)
-    raw = _read_bytes(directory / CONFIG_NAME, MAX_CONFIG_BYTES)
     try:
         meta = json.loads(raw)
     except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, or nested too deeply
-        raise FormatError(f"{directory / CONFIG_NAME} is not valid JSON ({e})") from None
+        raise FormatError(f"{where} is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise FormatError(f"{directory / CONFIG_NAME} is not an mcnc adapter config "
+        raise FormatError(f"{where} is not an mcnc adapter config "
                           f"(format {meta.get('format') if isinstance(meta, dict) else None!r})")
     version = meta.get("format_version")
     if not is_int(version, 1, FORMAT_VERSION):
@@ -264,7 +259,76 @@ def read_adapter(directory: str | os.PathLike
                               f"{layout.total_a + layout.total_b:,} numbers; refusing")
         shapes = _expected_shapes(config, layout)
     except VALUE_ERRORS as e:  # FormatError included: every error names the file
-        raise FormatError(f"{directory / CONFIG_NAME}: {e}") from None
+        raise FormatError(f"{where}: {e}") from None
+    return config, layout, shapes, meta
+
+
+TRAINER_WEIGHTS = "model.safetensors"
+"""What a plain ``transformers.Trainer`` writes: ``AdapterModel.state_dict()``, which holds
+every adapter's tensors (``adapters.<name>.<tensor>``) and its config as UTF-8 JSON bytes
+(``adapters.<name>.adapter_config``, a uint8 tensor)."""
+CONFIG_ENTRY = "adapter_config"
+
+
+def config_bytes(source: FactorSource) -> torch.Tensor:
+    """``source``'s config record as a uint8 tensor of JSON (a state dict's config entry)."""
+    data = json.dumps(config_record(source, None), sort_keys=True).encode()
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def read_trainer_checkpoint(directory: str | os.PathLike, adapter_name: str
+                            ) -> tuple[AdapterConfig, FactorLayout, dict[str, torch.Tensor]]:
+    """Read adapter ``adapter_name`` from the ``model.safetensors`` a plain Trainer wrote in
+    ``directory`` (its checkpoints and ``save_model``): config, layout and float32 tensors,
+    checked as :func:`read_adapter` checks a folder (there are no digests to compare)."""
+    path = Path(directory) / TRAINER_WEIGHTS
+    try:
+        stored = safetensors.torch.load(_read_bytes(path))
+    except FormatError:
+        raise
+    except Exception as e:  # safetensors raises its own error types for any malformed input
+        raise FormatError(f"{path} is not a valid safetensors file ({e})") from None
+    prefix = f"adapters.{adapter_name}."
+    entry = stored.pop(prefix + CONFIG_ENTRY, None)
+    if entry is None:
+        names = sorted({k.split(".")[1] for k in stored if k.startswith("adapters.")})
+        raise FormatError(f"{path} holds no config of an adapter named {adapter_name!r} "
+                          f"(adapters with one: {names}); it was not written from an "
+                          "mcnc AdapterModel of version 0.3 or later")
+    config, layout, shapes, _ = parse_config(entry.numpy().tobytes(), f"{path} [{prefix}]")
+    # the state dict names a tensor by its module path (``manifold.alpha``), a file by the
+    # method's name and the tensor's (``mcnc.alpha``)
+    tensors = {f"{config.method}.{k.rsplit('.', 1)[-1]}": v for k, v in stored.items()
+               if k.startswith(prefix)}
+    return config, layout, _checked_tensors(path, tensors, shapes)
+
+
+def _checked_tensors(path: Path, tensors: dict[str, torch.Tensor],
+                     shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """The tensors as float32 once their names, shapes and values fit the config."""
+    found = {k: tuple(v.shape) for k, v in tensors.items()}
+    if found != shapes:
+        raise FormatError(f"{path} holds tensors {found}, its config implies {shapes}")
+    for name, t in tensors.items():
+        if not t.is_floating_point():
+            raise FormatError(f"tensor {name!r} must hold floating-point numbers, not {t.dtype}")
+        check_finite(name, t)
+    return {k: v.float() for k, v in tensors.items()}
+
+
+def read_adapter(directory: str | os.PathLike
+                 ) -> tuple[AdapterConfig, FactorLayout, dict[str, torch.Tensor], dict]:
+    """Read and check one adapter folder (nothing about the model yet).
+
+    Returns:
+        config, factor layout, tensors (float32), and the raw config JSON.
+
+    Raises:
+        FileNotFoundError: a file is missing. FormatError: anything else is wrong.
+    """
+    directory = Path(directory)
+    raw = _read_bytes(directory / CONFIG_NAME, MAX_CONFIG_BYTES)
+    config, layout, shapes, meta = parse_config(raw, directory / CONFIG_NAME)
     data = _read_bytes(directory / WEIGHTS_NAME)
     try:
         tensors = safetensors.torch.load(data)
@@ -278,14 +342,7 @@ def read_adapter(directory: str | os.PathLike
     if config_digest is not None and config_digest != metadata_digest(meta):
         raise FormatError(f"{directory / CONFIG_NAME} has changed since the adapter was saved "
                           "(config digest differs): the file is corrupt or was edited")
-    found = {k: tuple(v.shape) for k, v in tensors.items()}
-    if found != shapes:
-        raise FormatError(f"the adapter file holds tensors {found}, its config implies {shapes}")
-    for name, t in tensors.items():
-        if not t.is_floating_point():
-            raise FormatError(f"tensor {name!r} must hold floating-point numbers, not {t.dtype}")
-        check_finite(name, t)
-    return config, layout, {k: v.float() for k, v in tensors.items()}, meta
+    return config, layout, _checked_tensors(directory / WEIGHTS_NAME, tensors, shapes), meta
 
 
 def check_tensors(source: FactorSource, tensors: dict[str, torch.Tensor]) -> None:

@@ -25,7 +25,16 @@ import torch
 from torch import nn
 
 from mcnc.adapters.config import AdapterConfig, MCNCAdapterConfig
-from mcnc.adapters.files import check_tensors, read_adapter, write_adapter
+from mcnc.adapters.files import (
+    CONFIG_ENTRY,
+    CONFIG_NAME,
+    TRAINER_WEIGHTS,
+    check_tensors,
+    config_bytes,
+    read_adapter,
+    read_trainer_checkpoint,
+    write_adapter,
+)
 from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot
 from mcnc.adapters.sources import (
     AdaptedLayer,
@@ -295,18 +304,28 @@ class AdapterModel(nn.Module):
 
     # -- state: the adapters only ------------------------------------------------------------
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
-        """The adapters' trained tensors only (``adapters.<name>.<tensor>``): the base model is
+        """The adapters' trained tensors only (``adapters.<name>.<tensor>``) and each one's
+        config as JSON bytes (``adapters.<name>.adapter_config``, uint8): the base model is
         frozen and has its own checkpoint (``base_model.state_dict()``). So a plain
         ``transformers.Trainer`` checkpoints and saves kilobytes instead of the whole model,
-        resumes from them, and never meets the base's tied weights."""
-        return self.adapters.state_dict(*args, destination=destination,
-                                        prefix=prefix + "adapters.", keep_vars=keep_vars)
+        resumes from them, never meets the base's tied weights, and what it saves reloads
+        with :meth:`from_pretrained` like an adapter folder."""
+        out = self.adapters.state_dict(*args, destination=destination,
+                                       prefix=prefix + "adapters.", keep_vars=keep_vars)
+        for name, source in self.adapters.items():
+            out[f"{prefix}adapters.{name}.{CONFIG_ENTRY}"] = config_bytes(source)
+        return out
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Load what :meth:`state_dict` gives; other keys (a base model's) are refused when
         ``strict``, else reported as unexpected."""
+        for name, source in self.adapters.items():
+            entry = state_dict.get(f"adapters.{name}.{CONFIG_ENTRY}")
+            if entry is not None and not torch.equal(entry, config_bytes(source)):
+                raise ValueError(f"the state dict's adapter {name!r} has another config or "
+                                 "other layers than this model's; load it with load_adapter")
         own = {k.removeprefix("adapters."): v for k, v in state_dict.items()
-               if k.startswith("adapters.")}
+               if k.startswith("adapters.") and not k.endswith(f".{CONFIG_ENTRY}")}
         others = [k for k in state_dict if not k.startswith("adapters.")]
         if strict and others:
             raise RuntimeError(f"an AdapterModel's state dict holds its adapters only, got "
@@ -348,13 +367,18 @@ class AdapterModel(nn.Module):
     def load_adapter(self, path: str | os.PathLike, adapter_name: str = DEFAULT,
                      is_trainable: bool = False, **options) -> FactorSource:
         """Add the adapter saved in folder ``path`` under ``adapter_name`` (inactive unless it
-        is the first). Everything is checked before the model changes.
+        is the first): an adapter folder (:meth:`save_pretrained`'s), or what a plain
+        ``transformers.Trainer`` saved (``model.safetensors``: the adapter of that name in it).
+        Everything is checked before the model changes.
 
         Raises:
             FormatError: the files are invalid or do not fit this model.
         """
         self._check_new_name(adapter_name)
-        config, layout, tensors, _ = read_adapter(path)
+        if (Path(path) / TRAINER_WEIGHTS).exists() and not (Path(path) / CONFIG_NAME).exists():
+            config, layout, tensors = read_trainer_checkpoint(path, adapter_name)
+        else:
+            config, layout, tensors, _ = read_adapter(path)
         check_layers_fit(self.base_model, layout.targets)
         source = build_source(config, layout, **options)
         check_tensors(source, tensors)

@@ -9,8 +9,9 @@
 Checkpoints hold the adapter folders (``adapter_config.json`` + ``adapter_model.safetensors``,
 see :mod:`mcnc.adapters.files`) plus Trainer's own optimiser, scheduler and random states; the
 training arguments are written as JSON. A plain ``Trainer`` works too: it saves the
-AdapterModel's state dict, which holds the adapters only (``model.safetensors``, kilobytes; load
-it with ``AdapterModel.load_state_dict``), and resumes from it; pass
+AdapterModel's state dict, which holds the adapters and their configs only
+(``model.safetensors``, kilobytes; ``AdapterModel.from_pretrained(base, folder)`` reloads it),
+and resumes from it; pass
 ``callbacks=[AdapterCallback()]`` to keep MCNC's alphas in their cube. AdapterTrainer also
 builds its optimiser from ``AdapterModel.param_groups`` (MCNC's beta at its own rate); a plain
 Trainer trains every number at one rate unless given ``optimizers=``.
