@@ -22,7 +22,6 @@ from mcnc.core.initialisation import target_std
 from mcnc.core.layout import Layout, plan_layout
 from mcnc.core.limits import MAX_NUMBERS, check_work
 from mcnc.core.manifold import (
-    MANIFOLD_RATES,
     ChunkedManifold,
     HoldsManifold,
     Region,
@@ -101,10 +100,7 @@ class MCNCModel(HoldsManifold, Reparameterized):
     def method_param_groups(self, lr: float, **rates) -> list[dict]:
         """alpha at ``lr``, beta at a rate of its own (``rates``: ``beta_lr_scale``,
         ``beta_rate``; :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`)."""
-        unknown = {k: v for k, v in rates.items() if k not in MANIFOLD_RATES}
-        if unknown:
-            return super().method_param_groups(lr, **unknown)  # refuses them by name
-        return self.manifold.param_groups(lr, **rates)
+        return self.manifold_groups(lr, rates, super().method_param_groups)
 
     def after_step(self) -> None:
         self.manifold.after_step()

@@ -29,7 +29,7 @@ from mcnc.baselines.subspace import split_coefficients
 from mcnc.core import rng
 from mcnc.core.generator import Generator
 from mcnc.core.initialisation import UNIT_BOUND
-from mcnc.core.manifold import MANIFOLD_RATES, ChunkedManifold, HoldsManifold, Region
+from mcnc.core.manifold import ChunkedManifold, HoldsManifold, Region
 
 
 @dataclass(frozen=True)
@@ -243,10 +243,7 @@ class MCNCSource(HoldsManifold, FactorSource):
     def param_groups(self, lr: float, **rates) -> list[dict]:
         """alpha at ``lr``, beta at a rate of its own (``rates``: ``beta_lr_scale``,
         ``beta_rate``; :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`)."""
-        unknown = {k: v for k, v in rates.items() if k not in MANIFOLD_RATES}
-        if unknown:
-            return super().param_groups(lr, **unknown)  # refuses them by name
-        return self.manifold.param_groups(lr, **rates)
+        return self.manifold_groups(lr, rates, super().param_groups)
 
     def generation_flops(self) -> int:
         return self.manifold.generation_flops()

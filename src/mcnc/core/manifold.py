@@ -30,6 +30,7 @@ the cube after every optimiser step (:meth:`ChunkedManifold.after_step`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 
 import torch
@@ -232,6 +233,15 @@ class HoldsManifold:
     (an MCNC model, an MCNC adapter): its generator, alpha and beta as its own attributes."""
 
     manifold: ChunkedManifold
+
+    def manifold_groups(self, lr: float, rates: dict, refuse: Callable[..., list[dict]]
+                        ) -> list[dict]:
+        """:meth:`ChunkedManifold.param_groups` with ``rates``; rates it does not take go to
+        ``refuse`` (the owner's base class, which names them in its error)."""
+        unknown = {k: v for k, v in rates.items() if k not in MANIFOLD_RATES}
+        if unknown:
+            return refuse(lr, **unknown)
+        return self.manifold.param_groups(lr, **rates)
 
     @property
     def generator(self) -> Generator:
