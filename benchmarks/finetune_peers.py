@@ -125,21 +125,42 @@ def held_in_cells() -> list[Cell]:
             for b in BUDGETS for name, change in HELD_IN_CANDIDATES.items()]
 
 
+RELATIVE_CANDIDATES = {
+    "mcnc-mixed": {"mixing": "hadamard"},
+    "mcnc-mixed beta x0.3": {"mixing": "hadamard", "beta_lr_scale": 0.3},
+    "mcnc-mixed beta x0.1": {"mixing": "hadamard", "beta_lr_scale": 0.1},
+    "mcnc-joint beta x0.1": {"mixing": "hadamard-joint", "beta_lr_scale": 0.1},
+    "mcnc-joint beta x0.03": {"mixing": "hadamard-joint", "beta_lr_scale": 0.03},
+    "mcnc-joint beta x0.01": {"mixing": "hadamard-joint", "beta_lr_scale": 0.01},
+}
+"""Held-in candidates under the relative rule, at the default rate (a one-seed screen first).
+With the rule, beta's rate is ``lr * scale * typical beta``: the typical beta is ~2 for the
+mixed adapter at 6,000 and ~9.5 for the joint one (whose entries start at 2 % of their spread),
+so the joint candidates need a much smaller scale to keep beta's steps near the rate the
+absolute rule gave it (0.3 there)."""
+
+
 def beta_rate_cells() -> list[Cell]:
     """The MCNC adapter at its defaults (lr 0.3, beta's rate relative to its typical size) at
-    every budget, and the old absolute rate where it should fail (100,000) or is unmeasured."""
-    def cell(budget: int, rule: str) -> Cell:
-        name = "mcnc" if rule == "relative" else "mcnc beta absolute"
+    every budget, the old absolute rate where it should fail (100,000) or is unmeasured, and
+    the held-in candidates under the relative rule at the same rate."""
+    def cell(name: str, budget: int, change: dict) -> Cell:
         return Cell(f"{name} @ {budget:,}", {"method": "mcnc", "budget": budget,
-                                             "beta_rate": rule}, rate=ADAPTER_LR["mcnc"])
-    return [cell(100_000, "relative"), cell(100_000, "absolute"), cell(1_500, "relative"),
-            cell(26_880, "relative"), cell(6_000, "relative"), cell(1_500, "absolute")]
+                                             "beta_rate": "relative", **change},
+                    rate=ADAPTER_LR["mcnc"])
+    absolute = {"beta_rate": "absolute"}
+    out = [cell("mcnc", 100_000, {}), cell("mcnc beta absolute", 100_000, absolute),
+           cell("mcnc", 1_500, {}), cell("mcnc", 26_880, {}), cell("mcnc", 6_000, {}),
+           cell("mcnc beta absolute", 1_500, absolute)]
+    return out + [cell(name, b, change) for b in (6_000, 26_880)
+                  for name, change in RELATIVE_CANDIDATES.items()]
 
 
 GRIDS = {"peers": peer_cells, "adapter-held-in": held_in_cells, "beta-rate": beta_rate_cells}
 GRID_TITLES = {"peers": "MCNC beside peft's small adapters",
                "beta-rate": "the MCNC adapter at its default rate with beta's rate relative to "
-                            "its typical size (vs MCNC: the absolute rate against it)",
+                            "its typical size (vs MCNC: the absolute rate and the held-in "
+                            "candidates against it)",
                "adapter-held-in": "the MCNC adapter's held-in candidates (vs MCNC: against "
                                   "today's default at the same budget)"}
 """``--grid``: the side-by-side table, or the held-in programme of the MCNC adapter."""
