@@ -31,11 +31,21 @@ BUDGETS = (6_000, 26_880)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def folder_bytes(save) -> tuple[int, int]:
-    """(tensor file, config file) bytes of the folder ``save(path)`` writes."""
+def folder_bytes(save) -> tuple[int, int, int]:
+    """(tensor file, config file, every file) bytes of the folder ``save(path)`` writes (peft
+    also writes a model card, README.md)."""
     with tempfile.TemporaryDirectory() as scratch:
         save(scratch)
-        return tuple((Path(scratch) / name).stat().st_size for name in (WEIGHTS_NAME, CONFIG_NAME))
+        folder = Path(scratch)
+        every = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        return ((folder / WEIGHTS_NAME).stat().st_size, (folder / CONFIG_NAME).stat().st_size,
+                every)
+
+
+def row(label: str, budget: int, trained: int, sizes: tuple[int, int, int]) -> str:
+    tensors, conf, every = sizes
+    return (f"| {label} | {budget:,} | {trained:,} | {tensors:,} | {conf:,} | {tensors + conf:,} "
+            f"| {every:,} |")
 
 
 def mcnc_rows(model_name: str, budget: int) -> list[str]:
@@ -46,10 +56,8 @@ def mcnc_rows(model_name: str, budget: int) -> list[str]:
     trained = model.trainable_count()
     rows = []
     for label, dtype in DTYPES.items():
-        tensors, conf = folder_bytes(lambda path, dtype=dtype: model.save_pretrained(path,
-                                                                                     dtype=dtype))
-        rows.append(f"| MCNC ({label}) | {budget:,} | {trained:,} | {tensors:,} | {conf:,} "
-                    f"| {tensors + conf:,} |")
+        sizes = folder_bytes(lambda path, dtype=dtype: model.save_pretrained(path, dtype=dtype))
+        rows.append(row(f"MCNC ({label})", budget, trained, sizes))
     return rows
 
 
@@ -60,9 +68,7 @@ def unilora_row(model_name: str, budget: int) -> str:
                          [t.name for t in targets])
     model = peft.get_peft_model(base, config)
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    tensors, conf = folder_bytes(model.save_pretrained)
-    return (f"| Uni-LoRA (peft, float32) | {budget:,} | {trained:,} | {tensors:,} | {conf:,} "
-            f"| {tensors + conf:,} |")
+    return row("Uni-LoRA (peft, float32)", budget, trained, folder_bytes(model.save_pretrained))
 
 
 def main() -> None:
@@ -74,8 +80,10 @@ def main() -> None:
     lines = [f"# Adapter folder bytes on {args.model}", "",
              f"Command: `python benchmarks/adapter_size.py --out {args.out}`  ",
              f"Machine: {machine_line()}  ", f"peft {peft.__version__}", "",
-             "| adapter | budget | trained numbers | tensor file | config | folder |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "*tensors + config*: the two files that load; *folder*: every file "
+             "`save_pretrained` writes (peft adds a model card, README.md).", "",
+             "| adapter | budget | trained numbers | tensor file | config | tensors + config "
+             "| folder |", "|---|---:|---:|---:|---:|---:|---:|"]
     for budget in BUDGETS:
         lines += [*mcnc_rows(args.model, budget), unilora_row(args.model, budget)]
     text = "\n".join(lines) + "\n"

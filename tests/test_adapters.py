@@ -7,13 +7,13 @@ from dataclasses import replace
 import pytest
 import safetensors.torch
 import torch
+from filebytes import signed_adapter
 from toymodels import fit
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import mcnc
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.sources import generate_all
-from mcnc.core.fileformat import metadata_digest
 from mcnc.core.generator import Generator
 
 VOCAB = 96
@@ -116,17 +116,18 @@ def test_mcnc_file_holds_only_alpha_and_beta(tmp_path):
 
 
 def _rewrite_config(folder, config: dict) -> None:
-    """Replace a folder's config, with the digest its tensors' metadata must hold."""
+    """Replace a folder's config, with the digests its format version asks for."""
     tensors = safetensors.torch.load_file(folder / WEIGHTS_NAME)
-    metadata = {"format": "mcnc-adapter", "config_sha256": metadata_digest(config)}
-    safetensors.torch.save_file(tensors, folder / WEIGHTS_NAME, metadata)
-    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+    config_bytes, tensor_bytes = signed_adapter(config, tensors)
+    (folder / WEIGHTS_NAME).write_bytes(tensor_bytes)
+    (folder / CONFIG_NAME).write_bytes(config_bytes)
 
 
-def test_config_lists_one_layer_per_line_and_versions_1_and_2_still_load(tmp_path):
-    """Version 3 writes a packed block, one ``[template, out, in]`` line per layer of it;
-    version 2 wrote every target as one ``[name, out, in]`` line and version 1 as an object of
-    five lines, and such folders still load to the same logits."""
+def test_config_lists_one_layer_per_line_and_versions_1_to_3_still_load(tmp_path):
+    """Versions 3 and 4 write a packed block, one ``[template, out, in]`` line per layer of it
+    (version 4 without optional spaces, its digest in the tensor file); version 2 wrote every
+    target as one ``[name, out, in]`` line and version 1 as an object of five lines, and such
+    folders still load to the same logits."""
     from mcnc.adapters.files import unpack_targets
 
     model = trained_model("mcnc")
@@ -134,11 +135,14 @@ def test_config_lists_one_layer_per_line_and_versions_1_and_2_still_load(tmp_pat
     text = (tmp_path / CONFIG_NAME).read_text()
     config = json.loads(text)
     block = config["targets"]["block"]
-    assert config["format_version"] == 3 and len(block) == 7
+    assert config["format_version"] == 4 and len(block) == 7 and ": " not in text
     assert len(text.splitlines()) == len(config) + len(block) + 3  # braces, "], indices"
     listed = unpack_targets(config["targets"])
     assert listed[0] == ["model.layers.0.self_attn.q_proj", 32, 32] and len(listed) == 14
     ids = tokens()
+    _rewrite_config(tmp_path, {**config, "format_version": 3})
+    restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(logits(restored, ids), logits(model, ids))
     _rewrite_config(tmp_path, {**config, "format_version": 2, "targets": listed})
     restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
     assert torch.equal(logits(restored, ids), logits(model, ids))
@@ -611,7 +615,7 @@ def test_layers_repeated_over_blocks_are_written_as_one_packed_block(tmp_path):
     assert packed["block"][0] == ["model.layers.{}.self_attn.q_proj", 32, 32]
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
-    assert config["format_version"] == 3 and config["targets"] == packed
+    assert config["format_version"] == 4 and config["targets"] == packed
     served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
     assert served.adapters["default"].layout.targets == targets
     odd = (AdaptedLayer("layers.0.q", 4, 4), AdaptedLayer("layers.1.q", 4, 4),

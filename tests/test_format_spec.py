@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import mcnc
+from mcnc.adapters.files import adapter_digest
 from mcnc.baselines import (
     LoRAConfig,
     NOLAConfig,
@@ -206,6 +207,16 @@ def check_payload_digest(v: dict) -> None:
     assert documented_payload_digest(v["tensors"]) == v["sha256"]
 
 
+def check_adapter_digest(v: dict) -> None:
+    tensors = {e["name"]: torch.frombuffer(bytearray.fromhex(e["data_hex"]),
+                                           dtype=DTYPES[e["dtype"]]).reshape(e["shape"])
+               for e in v["tensors"]}
+    rest = {k: x for k, x in v["config"].items() if k != "adapter_sha256"}
+    assert v["text"] == json.dumps(rest, sort_keys=True) + "\n" + tensor_digest(tensors)
+    assert hashlib.sha256(v["text"].encode("utf-8")).hexdigest() == v["sha256"]
+    assert adapter_digest(v["config"], tensors) == v["sha256"]
+
+
 def check_metadata_digest(v: dict) -> None:
     rest = {k: x for k, x in v["metadata"].items() if k != "metadata_sha256"}
     assert json.dumps(rest, sort_keys=True) == v["canonical"]
@@ -214,6 +225,7 @@ def check_metadata_digest(v: dict) -> None:
 
 
 CHECKS = {
+    "adapter-digest": check_adapter_digest,
     "philox-words": check_philox_words,
     "uniform": check_uniform,
     "word-to-float": check_word_to_float,

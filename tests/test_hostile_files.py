@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from filebytes import join, split
+from filebytes import join, signed_adapter, split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from toymodels import make
@@ -48,7 +48,6 @@ from mcnc.baselines import (
     prune,
 )
 from mcnc.core import rng
-from mcnc.core.fileformat import metadata_digest, tensor_digest
 from mcnc.core.generator import Generator, seeded_weights
 from mcnc.core.limits import MAX_D, MAX_DEPTH, MAX_K, MAX_NUMBERS, MAX_WIDTH, MAX_WORK
 from mcnc.llm.models import tiny_llama
@@ -451,10 +450,7 @@ def write_adapter_files(folder: Path, config: dict | bytes, tensors: dict | byte
     """Write a folder; dict arguments get their digests recomputed (as a careful forger would)."""
     folder.mkdir(exist_ok=True)
     if isinstance(tensors, dict):
-        config = dict(config)
-        config["payload_sha256"] = tensor_digest(tensors)
-        tensors = safetensors.torch.save(tensors, {"format": "mcnc-adapter",
-                                                   "config_sha256": metadata_digest(config)})
+        config, tensors = signed_adapter(config, tensors)
     if isinstance(config, dict):
         config = json.dumps(config).encode()
     (folder / CONFIG_NAME).write_bytes(config)
@@ -600,8 +596,23 @@ def test_edited_adapter_config_is_detected(work):
     config = json.loads((folder / CONFIG_NAME).read_text())
     config["scaling"] = 2.0  # a valid value: only the digest can tell
     (folder / CONFIG_NAME).write_text(json.dumps(config))
-    with pytest.raises(mcnc.FormatError, match="config digest differs"):
+    with pytest.raises(mcnc.FormatError, match="adapter digest differs"):
         mcnc.AdapterModel.from_pretrained(tiny(), folder)
+
+
+def test_tensors_of_another_adapter_with_the_same_config_are_detected(work):
+    """Two adapters of one config differ only in their tensors: swapping the tensor files
+    must not load silently."""
+    first, second = saved_adapter(work / "first"), work / "second"
+    model = mcnc.get_adapter_model(tiny(), ADAPTERS["mcnc"])
+    with torch.no_grad():
+        model.adapters["default"].beta.add_(0.01)
+    model.save_pretrained(second)
+    configs = [json.loads((f / CONFIG_NAME).read_text()) for f in (first, second)]
+    assert [c.pop("adapter_sha256") for c in configs] and configs[0] == configs[1]
+    (first / WEIGHTS_NAME).write_bytes((second / WEIGHTS_NAME).read_bytes())
+    with pytest.raises(mcnc.FormatError, match="do not belong together"):
+        read_adapter(first)
 
 
 @pytest.mark.parametrize(("key", "value"), [("rank", True), ("scaling", True),
@@ -618,12 +629,21 @@ def test_adapter_config_types_are_strict(work, key, value):
         read_adapter(folder)
 
 
-def test_adapter_folders_without_a_config_digest_still_load(work):
+def test_version_3_folders_with_or_without_a_config_digest_still_load(work):
+    """Version 3 kept a payload digest in the config and (in its later folders) the config's
+    digest in the tensor file; a version-4 config must hold its one digest."""
     folder = saved_adapter(work / "old", "nola")
+    config = json.loads((folder / CONFIG_NAME).read_text())
     tensors = safetensors.torch.load((folder / WEIGHTS_NAME).read_bytes())
+    write_adapter_files(folder, {**config, "format_version": 3}, tensors)
+    mcnc.AdapterModel.from_pretrained(tiny(), folder)
     (folder / WEIGHTS_NAME).write_bytes(safetensors.torch.save(tensors,
                                                                {"format": "mcnc-adapter"}))
     mcnc.AdapterModel.from_pretrained(tiny(), folder)
+    unsigned = {k: v for k, v in config.items() if k != "adapter_sha256"}
+    write_adapter_files(folder, unsigned, safetensors.torch.save(tensors))
+    with pytest.raises(mcnc.FormatError, match="adapter digest differs"):
+        read_adapter(folder)
 
 
 def test_committed_adapter_folders_still_read():

@@ -24,12 +24,16 @@ def test_a_few_steps_give_the_reference_alphas_and_betas(case):
     assert torch.equal(beta, reference[f"{case}.beta"])
 
 
-def test_an_adapter_folder_written_before_the_shared_module_reloads():
-    served = mcnc.AdapterModel.from_pretrained(_stack(), DATA / "adapter_v2")
+@pytest.mark.parametrize("version", [2, 3])
+def test_an_adapter_folder_of_an_older_format_version_reloads(version):
+    """adapter_v2: Hadamard-mixed, format version 2 (make_manifold_reference.py); adapter_v3:
+    jointly mixed, format version 3 (make_adapter_v3.py)."""
+    served = mcnc.AdapterModel.from_pretrained(_stack(), DATA / f"adapter_v{version}")
+    assert served.adapters["default"].config.mixing == ("hadamard", "hadamard-joint")[version - 2]
     with torch.no_grad():
         logits = served(adapter_input())
-    expected = safetensors.torch.load_file(DATA / "adapter_v2_logits.safetensors")["logits"]
-    assert torch.equal(logits, expected)
+    expected = safetensors.torch.load_file(DATA / f"adapter_v{version}_logits.safetensors")
+    assert torch.equal(logits, expected["logits"])
 
 
 def test_a_mixed_file_written_before_the_shared_module_reconstructs():

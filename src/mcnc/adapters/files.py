@@ -5,12 +5,13 @@
 (``"mcnc-adapter"``), ``format_version``, ``targets`` (every adapted layer as
 ``[name, out_features, in_features]``, in factor order, one per line; version 1 wrote each as
 an object, which costs twice the bytes on a model with hundreds of target layers and is still
-read), ``base_model_name_or_path`` (informative, as in peft) and ``payload_sha256`` (the digest
-of the tensors, so a config and tensors that do not belong together are detected).
-
-``adapter_model.safetensors``'s metadata holds ``config_sha256``, the digest of the config's
-canonical JSON, so a changed config is detected too (folders written before it existed load
-without that check). Every config value also has its type and range checked.
+read), ``base_model_name_or_path`` (informative, as in peft) and ``adapter_sha256``
+(:func:`adapter_digest`: one digest of the rest of the config and of the tensors, so an edited
+config, a changed tensor and tensors from another adapter are all detected); one key per line,
+no optional spaces. Versions 1-3 held two digests instead (``payload_sha256`` in the config and,
+from late version 2, ``config_sha256`` in the tensor file's metadata), ~200 bytes more with
+the indentation; they are still checked. Every config value also has its type and range
+checked.
 
 ``adapter_model.safetensors``: only what was trained. MCNC: ``mcnc.alpha`` (n, m, k) and
 ``mcnc.beta`` (n, m); NOLA: ``nola.coefficients``; LoRA: ``lora.A`` and ``lora.B``, every
@@ -21,6 +22,7 @@ Both files are written atomically; a load checks everything before it changes th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -49,8 +51,8 @@ from mcnc.core.limits import (
 from mcnc.core.manifold import Region, chunk_count, expected_shapes
 
 FORMAT = "mcnc-adapter"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MAX_TARGETS = 1 << 20
 """The most adapted layers a config may describe (a compact ``targets`` expands to this)."""
 CONFIG_NAME = "adapter_config.json"
@@ -66,11 +68,20 @@ def write_adapter(directory: str | os.PathLike, source: FactorSource, base_model
     with torch.no_grad():
         tensors = {k: v.detach().to("cpu", dtype).contiguous()
                    for k, v in source.stored_tensors().items()}
-    config = {**config_record(source, base_model), "payload_sha256": tensor_digest(tensors)}
-    metadata = {"format": FORMAT, "config_sha256": metadata_digest(config)}
-    atomic_write(directory / WEIGHTS_NAME, safetensors.torch.save(tensors, metadata))
+    config = config_record(source, base_model)
+    config["adapter_sha256"] = adapter_digest(config, tensors)
+    atomic_write(directory / WEIGHTS_NAME, safetensors.torch.save(tensors))
     atomic_write(directory / CONFIG_NAME, _config_json(config))
     return directory
+
+
+def adapter_digest(config: dict, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 (hex) of the config's canonical JSON (sorted keys, default separators) without
+    ``adapter_sha256``, a newline, and the tensors' digest
+    (:func:`~mcnc.core.fileformat.tensor_digest`, of the tensors as stored)."""
+    rest = {k: v for k, v in config.items() if k != "adapter_sha256"}
+    text = json.dumps(rest, sort_keys=True) + "\n" + tensor_digest(tensors)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def config_record(source: FactorSource, base_model: str | None) -> dict:
@@ -111,16 +122,20 @@ def unpack_targets(packed: dict) -> list[list]:
 
 
 def _config_json(config: dict) -> bytes:
-    """``config`` as JSON with 2-space indentation, but one line per target (or per layer of a
-    packed block)."""
-    marker = json.dumps("\0targets\0")
+    """``config`` as JSON, one key per line and one line per target (or per layer of a packed
+    block), without optional spaces: a few hundred bytes smaller than indented JSON, which
+    matters beside a tensor file of a few kilobytes."""
+    def compact(value: object) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
     targets = config["targets"]
     rows = targets if isinstance(targets, list) else targets["block"]
-    listed = "[\n" + ",\n".join(f"    {json.dumps(t)}" for t in rows) + "\n  ]"
+    listed = "[\n" + ",\n".join(map(compact, rows)) + "\n]"
     if isinstance(targets, dict):
-        listed = f'{{"block": {listed}, "indices": {json.dumps(targets["indices"])}}}'
-    text = json.dumps({**config, "targets": "\0targets\0"}, indent=2)
-    return text.replace(marker, listed).encode()
+        listed = f'{{"block":{listed},"indices":{compact(targets["indices"])}}}'
+    lines = [f"{compact(k)}:{listed if k == 'targets' else compact(v)}"
+             for k, v in config.items()]
+    return ("{\n" + ",\n".join(lines) + "\n}\n").encode()
 
 
 def _read_bytes(path: Path, limit: int | None = None) -> bytes:
@@ -174,7 +189,7 @@ def _targets(data: object, version: int) -> tuple[AdaptedLayer, ...]:
 
 _INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "format_version"}
 _NUMBERS = {"scaling", "dropout", "L", "hidden_gain", "alpha_init_scale", "joint_start"}
-_STRINGS = {"method", "format", "activation", "mixing", "payload_sha256"}
+_STRINGS = {"method", "format", "activation", "mixing", "payload_sha256", "adapter_sha256"}
 
 
 def _check_types(meta: dict) -> None:
@@ -222,7 +237,8 @@ def _expected_shapes(config: AdapterConfig, layout: FactorLayout) -> dict[str, t
 
 
 def _config_digest(data: bytes) -> str | None:
-    """``config_sha256`` from the metadata of a safetensors file safetensors has accepted."""
+    """``config_sha256`` (versions 2-3) from the metadata of a safetensors file safetensors has
+    accepted."""
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     digest = header.get("__metadata__", {}).get("config_sha256")
     return digest if isinstance(digest, str) else None
@@ -249,7 +265,7 @@ def parse_config(raw: bytes, where: str | os.PathLike
                           "upgrade mcnc")
     fields = {k: v for k, v in meta.items() if k not in
               ("format", "format_version", "targets", "base_model_name_or_path",
-               "payload_sha256")}
+               "payload_sha256", "adapter_sha256")}
     try:
         _check_types(meta)
         config = config_from_dict(fields)
@@ -336,6 +352,12 @@ def read_adapter(directory: str | os.PathLike
     except Exception as e:  # safetensors raises its own error types for any malformed input
         raise FormatError(f"{directory / WEIGHTS_NAME} is not a valid safetensors file "
                           f"({e})") from None
+    if meta["format_version"] >= 4:
+        if meta.get("adapter_sha256") != adapter_digest(meta, tensors):
+            raise FormatError(f"{directory / CONFIG_NAME} and {WEIGHTS_NAME} do not belong "
+                              "together (adapter digest differs): one was edited or corrupted, "
+                              "or they come from different adapters")
+        return config, layout, _checked_tensors(directory / WEIGHTS_NAME, tensors, shapes), meta
     if tensor_digest(tensors) != meta.get("payload_sha256"):
         raise FormatError(f"{directory / WEIGHTS_NAME} does not match {CONFIG_NAME} (payload "
                           "digest differs): the files are corrupt or from different adapters")
