@@ -51,12 +51,12 @@ def timed(variants: dict[str, Callable[[], object]], rounds: int = 7, calls: int
 def with_passes(run: Callable[[], object]) -> Callable[[], object]:
     """``run`` with the compiled transform switched off (PyTorch's passes instead)."""
     def passes():
-        saved = mixing._compiled.get("kernel")
-        mixing._compiled["kernel"] = None
+        saved = mixing._compiled.get("kernels")
+        mixing._compiled["kernels"] = None
         try:
             return run()
         finally:
-            mixing._compiled["kernel"] = saved
+            mixing._compiled["kernels"] = saved
     return passes
 
 

@@ -110,3 +110,26 @@ def test_a_mixed_model_reloads_bit_for_bit_from_a_version_2_file(tmp_path):
     assert loaded.config.mixing == "hadamard"
     for name, weight in model.generated_weights().items():
         assert torch.equal(loaded.generated_weights()[name], weight), name
+
+
+@pytest.mark.parametrize(("numbers", "keep"), [(1000, 1000), (5000, 4321), (1 << 14, 1 << 14),
+                                               (200_001, 150_000)])
+def test_the_fused_mixing_gives_the_bits_of_its_separate_steps(numbers, keep, monkeypatch):
+    """One compiled loop each way (signs, transform, permutation, division) against PyTorch's
+    separate steps with the transform's passes: the same values and gradients, bit for bit,
+    with and without padding and dropped entries."""
+    from mcnc.core import mixing
+
+    pytest.importorskip("numba")
+    mix = SeededMixing(numbers, keep, seed=3)
+    x = torch.randn(numbers, generator=torch.Generator().manual_seed(numbers), requires_grad=True)
+    grad = torch.randn(keep, generator=torch.Generator().manual_seed(keep))
+    fused = mix(x)
+    assert fused.grad_fn.name() == "_MixBackward"
+    (fused_grad,) = torch.autograd.grad(fused, x, grad)
+    monkeypatch.setitem(mixing._compiled, "kernels", None)
+    steps = mix(x)
+    assert steps.grad_fn.name() != "_MixBackward"
+    (steps_grad,) = torch.autograd.grad(steps, x, grad)
+    assert torch.equal(fused.view(torch.int32), steps.view(torch.int32))  # signed zeros too
+    assert torch.equal(fused_grad.view(torch.int32), steps_grad.view(torch.int32))

@@ -151,23 +151,57 @@ def _butterflies_in_place(x: np.ndarray, reverse: bool, block: int) -> None:
                 _radix8(x[start:start + block], 8**g, True)
 
 
-_KERNELS = ("_radix8", "_radix2", "_butterflies_in_place")
+def _signed_into(x: np.ndarray, signs: np.ndarray, buf: np.ndarray) -> None:
+    """``buf <- S [x; 0]``: ``x`` zero-padded to ``buf``'s length, times the signs (the
+    padding too, so its zeros carry the signs a padded tensor times the signs would)."""
+    n, zero = x.size, np.float32(0.0)
+    for i in range(n):
+        buf[i] = x[i] * signs[i]
+    for i in range(n, buf.size):
+        buf[i] = zero * signs[i]
+
+
+def _mix_forward(x: np.ndarray, signs: np.ndarray, order: np.ndarray, divisor: np.float32,
+                 buf: np.ndarray, out: np.ndarray, block: int) -> None:
+    """``out <- (H S [x; 0])[order] / divisor`` through the scratch vector ``buf``."""
+    _signed_into(x, signs, buf)
+    _butterflies_in_place(buf, False, block)
+    for j in range(out.size):
+        out[j] = buf[order[j]] / divisor
+
+
+def _mix_backward(grad: np.ndarray, signs: np.ndarray, order: np.ndarray, divisor: np.float32,
+                  buf: np.ndarray, out: np.ndarray, block: int) -> None:
+    """The gradient of :func:`_mix_forward` with respect to ``x`` (``out``, of x's length):
+    ``grad / divisor`` scattered back through the permutation (zeros elsewhere), ``H`` with
+    the passes in reverse order, times the signs."""
+    buf[:] = 0.0
+    for j in range(grad.size):
+        buf[order[j]] = grad[j] / divisor
+    _butterflies_in_place(buf, True, block)
+    for i in range(out.size):
+        out[i] = buf[i] * signs[i]
+
+
+_KERNELS = ("_radix8", "_radix2", "_butterflies_in_place", "_signed_into", "_mix_forward",
+            "_mix_backward")
 _compiled: dict = {}
 
 
-def _kernel():
-    """:func:`_butterflies_in_place` compiled by numba on first use (each helper first, by
-    rebinding this module's names; the machine code is cached on disk), or None where numba
-    cannot be used (:func:`mcnc.core.rng.numba_module`)."""
-    if "kernel" not in _compiled:
+def _kernel(name: str = "_butterflies_in_place"):
+    """The compiled loop ``name`` (of ``_KERNELS``), or None where numba cannot be used
+    (:func:`mcnc.core.rng.numba_module`). Every loop is compiled by numba on first use, the
+    helpers first, by rebinding this module's names; the machine code is cached on disk."""
+    if "kernels" not in _compiled:
         numba = rng.numba_module()
         if numba is not None:
             names = globals()
-            for name in _KERNELS:
-                names[name] = numba.njit(cache=True, nogil=True, boundscheck=False)(
-                    names[name])
-        _compiled["kernel"] = None if numba is None else names["_butterflies_in_place"]
-    return _compiled["kernel"]
+            for kernel in _KERNELS:
+                names[kernel] = numba.njit(cache=True, nogil=True, boundscheck=False)(
+                    names[kernel])
+        _compiled["kernels"] = None if numba is None else {k: names[k] for k in _KERNELS}
+    kernels = _compiled["kernels"]
+    return None if kernels is None else kernels[name]
 
 
 class _Hadamard(torch.autograd.Function):
@@ -215,6 +249,39 @@ def seeded_order(seed: int, stream: int, length: int) -> torch.Tensor:
     return torch.argsort(torch.from_numpy(top.astype(np.int32)), stable=True)
 
 
+class _Mix(torch.autograd.Function):
+    """The whole mixing ``(H S [x; 0])[order] / sqrt(D)`` of a float32 CPU vector in two
+    compiled loops (:func:`_mix_forward`, :func:`_mix_backward`): the bits of
+    :meth:`SeededMixing.forward`'s separate steps, each computed once per entry, without the
+    intermediate tensors those steps allocate and autograd keeps."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, signs: torch.Tensor, order: torch.Tensor
+                ) -> torch.Tensor:
+        ctx.save_for_backward(signs, order)
+        ctx.numbers = x.numel()
+        out = x.new_empty(order.numel())
+        _kernel("_mix_forward")(x.detach().contiguous().numpy(), signs.numpy(), order.numpy(),
+                                _divisor(signs.numel()), np.empty(signs.numel(), np.float32),
+                                out.numpy(), KERNEL_BLOCK)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        signs, order = ctx.saved_tensors
+        out = grad.new_empty(ctx.numbers)
+        _kernel("_mix_backward")(grad.contiguous().numpy(), signs.numpy(), order.numpy(),
+                                 _divisor(signs.numel()), np.empty(signs.numel(), np.float32),
+                                 out.numpy(), KERNEL_BLOCK)
+        return out, None, None
+
+
+def _divisor(length: int) -> np.float32:
+    """``sqrt(D)`` rounded to float32, as PyTorch rounds a Python number dividing a float32
+    tensor."""
+    return np.float32(math.sqrt(length))
+
+
 class SeededMixing(nn.Module):
     """``y = P H S x / sqrt(D)`` for x of length ``numbers`` (zero-padded to D), keeping the
     first ``keep`` entries of y; S and P from the random streams ``streams`` (signs,
@@ -231,6 +298,10 @@ class SeededMixing(nn.Module):
                              persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 1
+                and self.length >= KERNEL_MIN_LENGTH and not torch.compiler.is_compiling()
+                and _kernel() is not None):
+            return _Mix.apply(x, self.signs, self.order)
         padded = torch.nn.functional.pad(x, (0, self.length - x.numel()))
         return _Permute.apply(_Hadamard.apply(padded * self.signs), self.order) / math.sqrt(
             self.length)
