@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 import mcnc.core.mixing as mixing
+import mcnc.core.mixing_kernels as mixing_kernels
 from mcnc.apps.machine import machine_line
 from mcnc.core import rng
 
@@ -51,12 +52,12 @@ def timed(variants: dict[str, Callable[[], object]], rounds: int = 7, calls: int
 def with_passes(run: Callable[[], object]) -> Callable[[], object]:
     """``run`` with the compiled transform switched off (PyTorch's passes instead)."""
     def passes():
-        saved = mixing._compiled.get("kernels")
-        mixing._compiled["kernels"] = None
+        saved = mixing_kernels._compiled.get("loops")
+        mixing_kernels._compiled["loops"] = None
         try:
             return run()
         finally:
-            mixing._compiled["kernels"] = saved
+            mixing_kernels._compiled["loops"] = saved
     return passes
 
 

@@ -1,5 +1,7 @@
 """The seeded Hadamard mixing of MCNC's generated vector."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -7,6 +9,16 @@ from torch import nn
 import mcnc
 from mcnc.core import rng
 from mcnc.core.mixing import SeededMixing, hadamard, padded_length, seeded_order
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _sylvester(length: int) -> torch.Tensor:
@@ -50,13 +62,16 @@ def test_the_hadamard_backward_is_what_autograd_computes_bit_for_bit():
 def test_the_compiled_butterflies_give_the_bits_of_the_passes(levels):
     """Three levels per pass and blocks that stay in the cache: every level count modulo 3,
     below, at and above the block (2**15 entries), in both directions."""
-    from mcnc.core.mixing import _kernel, butterfly_passes
+    from mcnc.core.mixing import butterfly_passes
+    from mcnc.core.mixing_kernels import available
 
     pytest.importorskip("numba")
-    assert _kernel() is not None
+    assert available()
     x = torch.randn(1 << levels, generator=torch.Generator().manual_seed(levels))
-    assert torch.equal(hadamard(x), butterfly_passes(x))
-    assert torch.equal(hadamard(x, reverse=True), butterfly_passes(x, reverse=True))
+    for threads in (1, 2):  # the serial and the parallel compilation
+        with torch_threads(threads):
+            assert torch.equal(hadamard(x), butterfly_passes(x))
+            assert torch.equal(hadamard(x, reverse=True), butterfly_passes(x, reverse=True))
     if levels <= 13:
         assert torch.equal(hadamard(x), _butterflies_with_autograd(x))
 
@@ -118,18 +133,22 @@ def test_the_fused_mixing_gives_the_bits_of_its_separate_steps(numbers, keep, mo
     """One compiled loop each way (signs, transform, permutation, division) against PyTorch's
     separate steps with the transform's passes: the same values and gradients, bit for bit,
     with and without padding and dropped entries."""
-    from mcnc.core import mixing
+    from mcnc.core import mixing_kernels
 
     pytest.importorskip("numba")
     mix = SeededMixing(numbers, keep, seed=3)
     x = torch.randn(numbers, generator=torch.Generator().manual_seed(numbers), requires_grad=True)
     grad = torch.randn(keep, generator=torch.Generator().manual_seed(keep))
-    fused = mix(x)
-    assert fused.grad_fn.name() == "_MixBackward"
-    (fused_grad,) = torch.autograd.grad(fused, x, grad)
-    monkeypatch.setitem(mixing._compiled, "kernels", None)
+    fused = {}
+    for threads in (1, 2):
+        with torch_threads(threads):
+            y = mix(x)
+            assert y.grad_fn.name() == "_MixBackward"
+            fused[threads] = (y, *torch.autograd.grad(y, x, grad))
+    monkeypatch.setitem(mixing_kernels._compiled, "loops", None)
     steps = mix(x)
     assert steps.grad_fn.name() != "_MixBackward"
     (steps_grad,) = torch.autograd.grad(steps, x, grad)
-    assert torch.equal(fused.view(torch.int32), steps.view(torch.int32))  # signed zeros too
-    assert torch.equal(fused_grad.view(torch.int32), steps_grad.view(torch.int32))
+    for y, y_grad in fused.values():  # bit for bit: signed zeros too
+        assert torch.equal(y.view(torch.int32), steps.view(torch.int32))
+        assert torch.equal(y_grad.view(torch.int32), steps_grad.view(torch.int32))

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mcnc.core import mixing_kernels as kernels
 from mcnc.core import rng
 
 
@@ -41,19 +42,16 @@ def hadamard(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     :class:`_Hadamard` is.
 
     Every entry goes through the same additions in the same order on every path, so the bits
-    are the same: a compiled loop (:func:`_butterflies_in_place`) for float32 CPU vectors when
-    numba is available, PyTorch's elementwise passes otherwise (:func:`butterfly_passes`).
+    are the same: compiled loops (:mod:`mcnc.core.mixing_kernels`) for float32 CPU vectors
+    when numba is available, PyTorch's elementwise passes otherwise (:func:`butterfly_passes`).
     """
     length = x.numel()
     if length & (length - 1):
         raise ValueError(f"the Hadamard transform needs a power-of-two length, got {length}")
-    kernel = _kernel() if (x.device.type == "cpu" and x.dtype == torch.float32
-                           and length >= KERNEL_MIN_LENGTH
-                           and not torch.compiler.is_compiling()) else None
-    if kernel is None:
+    if not _compiled_path(x, length):
         return butterfly_passes(x, reverse)
     out = x.detach().reshape(length).clone()
-    kernel(out.numpy(), reverse, KERNEL_BLOCK)
+    kernels.transform_in_place(out.numpy(), reverse)
     return out
 
 
@@ -77,131 +75,13 @@ def butterfly_passes(x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
 
 
 KERNEL_MIN_LENGTH = 1 << 10
-"""Shorter vectors take PyTorch's passes (a call into the compiled loop costs more there)."""
-KERNEL_BLOCK = 1 << 15
-"""The levels whose butterflies stay within this many entries (128 KiB of float32, the size
-of a core's second-level cache) run block by block while the block sits in the cache."""
+"""Shorter vectors take PyTorch's passes (a call into the compiled loops costs more there)."""
 
 
-def _radix8(x: np.ndarray, h: int, down: bool) -> None:
-    """Three levels in one pass, distances ``h, 2h, 4h`` (``down``: ``4h, 2h, h``): the eight
-    entries ``j + m h`` (m < 8) of each group of ``8 h`` are loaded once, go through their
-    three butterflies in registers and are stored once."""
-    for i in range(0, x.size, 8 * h):
-        for j in range(i, i + h):
-            a0, a1, a2, a3 = x[j], x[j + h], x[j + 2 * h], x[j + 3 * h]
-            a4, a5, a6, a7 = x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h]
-            if down:  # distance 4h first
-                a0, a4, a1, a5 = a0 + a4, a0 - a4, a1 + a5, a1 - a5
-                a2, a6, a3, a7 = a2 + a6, a2 - a6, a3 + a7, a3 - a7
-            else:  # distance h first
-                a0, a1, a2, a3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
-                a4, a5, a6, a7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
-            a0, a2, a1, a3 = a0 + a2, a0 - a2, a1 + a3, a1 - a3
-            a4, a6, a5, a7 = a4 + a6, a4 - a6, a5 + a7, a5 - a7
-            if down:  # distance h last
-                a0, a1, a2, a3 = a0 + a1, a0 - a1, a2 + a3, a2 - a3
-                a4, a5, a6, a7 = a4 + a5, a4 - a5, a6 + a7, a6 - a7
-            else:  # distance 4h last
-                a0, a4, a1, a5 = a0 + a4, a0 - a4, a1 + a5, a1 - a5
-                a2, a6, a3, a7 = a2 + a6, a2 - a6, a3 + a7, a3 - a7
-            x[j], x[j + h], x[j + 2 * h], x[j + 3 * h] = a0, a1, a2, a3
-            x[j + 4 * h], x[j + 5 * h], x[j + 6 * h], x[j + 7 * h] = a4, a5, a6, a7
-
-
-def _radix2(x: np.ndarray, h: int) -> None:
-    """One level: the butterflies at distance ``h``."""
-    for i in range(0, x.size, 2 * h):
-        for j in range(i, i + h):
-            a, b = x[j], x[j + h]
-            x[j], x[j + h] = a + b, a - b
-
-
-def _butterflies_in_place(x: np.ndarray, reverse: bool, block: int) -> None:
-    """``x <- H x`` in place for a float32 array of power-of-two length: the butterflies
-    ``(a, b) -> (a + b, a - b)`` of :func:`butterfly_passes`, level by level in the same order,
-    three levels per pass over memory (:func:`_radix8`; the top one or two levels alone), and
-    the passes whose groups fit in ``block`` entries block by block. Each butterfly still
-    reads the two values the previous level wrote, so every entry gets the same bits.
-    Compiled by numba (:func:`_kernel`)."""
-    n, levels = x.size, 0
-    while (1 << levels) < n:
-        levels += 1
-    groups, block = levels // 3, min(block, n)
-    local = 0  # groups whose 8 h entries fit in a block (h = 8**g)
-    while local < groups and 8 ** (local + 1) <= block:
-        local += 1
-    if not reverse:
-        if local:
-            for start in range(0, n, block):
-                for g in range(local):
-                    _radix8(x[start:start + block], 8**g, False)
-        for g in range(local, groups):
-            _radix8(x, 8**g, False)
-        for level in range(3 * groups, levels):
-            _radix2(x, 1 << level)
-        return
-    for level in range(levels - 1, 3 * groups - 1, -1):
-        _radix2(x, 1 << level)
-    for g in range(groups - 1, local - 1, -1):
-        _radix8(x, 8**g, True)
-    if local:
-        for start in range(0, n, block):
-            for g in range(local - 1, -1, -1):
-                _radix8(x[start:start + block], 8**g, True)
-
-
-def _signed_into(x: np.ndarray, signs: np.ndarray, buf: np.ndarray) -> None:
-    """``buf <- S [x; 0]``: ``x`` zero-padded to ``buf``'s length, times the signs (the
-    padding too, so its zeros carry the signs a padded tensor times the signs would)."""
-    n, zero = x.size, np.float32(0.0)
-    for i in range(n):
-        buf[i] = x[i] * signs[i]
-    for i in range(n, buf.size):
-        buf[i] = zero * signs[i]
-
-
-def _mix_forward(x: np.ndarray, signs: np.ndarray, order: np.ndarray, divisor: np.float32,
-                 buf: np.ndarray, out: np.ndarray, block: int) -> None:
-    """``out <- (H S [x; 0])[order] / divisor`` through the scratch vector ``buf``."""
-    _signed_into(x, signs, buf)
-    _butterflies_in_place(buf, False, block)
-    for j in range(out.size):
-        out[j] = buf[order[j]] / divisor
-
-
-def _mix_backward(grad: np.ndarray, signs: np.ndarray, order: np.ndarray, divisor: np.float32,
-                  buf: np.ndarray, out: np.ndarray, block: int) -> None:
-    """The gradient of :func:`_mix_forward` with respect to ``x`` (``out``, of x's length):
-    ``grad / divisor`` scattered back through the permutation (zeros elsewhere), ``H`` with
-    the passes in reverse order, times the signs."""
-    buf[:] = 0.0
-    for j in range(grad.size):
-        buf[order[j]] = grad[j] / divisor
-    _butterflies_in_place(buf, True, block)
-    for i in range(out.size):
-        out[i] = buf[i] * signs[i]
-
-
-_KERNELS = ("_radix8", "_radix2", "_butterflies_in_place", "_signed_into", "_mix_forward",
-            "_mix_backward")
-_compiled: dict = {}
-
-
-def _kernel(name: str = "_butterflies_in_place"):
-    """The compiled loop ``name`` (of ``_KERNELS``), or None where numba cannot be used
-    (:func:`mcnc.core.rng.numba_module`). Every loop is compiled by numba on first use, the
-    helpers first, by rebinding this module's names; the machine code is cached on disk."""
-    if "kernels" not in _compiled:
-        numba = rng.numba_module()
-        if numba is not None:
-            names = globals()
-            for kernel in _KERNELS:
-                names[kernel] = numba.njit(cache=True, nogil=True, boundscheck=False)(
-                    names[kernel])
-        _compiled["kernels"] = None if numba is None else {k: names[k] for k in _KERNELS}
-    kernels = _compiled["kernels"]
-    return None if kernels is None else kernels[name]
+def _compiled_path(x: torch.Tensor, length: int) -> bool:
+    """Whether ``x`` (mixed at ``length``) goes through the compiled loops."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and length >= KERNEL_MIN_LENGTH
+            and not torch.compiler.is_compiling() and kernels.available())
 
 
 class _Hadamard(torch.autograd.Function):
@@ -250,30 +130,28 @@ def seeded_order(seed: int, stream: int, length: int) -> torch.Tensor:
 
 
 class _Mix(torch.autograd.Function):
-    """The whole mixing ``(H S [x; 0])[order] / sqrt(D)`` of a float32 CPU vector in two
-    compiled loops (:func:`_mix_forward`, :func:`_mix_backward`): the bits of
-    :meth:`SeededMixing.forward`'s separate steps, each computed once per entry, without the
-    intermediate tensors those steps allocate and autograd keeps."""
+    """The whole mixing ``(H S [x; 0])[order] / sqrt(D)`` of a float32 CPU vector by the
+    compiled loops (:func:`mcnc.core.mixing_kernels.mix`, ``unmix`` for the gradient): the bits
+    of :meth:`SeededMixing.forward`'s separate steps, without the intermediate tensors those
+    steps allocate and autograd keeps."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, signs: torch.Tensor, order: torch.Tensor
-                ) -> torch.Tensor:
-        ctx.save_for_backward(signs, order)
+    def forward(ctx, x: torch.Tensor, signs: torch.Tensor, order: torch.Tensor,
+                inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(signs, inverse)
         ctx.numbers = x.numel()
         out = x.new_empty(order.numel())
-        _kernel("_mix_forward")(x.detach().contiguous().numpy(), signs.numpy(), order.numpy(),
-                                _divisor(signs.numel()), np.empty(signs.numel(), np.float32),
-                                out.numpy(), KERNEL_BLOCK)
+        kernels.mix(x.detach().contiguous().numpy(), signs.numpy(), order.numpy(),
+                    _divisor(signs.numel()), out.numpy())
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        signs, order = ctx.saved_tensors
+        signs, inverse = ctx.saved_tensors
         out = grad.new_empty(ctx.numbers)
-        _kernel("_mix_backward")(grad.contiguous().numpy(), signs.numpy(), order.numpy(),
-                                 _divisor(signs.numel()), np.empty(signs.numel(), np.float32),
-                                 out.numpy(), KERNEL_BLOCK)
-        return out, None, None
+        kernels.unmix(grad.contiguous().numpy(), signs.numpy(), inverse.numpy(),
+                      _divisor(signs.numel()), out.numpy())
+        return out, None, None, None
 
 
 def _divisor(length: int) -> np.float32:
@@ -296,12 +174,21 @@ class SeededMixing(nn.Module):
         self.register_buffer("signs", torch.where(unit < 0, -1.0, 1.0), persistent=False)
         self.register_buffer("order", seeded_order(seed, streams[1], self.length)[:keep],
                              persistent=False)
+        self._inverse_order: torch.Tensor | None = None
+
+    def _inverse(self) -> torch.Tensor:
+        """``(D,)`` ``inverse[order[j]] = j``, -1 at the dropped entries: the compiled
+        backward gathers through it (built on first use; int32, D * 4 bytes, while it fits)."""
+        if self._inverse_order is None or self._inverse_order.device != self.order.device:
+            dtype = torch.int32 if self.length < 2**31 else torch.int64
+            inverse = torch.full((self.length,), -1, dtype=dtype, device=self.order.device)
+            inverse[self.order] = torch.arange(self.keep, dtype=dtype, device=self.order.device)
+            self._inverse_order = inverse
+        return self._inverse_order
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 1
-                and self.length >= KERNEL_MIN_LENGTH and not torch.compiler.is_compiling()
-                and _kernel() is not None):
-            return _Mix.apply(x, self.signs, self.order)
+        if x.dim() == 1 and _compiled_path(x, self.length) and self.signs.device == x.device:
+            return _Mix.apply(x, self.signs, self.order, self._inverse())
         padded = torch.nn.functional.pad(x, (0, self.length - x.numel()))
         return _Permute.apply(_Hadamard.apply(padded * self.signs), self.order) / math.sqrt(
             self.length)

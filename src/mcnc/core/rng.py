@@ -43,6 +43,7 @@ from __future__ import annotations
 import operator
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -416,10 +417,21 @@ def _nb_run(numba, out, floats, block0, offset, seed, stream, bound, nblocks, th
     words, values = (unused, out) if floats else (out, unused)
     args = (words, values, floats, np.uint64(block0), offset, *keys, float(bound))
     nbatches = (nblocks + _NB_BATCH - 1) // _NB_BATCH
-    threads = min(threads, numba.config.NUMBA_NUM_THREADS, nbatches)
-    # OpenMP thread pools do not survive fork(): a child of a process that ran a parallel
-    # kernel stays serial. Two parallel launches at once are not allowed by every threading
-    # layer: the second caller runs serially instead of waiting.
+    run_parallel(numba, min(threads, nbatches),
+                 lambda parts: _nb_fill_parallel(*args, nbatches, parts),
+                 lambda: _nb_fill_range(*args, 0, nbatches))
+
+
+def run_parallel(numba, threads: int, parallel: Callable[[int], None],
+                 serial: Callable[[], None]) -> None:
+    """``parallel(threads)`` (a numba function with ``parallel=True`` that splits its work
+    into that many parts) on up to ``threads`` threads when a parallel launch is allowed,
+    else ``serial()``; both must give the same bits.
+
+    OpenMP thread pools do not survive fork(): a child of a process that ran a parallel
+    kernel stays serial. Two parallel launches at once are not allowed by every threading
+    layer: the second caller runs serially instead of waiting."""
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
     if threads > 1 and _nb_state.get("parallel_pid", os.getpid()) == os.getpid() and (
         _nb_parallel_lock.acquire(blocking=False)
     ):
@@ -428,13 +440,13 @@ def _nb_run(numba, out, floats, block0, offset, seed, stream, bound, nblocks, th
             before = numba.get_num_threads()
             numba.set_num_threads(threads)
             try:
-                _nb_fill_parallel(*args, nbatches, threads)
+                parallel(threads)
             finally:
                 numba.set_num_threads(before)
         finally:
             _nb_parallel_lock.release()
     else:
-        _nb_fill_range(*args, 0, nbatches)
+        serial()
 
 
 # --------------------------------------------------------------------------------------------
