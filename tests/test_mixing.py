@@ -129,24 +129,27 @@ def test_a_mixed_model_reloads_bit_for_bit_from_a_version_2_file(tmp_path):
 
 @pytest.mark.parametrize(("numbers", "keep"), [(1000, 1000), (5000, 4321), (1 << 14, 1 << 14),
                                                (200_001, 150_000)])
-def test_the_fused_mixing_gives_the_bits_of_its_separate_steps(numbers, keep, monkeypatch):
-    """One compiled loop each way (signs, transform, permutation, division) against PyTorch's
-    separate steps with the transform's passes: the same values and gradients, bit for bit,
-    with and without padding and dropped entries."""
+@pytest.mark.parametrize("scaled", [False, True])
+def test_the_fused_mixing_gives_the_bits_of_its_separate_steps(numbers, keep, scaled,
+                                                               monkeypatch):
+    """The compiled loops each way (signs, transform, permutation, division, scale) against
+    PyTorch's separate steps with the transform's passes: the same values and gradients, bit
+    for bit, with and without padding, dropped entries and a per-entry scale."""
     from mcnc.core import mixing_kernels
 
     pytest.importorskip("numba")
     mix = SeededMixing(numbers, keep, seed=3)
     x = torch.randn(numbers, generator=torch.Generator().manual_seed(numbers), requires_grad=True)
     grad = torch.randn(keep, generator=torch.Generator().manual_seed(keep))
+    scale = torch.rand(keep, generator=torch.Generator().manual_seed(1)) if scaled else None
     fused = {}
     for threads in (1, 2):
         with torch_threads(threads):
-            y = mix(x)
+            y = mix(x, scale)
             assert y.grad_fn.name() == "_MixBackward"
             fused[threads] = (y, *torch.autograd.grad(y, x, grad))
     monkeypatch.setitem(mixing_kernels._compiled, "loops", None)
-    steps = mix(x)
+    steps = mix(x, scale)
     assert steps.grad_fn.name() != "_MixBackward"
     (steps_grad,) = torch.autograd.grad(steps, x, grad)
     for y, y_grad in fused.values():  # bit for bit: signed zeros too

@@ -176,9 +176,7 @@ class ChunkedManifold(nn.Module):
             if self.mixings is None:
                 out.append(x[:region.numbers])
                 continue
-            y = self.mixings[i](x)
-            scale = getattr(self, f"entry_scale_{i}")
-            out.append(y if scale is None else y * scale)
+            out.append(self.mixings[i](x, getattr(self, f"entry_scale_{i}")))
         return out
 
     def forward(self) -> list[torch.Tensor]:

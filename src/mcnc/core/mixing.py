@@ -130,28 +130,28 @@ def seeded_order(seed: int, stream: int, length: int) -> torch.Tensor:
 
 
 class _Mix(torch.autograd.Function):
-    """The whole mixing ``(H S [x; 0])[order] / sqrt(D)`` of a float32 CPU vector by the
-    compiled loops (:func:`mcnc.core.mixing_kernels.mix`, ``unmix`` for the gradient): the bits
-    of :meth:`SeededMixing.forward`'s separate steps, without the intermediate tensors those
-    steps allocate and autograd keeps."""
+    """The whole mixing ``(H S [x; 0])[order] / sqrt(D) * scale`` of a float32 CPU vector by
+    the compiled loops (:func:`mcnc.core.mixing_kernels.mix`, ``unmix`` for the gradient): the
+    bits of :meth:`SeededMixing.forward`'s separate steps, without the intermediate tensors
+    those steps allocate and autograd keeps."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, signs: torch.Tensor, order: torch.Tensor,
-                inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(signs, inverse)
+                inverse: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(signs, inverse, scale)
         ctx.numbers = x.numel()
         out = x.new_empty(order.numel())
         kernels.mix(x.detach().contiguous().numpy(), signs.numpy(), order.numpy(),
-                    _divisor(signs.numel()), out.numpy())
+                    _divisor(signs.numel()), scale.numpy(), out.numpy())
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        signs, inverse = ctx.saved_tensors
+        signs, inverse, scale = ctx.saved_tensors
         out = grad.new_empty(ctx.numbers)
         kernels.unmix(grad.contiguous().numpy(), signs.numpy(), inverse.numpy(),
-                      _divisor(signs.numel()), out.numpy())
-        return out, None, None, None
+                      _divisor(signs.numel()), scale.numpy(), out.numpy())
+        return out, None, None, None, None
 
 
 def _divisor(length: int) -> np.float32:
@@ -186,9 +186,13 @@ class SeededMixing(nn.Module):
             self._inverse_order = inverse
         return self._inverse_order
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 1 and _compiled_path(x, self.length) and self.signs.device == x.device:
-            return _Mix.apply(x, self.signs, self.order, self._inverse())
+    def forward(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``y`` for ``x`` of length ``numbers``; times ``scale`` (``(keep,)``) if given."""
+        if (x.dim() == 1 and _compiled_path(x, self.length) and self.signs.device == x.device
+                and (scale is None or (scale.dtype == x.dtype and scale.is_contiguous()))):
+            return _Mix.apply(x, self.signs, self.order, self._inverse(),
+                              x.new_empty(0) if scale is None else scale)
         padded = torch.nn.functional.pad(x, (0, self.length - x.numel()))
-        return _Permute.apply(_Hadamard.apply(padded * self.signs), self.order) / math.sqrt(
+        y = _Permute.apply(_Hadamard.apply(padded * self.signs), self.order) / math.sqrt(
             self.length)
+        return y if scale is None else y * scale

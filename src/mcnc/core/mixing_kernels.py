@@ -151,23 +151,36 @@ def _signed_into(x: np.ndarray, signs: np.ndarray, buf: np.ndarray, parts: int) 
             buf[i] = zero * signs[i]
 
 
-def _gathered(buf: np.ndarray, index: np.ndarray, divisor: np.float32, out: np.ndarray,
-              parts: int) -> None:
-    """``out[j] <- buf[index[j]] / divisor``."""
+def _gathered(buf: np.ndarray, index: np.ndarray, divisor: np.float32, scale: np.ndarray,
+              out: np.ndarray, parts: int) -> None:
+    """``out[j] <- buf[index[j]] / divisor * scale[j]`` (without ``* scale[j]`` when
+    ``scale`` is empty)."""
     for part in _prange(parts):
         lo, hi = _span(out.size, part, parts)
-        for j in range(lo, hi):
-            out[j] = buf[index[j]] / divisor
+        if scale.size:
+            for j in range(lo, hi):
+                out[j] = buf[index[j]] / divisor * scale[j]
+        else:
+            for j in range(lo, hi):
+                out[j] = buf[index[j]] / divisor
 
 
-def _gathered_or_zero(buf: np.ndarray, index: np.ndarray, divisor: np.float32,
-                      out: np.ndarray, parts: int) -> None:
-    """``out[j] <- buf[index[j]] / divisor``, and 0 where ``index[j] < 0``."""
+def _gathered_or_zero(grad: np.ndarray, index: np.ndarray, divisor: np.float32,
+                      scale: np.ndarray, out: np.ndarray, parts: int) -> None:
+    """``out[i] <- grad[k] * scale[k] / divisor`` for ``k = index[i]`` (without
+    ``* scale[k]`` when ``scale`` is empty), and 0 where ``k < 0``: the transpose of
+    :func:`_gathered` when ``index`` is the inverse of its index."""
     zero = np.float32(0.0)
     for part in _prange(parts):
         lo, hi = _span(out.size, part, parts)
-        for j in range(lo, hi):
-            out[j] = buf[index[j]] / divisor if index[j] >= 0 else zero
+        for i in range(lo, hi):
+            k = index[i]
+            if k < 0:
+                out[i] = zero
+            elif scale.size:
+                out[i] = grad[k] * scale[k] / divisor
+            else:
+                out[i] = grad[k] / divisor
 
 
 def _signed_from(buf: np.ndarray, signs: np.ndarray, out: np.ndarray, parts: int) -> None:
@@ -239,22 +252,22 @@ def transform_in_place(x: np.ndarray, reverse: bool) -> None:
 
 
 def mix(x: np.ndarray, signs: np.ndarray, order: np.ndarray, divisor: np.float32,
-        out: np.ndarray) -> None:
-    """``out <- (H S [x; 0])[order] / divisor`` through one scratch vector of ``signs``'s
-    length."""
+        scale: np.ndarray, out: np.ndarray) -> None:
+    """``out <- (H S [x; 0])[order] / divisor * scale`` (``scale`` empty: no scale) through
+    one scratch vector of ``signs``'s length."""
     buf = np.empty(signs.size, np.float32)
     run("_signed_into", buf.size, x, signs, buf)
     transform_in_place(buf, False)
-    run("_gathered", out.size, buf, order, divisor, out)
+    run("_gathered", out.size, buf, order, divisor, scale, out)
 
 
 def unmix(grad: np.ndarray, signs: np.ndarray, inverse: np.ndarray, divisor: np.float32,
-          out: np.ndarray) -> None:
+          scale: np.ndarray, out: np.ndarray) -> None:
     """The transpose of :func:`mix` applied to ``grad``: ``out <- (S H g)[:len(out)]`` where
-    ``g[order[j]] = grad[j] / divisor`` and 0 elsewhere, gathered through the inverse
-    permutation (``inverse[order[j]] = j``, -1 elsewhere: reading at random is cheaper than
-    writing at random)."""
+    ``g[order[j]] = grad[j] * scale[j] / divisor`` and 0 elsewhere, gathered through the
+    inverse permutation (``inverse[order[j]] = j``, -1 elsewhere: reading at random is
+    cheaper than writing at random)."""
     buf = np.empty(signs.size, np.float32)
-    run("_gathered_or_zero", buf.size, grad, inverse, divisor, buf)
+    run("_gathered_or_zero", buf.size, grad, inverse, divisor, scale, buf)
     transform_in_place(buf, True)
     run("_signed_from", out.size, buf, signs, out)
