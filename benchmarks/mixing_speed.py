@@ -1,13 +1,14 @@
-"""How fast the seeded Hadamard mixing is, with the compiled butterflies and without.
+"""How fast the seeded Hadamard mixing is, with the compiled loops and without.
 
 Times, in alternating rounds on this machine with one torch thread (medians, and the median of
 the per-round ratios):
 
-* the transform ``H x`` by the compiled loop (``hadamard``) and by PyTorch's one pass per level
-  (``butterfly_passes``, the path without numba), which give the same bits;
+* the transform ``H x`` by the compiled loops (``hadamard``) and by PyTorch's one pass per
+  level (``butterfly_passes``, the path without numba), which give the same bits;
 * the mixing's permutation from the seed, random words included: the integer sort
   (``seeded_order``) against the stable float sort it replaced (same order);
-* one forward and backward of a whole ``SeededMixing`` with each transform.
+* one forward and backward of a whole ``SeededMixing`` by the compiled loops and by PyTorch's
+  separate steps, and by the compiled loops on two threads against one.
 
     python benchmarks/mixing_speed.py [--out results/mixing-speed.md]
 """
@@ -88,7 +89,23 @@ def rows() -> list[str]:
         t = timed({"compiled": step, "passes": with_passes(step)})
         out.append(f"| mixing forward + backward, {n:,} entries | {1e3 * t['compiled']:.3f} ms"
                    f" | {1e3 * t['passes']:.3f} ms | {t['ratio']:.2f}x |")
+        t = timed({"two": on_threads(2, step), "one": on_threads(1, step)})
+        out.append(f"| mixing forward + backward, {n:,} entries, compiled: 2 threads (new) vs 1 "
+                   f"(old) | {1e3 * t['two']:.3f} ms | {1e3 * t['one']:.3f} ms | "
+                   f"{t['ratio']:.2f}x |")
     return out
+
+
+def on_threads(threads: int, run: Callable[[], object]) -> Callable[[], object]:
+    """``run`` with PyTorch (and so the compiled loops) on ``threads`` threads."""
+    def with_threads():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return run()
+        finally:
+            torch.set_num_threads(before)
+    return with_threads
 
 
 def main() -> None:
@@ -97,13 +114,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = "\n".join([
-        "# The mixing's speed: compiled butterflies and the integer sort against what they "
+        "# The mixing's speed: compiled loops and the integer sort against what they "
         "replaced",
         "",
         f"Command: `python benchmarks/mixing_speed.py`. Machine: {machine_line()}, one torch "
-        "thread. Medians of 7 rounds of 5 calls, the two variants taking turns; *ratio*: median "
-        "of the per-round ratios (old / new). Both variants of each row give the same bits "
-        "(tests/test_mixing.py).",
+        "thread (except the rows on 2 threads). Medians of 7 rounds of 5 calls, the two "
+        "variants taking turns; *ratio*: median of the per-round ratios (old / new). *old*: "
+        "PyTorch's passes and separate steps (the path without numba), the stable float sort; "
+        "*new*: the compiled loops (mcnc.core.mixing_kernels), the integer sort. Both variants "
+        "of each row give the same bits (tests/test_mixing.py).",
         "",
         "| what | new | old | old / new |",
         "|---|---|---|---|",

@@ -120,8 +120,7 @@ class ChunkedManifold(nn.Module):
                                                 alpha_init_scale))
         self.beta = nn.Parameter(torch.cat([self._initial_beta(i)
                                             for i in range(len(self.regions))]))
-        self.typical_beta = self._typical_beta()
-        """The size betas have when the entries have their spreads (:meth:`param_groups`)."""
+        self._typical: float | None = None
 
     def _initial_beta(self, i: int) -> torch.Tensor:
         """(chunks, m) starting amplitudes of region i."""
@@ -152,15 +151,19 @@ class ChunkedManifold(nn.Module):
         per_chunk = squares.view(chunks, d).sum(dim=1) * start_scale**2
         return (per_chunk / m).sqrt().unsqueeze(1).expand(chunks, m).clone()
 
-    def _typical_beta(self) -> float:
-        """The root mean square of the betas that give every entry its spread, over the
-        regions that know one (1 when none does), summed exactly in double."""
-        found = [a for i in range(len(self.regions))
-                 if (a := self._amplitudes(i, 1.0)) is not None]
-        if not found:
-            return 1.0
-        squares = torch.cat([a.flatten() for a in found]).double().pow(2).tolist()
-        return math.sqrt(math.fsum(squares) / len(squares))
+    @property
+    def typical_beta(self) -> float:
+        """The size betas have when the entries have their spreads (:meth:`param_groups`):
+        the root mean square of the betas that give every entry its spread, over the regions
+        that know one (1 when none does), summed exactly in double; computed on first use (a
+        model loaded to serve never needs it)."""
+        if self._typical is None:
+            found = [a for i in range(len(self.regions))
+                     if (a := self._amplitudes(i, 1.0)) is not None]
+            squares = (torch.cat([a.flatten() for a in found]).double().pow(2).tolist()
+                       if found else [1.0])
+            self._typical = math.sqrt(math.fsum(squares) / len(squares))
+        return self._typical
 
     @property
     def generated_size(self) -> int:
