@@ -159,6 +159,22 @@ def test_config_lists_one_layer_per_line_and_versions_1_to_3_still_load(tmp_path
         mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
 
 
+def test_a_config_without_mixing_reads_as_unmixed_whatever_the_default(tmp_path):
+    """Folders written before ``mixing`` existed were unmixed: the key's absence means
+    ``"none"``, not the current default."""
+    from mcnc.adapters.files import ABSENT_MCNC_KEYS
+
+    model = trained_model("mcnc")
+    assert model.adapters["default"].config.mixing == "none"
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del config["mixing"]
+    _rewrite_config(tmp_path, config)
+    restored = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert ABSENT_MCNC_KEYS["mixing"] == restored.adapters["default"].config.mixing == "none"
+    assert torch.equal(logits(restored, tokens()), logits(model, tokens()))
+
+
 def test_merged_forward_equals_unmerged(method):
     model = trained_model(method)
     ids = tokens()

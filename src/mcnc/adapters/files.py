@@ -55,6 +55,9 @@ FORMAT_VERSION = 4
 READABLE_VERSIONS = (1, 2, 3, 4)
 MAX_TARGETS = 1 << 20
 """The most adapted layers a config may describe (a compact ``targets`` expands to this)."""
+ABSENT_MCNC_KEYS = {"mixing": "none"}
+"""Keys an MCNC config may lack (written before they existed), with what the folder used; a
+changed default must not change how such a folder reads."""
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 16 << 20
@@ -266,6 +269,8 @@ def parse_config(raw: bytes, where: str | os.PathLike
     fields = {k: v for k, v in meta.items() if k not in
               ("format", "format_version", "targets", "base_model_name_or_path",
                "payload_sha256", "adapter_sha256")}
+    if fields.get("method") == "mcnc":  # what a missing key meant when it was written
+        fields = {**ABSENT_MCNC_KEYS, **fields}
     try:
         _check_types(meta)
         config = config_from_dict(fields)
