@@ -129,6 +129,7 @@ RELATIVE_CANDIDATES = {
     "mcnc-mixed": {"mixing": "hadamard"},
     "mcnc-mixed beta x0.3": {"mixing": "hadamard", "beta_lr_scale": 0.3},
     "mcnc-mixed beta x0.1": {"mixing": "hadamard", "beta_lr_scale": 0.1},
+    "mcnc-joint beta x0.3": {"mixing": "hadamard-joint", "beta_lr_scale": 0.3},
     "mcnc-joint beta x0.1": {"mixing": "hadamard-joint", "beta_lr_scale": 0.1},
     "mcnc-joint beta x0.03": {"mixing": "hadamard-joint", "beta_lr_scale": 0.03},
     "mcnc-joint beta x0.01": {"mixing": "hadamard-joint", "beta_lr_scale": 0.01},
