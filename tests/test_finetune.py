@@ -185,6 +185,22 @@ def test_peft_peers_run_through_peft(method, budget, expected, tmp_path):
         assert lean is None
 
 
+def test_uni_lora_takes_a_rank_and_keeps_its_count():
+    """``peer_rank`` sets Uni-LoRA's ``r`` (peft's default is 4); its trained numbers are the
+    budget whatever the rank. Other methods refuse it."""
+    pytest.importorskip("peft")
+    from mcnc.apps.finetune import peer_model
+
+    for rank in (None, 1, 16):
+        model = peer_model(FinetuneSettings(model="tiny-llama", method="unilora", budget=120,
+                                            peer_rank=rank), build_language_model("tiny-llama")[0])
+        config = model.peft_config["default"]
+        assert config.r == (4 if rank is None else rank)
+        assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 120
+    with pytest.raises(ValueError, match="--peer-rank sets Uni-LoRA's rank"):
+        FinetuneSettings(method="mcnc", peer_rank=4)
+
+
 def test_sizing_without_projection_matches_a_randlora_built_without_it_and_restores():
     """RandLoRA reads ``save_projection`` only when it is built: the lean size must come out as
     if it had been built with False, and the model must save its bases again afterwards."""

@@ -317,6 +317,7 @@ def _add_finetune(sub: _Subparsers) -> None:
                    "the chunk size d) and NOLA (coefficients); LoRA's follow from --rank")
     p.add_argument("--rank", type=int, default=run.rank,
                    help="rank of every adapted layer's update")
+    p.add_argument("--peer-rank", type=int, help="Uni-LoRA's rank (default: peft's, 4)")
     p.add_argument("--target-modules", default=run.target_modules, help="'all-linear' or a regex "
                    "of layer names")
     p.add_argument("--steps", type=int, default=run.steps, help="optimiser steps")
@@ -362,7 +363,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
     result = finetune(FinetuneSettings(
         model=args.model, data=args.data, val_data=args.val_data, method=args.method,
-        budget=args.budget, rank=args.rank,
+        budget=args.budget, rank=args.rank, peer_rank=args.peer_rank,
         target_modules=args.target_modules, steps=args.steps, batch_size=args.batch_size,
         max_length=args.max_length, grad_accumulation=args.grad_accumulation,
         device=args.device, dtype=args.dtype, lr=args.lr, seed=args.seed, base=args.base,

@@ -76,6 +76,8 @@ class FinetuneSettings:
     """Trained numbers for MCNC (sets the chunk size d) and NOLA (coefficients); LoRA's count
     follows from ``rank``."""
     rank: int = AdapterConfig.rank
+    peer_rank: int | None = None
+    """Uni-LoRA's rank (None: peft's default, 4; its trained numbers do not depend on it)."""
     target_modules: str = ALL_LINEAR
     steps: int = ADAPTER_STEPS
     batch_size: int = 4
@@ -141,6 +143,9 @@ class FinetuneSettings:
         if manifold_rates(self.beta_lr_scale, self.beta_rate) and self.method != "mcnc":
             raise ValueError(f"beta_lr_scale and beta_rate are MCNC options; {self.method} has "
                              "no beta (leave them at their defaults)")
+        if self.peer_rank is not None and self.method != "unilora":
+            raise ValueError(f"--peer-rank sets Uni-LoRA's rank; {self.method} takes --rank "
+                             "(or has no rank to set)")
         if self.mcnc_options and self.method != "mcnc":
             raise ValueError(f"mcnc_options {sorted(self.mcnc_options)} are MCNC settings; "
                              f"{self.method} has none (leave them out)")
@@ -181,7 +186,8 @@ def peer_model(s: FinetuneSettings, base: nn.Module) -> nn.Module:
     targets = select_targets(base, LoRAAdapterConfig(target_modules=s.target_modules)
                              .target_modules)
     layers = [(t.out_features, t.in_features) for t in targets]
-    config = peer_config(s.method, s.budget or None, layers, [t.name for t in targets], s.rank)
+    config = peer_config(s.method, s.budget or None, layers, [t.name for t in targets], s.rank,
+                         s.peer_rank)
     return peft.get_peft_model(base, config)
 
 

@@ -28,9 +28,11 @@ PEERS = ("fourierft", "waveft", "unilora", "tinylora", "vblora", "vera", "randlo
 
 
 def peer_config(method: str, budget: int | None, layers: Sequence[tuple[int, int]],
-                targets: list[str], rank: int = 16):
+                targets: list[str], rank: int = 16, peer_rank: int | None = None):
     """The peft config of ``method`` on layers of ``(out, in)`` sizes named by ``targets``,
-    closest to ``budget`` trained numbers (``None``: peft's defaults)."""
+    closest to ``budget`` trained numbers (``None``: peft's defaults). ``rank``: peft LoRA's
+    rank; ``peer_rank``: Uni-LoRA's rank ``r`` (None: peft's default, 4), which does not
+    change its number of trained numbers."""
     import peft
 
     if method not in PEERS:
@@ -45,7 +47,8 @@ def peer_config(method: str, budget: int | None, layers: Sequence[tuple[int, int
                                               else {"n_frequency": per_layer}))
     if method == "unilora":
         return peft.UniLoraConfig(**common, **({} if budget is None
-                                               else {"theta_d_length": budget}))
+                                               else {"theta_d_length": budget}),
+                                  **({} if peer_rank is None else {"r": peer_rank}))
     if method == "tinylora":
         return peft.TinyLoraConfig(**common, **({} if budget is None else {"u": per_layer}))
     if method == "vblora":
