@@ -345,11 +345,12 @@ def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+_AGAINST_DEFAULT = {"win": "worse than the default", "loss": "better than the default",
+                    "tie": "tie"}
 VERDICTS = {"peers": {"win": "MCNC wins", "loss": "MCNC loses", "tie": "tie"},
-            "adapter-held-in": {"win": "worse than the default",
-                                "loss": "better than the default", "tie": "tie"}}
-"""The words of a Welch verdict against the cell's MCNC row, per grid (in the held-in grid
-that row is today's default and the other rows are candidates)."""
+            "adapter-held-in": _AGAINST_DEFAULT, "beta-rate": _AGAINST_DEFAULT}
+"""The words of a Welch verdict against the cell's MCNC row, per grid (in the held-in and
+beta-rate grids that row is today's default and the other rows are candidates)."""
 
 
 def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers") -> str:

@@ -238,6 +238,13 @@ def _load_benchmark(name: str):
     return module
 
 
+def test_every_grid_of_the_peer_benchmark_has_a_title_and_verdict_words():
+    bench = _load_benchmark("finetune_peers")
+    assert set(bench.GRIDS) == set(bench.GRID_TITLES) == set(bench.VERDICTS)
+    for words in bench.VERDICTS.values():
+        assert set(words) == {"win", "loss", "tie"}
+
+
 def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     bench = _load_benchmark("finetune_peers")
     cell = bench.Cell("mcnc @ 6,000", {"method": "mcnc", "budget": 6000})
