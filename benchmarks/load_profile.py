@@ -11,9 +11,7 @@ import argparse
 import cProfile
 import io
 import pstats
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,20 +19,11 @@ import torch
 
 import mcnc
 from mcnc import models
+from mcnc.apps.bench.measure import time_calls
 from mcnc.apps.machine import machine_line
 
 FUNCTIONS = 18
 """Rows of the profile: the functions with the largest cumulative time."""
-
-
-def median_ms(run: Callable[[], object], calls: int = 7) -> float:
-    run()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
 
 
 def rebuild_in_memory(model) -> Callable[[], object]:
@@ -55,8 +44,8 @@ def main() -> None:
     model = mcnc.compress(models.resnet56(), mcnc.MCNCConfig())
     with tempfile.TemporaryDirectory() as scratch:
         path = mcnc.save(model, Path(scratch) / "resnet56.mcnc")
-        load = median_ms(lambda: mcnc.reconstruct(path))
-        memory = median_ms(rebuild_in_memory(model))
+        load = 1e3 * time_calls(lambda: mcnc.reconstruct(path), repeats=7).median
+        memory = 1e3 * time_calls(rebuild_in_memory(model), repeats=7).median
         profile = cProfile.Profile()
         profile.runcall(mcnc.reconstruct, path)
     text = io.StringIO()
