@@ -136,10 +136,11 @@ class _Mix(torch.autograd.Function):
     those steps allocate and autograd keeps."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, signs: torch.Tensor, order: torch.Tensor,
-                inverse: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(signs, inverse, scale)
-        ctx.numbers = x.numel()
+    def forward(ctx, x: torch.Tensor, mixing: SeededMixing, scale: torch.Tensor
+                ) -> torch.Tensor:
+        signs, order = mixing.signs, mixing.order
+        ctx.save_for_backward(scale)
+        ctx.mixing, ctx.numbers = mixing, x.numel()
         out = x.new_empty(order.numel())
         kernels.mix(x.detach().contiguous().numpy(), signs.numpy(), order.numpy(),
                     _divisor(signs.numel()), scale.numpy(), out.numpy())
@@ -147,11 +148,12 @@ class _Mix(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        signs, inverse, scale = ctx.saved_tensors
+        (scale,) = ctx.saved_tensors
+        signs, inverse = ctx.mixing.signs, ctx.mixing.inverse()  # built on the first backward
         out = grad.new_empty(ctx.numbers)
         kernels.unmix(grad.contiguous().numpy(), signs.numpy(), inverse.numpy(),
                       _divisor(signs.numel()), scale.numpy(), out.numpy())
-        return out, None, None, None, None
+        return out, None, None
 
 
 def _divisor(length: int) -> np.float32:
@@ -176,7 +178,7 @@ class SeededMixing(nn.Module):
                              persistent=False)
         self._inverse_order: torch.Tensor | None = None
 
-    def _inverse(self) -> torch.Tensor:
+    def inverse(self) -> torch.Tensor:
         """``(D,)`` ``inverse[order[j]] = j``, -1 at the dropped entries: the compiled
         backward gathers through it (built on first use; int32, D * 4 bytes, while it fits)."""
         if self._inverse_order is None or self._inverse_order.device != self.order.device:
@@ -190,8 +192,7 @@ class SeededMixing(nn.Module):
         """``y`` for ``x`` of length ``numbers``; times ``scale`` (``(keep,)``) if given."""
         if (x.dim() == 1 and _compiled_path(x, self.length) and self.signs.device == x.device
                 and (scale is None or (scale.dtype == x.dtype and scale.is_contiguous()))):
-            return _Mix.apply(x, self.signs, self.order, self._inverse(),
-                              x.new_empty(0) if scale is None else scale)
+            return _Mix.apply(x, self, x.new_empty(0) if scale is None else scale)
         padded = torch.nn.functional.pad(x, (0, self.length - x.numel()))
         y = _Permute.apply(_Hadamard.apply(padded * self.signs), self.order) / math.sqrt(
             self.length)
