@@ -16,6 +16,10 @@ rungs around a start value at seed 0, then adds the next rung while the best is 
 the rungs tried, so the best ends strictly inside. Then the other seeds at the best rate. The
 sweep is at the full length, so seed 0 of the main runs is the sweep's best run.
 
+``--grid fair`` is the fair table (issue 33): MCNC (mixed factors, beta at 0.3x) against
+Uni-LoRA at ranks 1, 4 and 16 and WaveFT, MCNC also at ranks 4 and 1, run for 900 steps with an
+evaluation every 50 and every run ranked by its best evaluation, not its last.
+
 Runs append to ``<out>/runs.jsonl`` as they finish and are never repeated, so the benchmark can
 be stopped and restarted (the sweep resumes where it was). ``--jobs 2`` runs two single-threaded
 runs at once (each in a fresh process, so its peak memory is its own); when one ends, the next
@@ -23,6 +27,8 @@ pending run of the earliest cell that has one starts at once.
 
     python benchmarks/finetune_peers.py --out results/finetune-peers --jobs 2
     python benchmarks/finetune_peers.py --out results/finetune-peers --report-only
+    python benchmarks/finetune_peers.py --grid fair --steps 900 --eval-every 50 --seeds 3 \
+        --out results/adapter-fair --jobs 2 --threads 1
 """
 
 from __future__ import annotations
@@ -76,10 +82,12 @@ class Cell:
     """FinetuneSettings fields besides lr, seed and steps."""
     rate: float | None = None
     """A fixed learning rate (no sweep), e.g. the default being checked."""
+    first_rate: float | None = None
+    """Where the sweep starts, if not at the method's START (e.g. its best at 300 steps)."""
 
     @property
     def start(self) -> float:
-        return START.get(self.settings["method"], 1e-2)
+        return self.first_rate or START.get(self.settings["method"], 1e-2)
 
 
 OLD_BETA_RATE = {"beta_rate": "absolute"}
@@ -157,13 +165,47 @@ def beta_rate_cells() -> list[Cell]:
                   for name, change in RELATIVE_CANDIDATES.items()]
 
 
-GRIDS = {"peers": peer_cells, "adapter-held-in": held_in_cells, "beta-rate": beta_rate_cells}
+FAIR_MCNC = {"method": "mcnc", "mixing": "hadamard", "beta_rate": "relative",
+             "beta_lr_scale": 0.3}
+"""The MCNC adapter of the fair table: factors mixed apart, beta at 0.3x its relative rate
+(the held-in programme's best at 6,000; written out so the grid does not move with the
+defaults)."""
+UNILORA_START = {6_000: 0.1, 26_880: 0.03}
+"""Uni-LoRA's best rate at 300 steps (results/finetune-peers), where its fair sweep starts."""
+
+
+def fair_cells() -> list[Cell]:
+    """MCNC against Uni-LoRA at ranks 1, 4 and 16, MCNC at ranks 4 and 1, and WaveFT, at each
+    budget; meant for ``--steps 900 --eval-every 50``, scored by the best evaluation."""
+    out = []
+    for b in BUDGETS:
+        unilora = UNILORA_START.get(b, 0.03)
+        out += [Cell(f"mcnc @ {b:,}", {**FAIR_MCNC, "budget": b}),
+                Cell(f"unilora r4 @ {b:,}", {"method": "unilora", "budget": b, "peer_rank": 4},
+                     first_rate=unilora)]
+        out += [Cell(f"unilora r{r} @ {b:,}", {"method": "unilora", "budget": b, "peer_rank": r},
+                     first_rate=unilora) for r in (1, 16)]
+        out += [Cell(f"mcnc r{r} @ {b:,}", {**FAIR_MCNC, "budget": b, "rank": r})
+                for r in (4, 1)]
+        out.append(Cell(f"waveft @ {b:,}", {"method": "waveft", "budget": b}))
+    return out
+
+
+GRIDS = {"peers": peer_cells, "adapter-held-in": held_in_cells, "beta-rate": beta_rate_cells,
+         "fair": fair_cells}
+SCORES = ("final", "best-eval")
+GRID_SCORES = {"fair": "best-eval"}
+"""What a grid's sweeps and verdicts rank by unless ``--score`` says otherwise: the
+validation loss after the last step, or the lowest of the run's evaluations (for runs long
+enough to pass their best; every method alike)."""
 GRID_TITLES = {"peers": "MCNC beside peft's small adapters",
                "beta-rate": "the MCNC adapter at its default rate with beta's rate relative to "
                             "its typical size (vs MCNC: the absolute rate and the held-in "
                             "candidates against it)",
                "adapter-held-in": "the MCNC adapter's held-in candidates (vs MCNC: against "
-                                  "today's default at the same budget)"}
+                                  "today's default at the same budget)",
+               "fair": "MCNC against Uni-LoRA and WaveFT, each at its own rank and rate, "
+                       "scored by the best evaluation"}
 """``--grid``: the side-by-side table, or the held-in programme of the MCNC adapter."""
 
 
@@ -179,8 +221,14 @@ def run_key(cell: Cell, lr: float, seed: int, steps: int) -> str:
     return f"{cell.label}|lr={lr:g}|seed={seed}|steps={steps}"
 
 
-def _loss(record: dict) -> float:
-    return float("inf") if record.get("diverged") else record["val_loss"]
+def _loss(record: dict, score: str = "final") -> float:
+    """The number a run is ranked by (lower is better; a diverged run is worst): its final
+    validation loss, or with ``score="best-eval"`` the lowest of its curve's evaluations."""
+    if record.get("diverged"):
+        return float("inf")
+    if score == "best-eval" and record.get("curve"):
+        return min(p["val_loss"] for p in record["curve"])
+    return record["val_loss"]
 
 
 def sweep_of(cell: Cell, done: dict[str, dict], steps: int) -> dict[float, dict]:
@@ -189,7 +237,7 @@ def sweep_of(cell: Cell, done: dict[str, dict], steps: int) -> dict[float, dict]
 
 
 def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int,
-              rate: float | None = None) -> list[tuple[float, int]]:
+              rate: float | None = None, score: str = "final") -> list[tuple[float, int]]:
     """The (lr, seed) runs the cell needs next: the three start rungs, then one more rung
     while the best is at an end of those tried, then the other seeds at the best rate; with
     a fixed ``rate`` (chosen elsewhere), no sweep: every seed at that rate."""
@@ -200,7 +248,7 @@ def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int,
     missing = [lr for lr in LADDER[max(0, i - 1):i + 2] if lr not in sweep]
     if missing:
         return [(lr, 0) for lr in missing]
-    best = min(sweep, key=lambda lr: _loss(sweep[lr]))
+    best = min(sweep, key=lambda lr: _loss(sweep[lr], score))
     j = LADDER.index(best)
     if best == min(sweep) and j > 0:
         return [(LADDER[j - 1], 0)]
@@ -215,12 +263,13 @@ def seed_runs(cell: Cell, lr: float, done: dict[str, dict], steps: int) -> list[
                   key=lambda r: r["seed"])
 
 
-def best_rates(done: dict[str, dict], steps: int, grid: str) -> dict[str, float]:
+def best_rates(done: dict[str, dict], steps: int, grid: str,
+               score: str = "final") -> dict[str, float]:
     """Cell label -> the best rate of its finished sweep at ``steps`` in ``done``."""
     rates = {}
     for cell in cells(grid):
         if sweep := sweep_of(cell, done, steps):
-            rates[cell.label] = min(sweep, key=lambda lr: _loss(sweep[lr]))
+            rates[cell.label] = min(sweep, key=lambda lr: _loss(sweep[lr], score))
     return rates
 
 
@@ -262,7 +311,8 @@ def pending(chosen: list[Cell], done: dict[str, dict],
     earlier cells come first), and the base model's evaluation while it is missing."""
     todo = [(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
             for c in chosen if not args.rates_from or c.label in args.rates
-            for lr, seed in next_runs(c, done, args.steps, args.seeds, fixed_rate(c, args))]
+            for lr, seed in next_runs(c, done, args.steps, args.seeds, fixed_rate(c, args),
+                                      args.score)]
     base_key = run_key(BASE, LADDER[0], 0, 0)
     if base_key not in done:
         todo.append((base_key, {**BASE.settings, "model": args.model, "lr": LADDER[0],
@@ -336,10 +386,10 @@ def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
         sweep = sweep_of(cell, done, args.steps)
         if not sweep:
             continue
-        best = min(sweep, key=lambda lr: _loss(sweep[lr]))
+        best = min(sweep, key=lambda lr: _loss(sweep[lr], args.score))
         records = seed_runs(cell, best, done, args.steps)
         finished = not next_runs(cell, done, args.steps, args.seeds,
-                                 fixed_rate(cell, args))
+                                 fixed_rate(cell, args), args.score)
         rows.append({"cell": cell, "lr": best, "tried": sorted(sweep), "records": records,
                      "finished": finished})
     return rows
@@ -347,21 +397,23 @@ def cell_rows(done: dict[str, dict], args: argparse.Namespace) -> list[dict]:
 
 _AGAINST_DEFAULT = {"win": "worse than the default", "loss": "better than the default",
                     "tie": "tie"}
-VERDICTS = {"peers": {"win": "MCNC wins", "loss": "MCNC loses", "tie": "tie"},
+_AGAINST_MCNC = {"win": "MCNC wins", "loss": "MCNC loses", "tie": "tie"}
+VERDICTS = {"peers": _AGAINST_MCNC, "fair": _AGAINST_MCNC,
             "adapter-held-in": _AGAINST_DEFAULT, "beta-rate": _AGAINST_DEFAULT}
 """The words of a Welch verdict against the cell's MCNC row, per grid (in the held-in and
 beta-rate grids that row is today's default and the other rows are candidates)."""
 
 
-def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers") -> str:
-    """Validation loss against MCNC's at the same budget (negative: lower than MCNC's)."""
+def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers", score: str = "final") -> str:
+    """The score (validation loss) against MCNC's at the same budget (negative: lower than
+    MCNC's)."""
     budget = row["cell"].settings.get("budget")
     mcnc = next((r for r in rows if r["cell"].label == f"mcnc @ {budget:,}"), None) if budget \
         else None
     if mcnc is None or mcnc is row or any(r.get("diverged") for r in row["records"]):
         return ""
     stats = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-             for v in ([r["val_loss"] for r in x["records"]] for x in (row, mcnc))]
+             for v in ([_loss(r, score) for r in x["records"]] for x in (row, mcnc))]
     diff, se, verdict = welch(stats[0], stats[1])
     if se is None:
         return f"{diff:+.4f} (1 seed: no test)"
@@ -387,9 +439,13 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
                  "tried (sweep.md)" if not args.rates_from else
                  f"each cell's best at {args.rates_steps} steps in {args.rates_from} "
                  "(no sweep at this length)")
+    scored = ("the lowest validation loss of its evaluations (*best eval*), every method "
+              "alike" if args.score == "best-eval" else "the validation loss after the last step")
     command = " ".join(["python benchmarks/finetune_peers.py", f"--out {args.out}",
                         f"--jobs {args.jobs}"]
                        + ([f"--grid {args.grid}"] if args.grid != "peers" else [])
+                       + ([f"--score {args.score}"]
+                          if args.score != GRID_SCORES.get(args.grid, "final") else [])
                        + ([f"--model {args.model}"] if args.model != DEFAULT_MODEL else [])
                        + ([f"--steps {args.steps} --eval-every {args.eval_every} "
                            f"--seeds {args.seeds}"] if args.steps != 300 else [])
@@ -402,6 +458,7 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
         "(1,044 train / 116 validation), every linear layer of the transformer blocks; "
         "AdamW, 5% warm-up then cosine decay to 10%. Loss and token accuracy (greedy "
         f"next-token prediction) over the validation answers. Learning rate: {rate_rule}. "
+        f"A run is ranked (rate sweep, *vs MCNC*) by {scored}. "
         "mean ± std "
         "(seeds). *vs MCNC*: validation loss minus MCNC's at the same budget ± Welch standard "
         "error; a verdict only beyond 2 SE. *late*: change of validation loss over the last "
@@ -438,7 +495,8 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
         memory = [r["peak_memory_bytes"] for r in rs if r.get("peak_memory_bytes")]
         lines.append(
             f"| {label} | {rs[0]['trainable']:,} | {tried} "
-            f"| {_fmt([r['val_loss'] for r in rs])} | {_versus_mcnc(row, rows, args.grid)} "
+            f"| {_fmt([r['val_loss'] for r in rs])} "
+            f"| {_versus_mcnc(row, rows, args.grid, args.score)} "
             f"| {_fmt([r['token_accuracy'] for r in rs], 100, 2)} | {_late(rs)} | {_best_eval(rs)} "
             f"| {rs[0]['adapter_bytes']:,} | {f'{lean:,}' if lean else '-'} "
             f"| {statistics.median(r['train_tokens_per_s'] for r in rs):.0f} ({_cpus(rs)}) "
@@ -519,9 +577,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads per run (default: the "
                         "cores shared out among --jobs)")
     parser.add_argument("--grid", default="peers", choices=sorted(GRIDS),
-                        help="peers: MCNC beside peft's adapters; adapter-held-in: the MCNC "
-                        "adapter's candidate settings")
+                        help="peers: MCNC beside peft's adapters; adapter-held-in and "
+                        "beta-rate: the MCNC adapter's candidate settings; fair: MCNC against "
+                        "Uni-LoRA and WaveFT at their own ranks, for long runs")
     parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
+    parser.add_argument("--score", choices=SCORES,
+                        help="rank runs by the final validation loss or by the best evaluation "
+                        "(default: the grid's: best-eval for fair, else final)")
     parser.add_argument("--rates-from", help="no sweep: train each cell at its best rate in "
                         "this folder's runs (e.g. the 300-step benchmark, to check it at more "
                         "steps)")
@@ -531,6 +593,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads {args.threads}: give 1 or more torch threads per run")
+    args.score = args.score or GRID_SCORES.get(args.grid, "final")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "runs.jsonl"
@@ -538,7 +601,7 @@ def main() -> None:
     args.rates = {}
     if args.rates_from:
         args.rates = best_rates(_read_runs(Path(args.rates_from) / "runs.jsonl"),
-                                args.rates_steps, args.grid)
+                                args.rates_steps, args.grid, args.score)
         if not args.rates:
             parser.error(f"{args.rates_from}/runs.jsonl has no finished sweep at "
                          f"{args.rates_steps} steps (--rates-steps)")

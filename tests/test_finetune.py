@@ -281,7 +281,7 @@ def test_the_peer_table_counts_every_seed_recorded_at_the_best_rate():
               (0.3, 1): 9.0}  # a stray seed at another rate is not the best rate's
     done = {bench.run_key(cell, lr, seed, 300): {"val_loss": v, "seed": seed}
             for (lr, seed), v in losses.items()}
-    args = argparse.Namespace(steps=300, seeds=2, rates={}, grid="peers")
+    args = argparse.Namespace(steps=300, seeds=2, rates={}, grid="peers", score="final")
     (row,) = bench.cell_rows(done, args)
     assert row["lr"] == 0.1 and row["finished"]
     assert [r["val_loss"] for r in row["records"]] == [2.3, 2.2, 2.1]  # a third seed counts
@@ -291,7 +291,7 @@ def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last()
     bench = _load_benchmark("finetune_peers")
     chosen = [c for c in bench.cells() if c.label in ("nola @ 6,000", "mcnc @ 26,880")]
     args = argparse.Namespace(steps=300, seeds=2, rates_from=None, rates={}, model="tiny-llama",
-                              eval_every=60)
+                              eval_every=60, score="final")
     keys = [key for key, _ in bench.pending(chosen, {}, args)]
     assert keys == [bench.run_key(chosen[0], lr, 0, 300) for lr in (0.03, 0.1, 0.3)] + [
         bench.run_key(chosen[1], lr, 0, 300) for lr in (0.1, 0.3, 1.0)] + [
@@ -304,7 +304,8 @@ def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last()
 def test_the_peer_table_names_the_model_and_its_command():
     bench = _load_benchmark("finetune_peers")
     args = argparse.Namespace(steps=4, seeds=1, rates_from=None, rates={}, model="tiny-llama",
-                              eval_every=2, out="/tmp/try", jobs=1, cells=".", grid="peers")
+                              eval_every=2, out="/tmp/try", jobs=1, cells=".", grid="peers",
+                              score="final")
     text = bench.table({}, args)
     assert text.startswith("# A tiny random Llama (a trial of the benchmark, not a result)")
     assert "--model tiny-llama" in text
@@ -322,8 +323,45 @@ def test_the_held_in_grid_changes_one_setting_per_candidate_from_the_default():
         "depth": 2, "width": 64, "hidden_gain": 8.0}
     args = argparse.Namespace(steps=300, seeds=1, rates_from=None, rates={}, model="tiny-llama",
                               eval_every=2, out="/tmp/try", jobs=1, cells=".",
-                              grid="adapter-held-in")
+                              grid="adapter-held-in", score="final")
     assert "--grid adapter-held-in" in bench.table({}, args)
+
+
+def test_the_fair_grid_ranks_runs_by_their_best_evaluation():
+    bench = _load_benchmark("finetune_peers")
+    fair = {c.label: c for c in bench.cells("fair")}
+    mcnc, unilora = fair["mcnc @ 6,000"], fair["unilora r4 @ 6,000"]
+    assert unilora.settings == {"method": "unilora", "budget": 6000, "peer_rank": 4}
+    assert unilora.start == 0.1 and mcnc.start == 0.3  # Uni-LoRA's best at 300 steps
+    assert mcnc.settings["mixing"] == "hadamard" and mcnc.settings["beta_lr_scale"] == 0.3
+
+    def run(final, lowest, seed=0):  # a curve whose best evaluation is not its last
+        return {"val_loss": final, "seed": seed, "trainable": 6000, "token_accuracy": 0.5,
+                "adapter_bytes": 25_000, "train_tokens_per_s": 100.0, "merge_error": 0.0,
+                "curve": [{"step": 50, "val_loss": lowest + 0.1},
+                          {"step": 100, "val_loss": lowest}, {"step": 150, "val_loss": final}]}
+
+    done = {bench.run_key(unilora, 0.03, 0, 900): run(2.20, 2.19),
+            bench.run_key(unilora, 0.1, 0, 900): run(2.40, 2.10),  # overfits, best early
+            bench.run_key(unilora, 0.3, 0, 900): run(2.50, 2.30)}
+    assert bench.next_runs(unilora, done, 900, 2, score="final") == [(0.01, 0)]
+    assert bench.next_runs(unilora, done, 900, 2, score="best-eval") == [(0.1, 1)]
+    for seed in (0, 1):
+        done[bench.run_key(mcnc, 0.3, seed, 900)] = run(2.3, 2.3 - seed / 100, seed)
+    for lr in (0.1, 1.0):
+        done[bench.run_key(mcnc, lr, 0, 900)] = run(2.5, 2.5)
+    done[bench.run_key(unilora, 0.1, 1, 900)] = run(2.40, 2.12, seed=1)
+    args = argparse.Namespace(steps=900, seeds=2, rates={}, grid="fair", score="best-eval",
+                              rates_from=None, model="smollm2-135m", eval_every=50,
+                              out="/tmp/try", jobs=2, cells=".")
+    rows = {r["cell"].label: r for r in bench.cell_rows(done, args)}
+    assert rows["unilora r4 @ 6,000"]["lr"] == 0.1
+    verdict = bench._versus_mcnc(rows["unilora r4 @ 6,000"], list(rows.values()), "fair",
+                                 "best-eval")
+    assert verdict.startswith("-0.1850") and "MCNC loses" in verdict  # 2.11 vs 2.295
+    text = bench.table(done, args)
+    assert "by the lowest validation loss of its evaluations" in text
+    assert "--grid fair" in text and "--score" not in text  # best-eval is the grid's own
 
 
 def test_the_peer_benchmark_refuses_fewer_than_one_thread(tmp_path):
