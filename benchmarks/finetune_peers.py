@@ -90,17 +90,20 @@ class Cell:
         return self.first_rate or START.get(self.settings["method"], 1e-2)
 
 
-OLD_BETA_RATE = {"beta_rate": "absolute"}
+BEFORE_03 = {"mixing": "none", "beta_lr_scale": 1.0}
+"""The MCNC adapter's settings before version 0.3 made the mixing and beta at 0.3x of its
+relative rate the defaults: the grids measured before keep them, so their tables stay whole."""
+OLD_BETA_RATE = {"beta_rate": "absolute", **BEFORE_03}
 """The peers and adapter-held-in grids were measured before beta's rate became relative to its
-size (version 0.3): their MCNC cells keep the absolute rate, so that their tables stay whole."""
+size: their MCNC cells keep the absolute rate (and the other old defaults)."""
 
 
 def peer_cells() -> list[Cell]:
     out = [Cell(f"{m} @ {b:,}", {"method": m, "budget": b,
                                   **(OLD_BETA_RATE if m == "mcnc" else {})})
            for b in BUDGETS for m in MATCHED]
-    out += [Cell(f"mcnc-mixed @ {b:,}", {"method": "mcnc", "budget": b, "mixing": "hadamard",
-                                         **OLD_BETA_RATE}) for b in BUDGETS]
+    out += [Cell(f"mcnc-mixed @ {b:,}", {"method": "mcnc", "budget": b, **OLD_BETA_RATE,
+                                         "mixing": "hadamard"}) for b in BUDGETS]
     out += [Cell(f"{m} default", {"method": m, "budget": 0}) for m in DEFAULTS]
     out.append(Cell("lora r1", {"method": "lora", "rank": 1}))
     return out
@@ -155,7 +158,7 @@ def beta_rate_cells() -> list[Cell]:
     the held-in candidates under the relative rule at the same rate."""
     def cell(name: str, budget: int, change: dict) -> Cell:
         return Cell(f"{name} @ {budget:,}", {"method": "mcnc", "budget": budget,
-                                             "beta_rate": "relative", **change},
+                                             "beta_rate": "relative", **BEFORE_03, **change},
                     rate=ADAPTER_LR["mcnc"])
     absolute = {"beta_rate": "absolute"}
     out = [cell("mcnc", 100_000, {}), cell("mcnc beta absolute", 100_000, absolute),
@@ -199,9 +202,10 @@ GRID_SCORES = {"fair": "best-eval"}
 validation loss after the last step, or the lowest of the run's evaluations (for runs long
 enough to pass their best; every method alike)."""
 GRID_TITLES = {"peers": "MCNC beside peft's small adapters",
-               "beta-rate": "the MCNC adapter at its default rate with beta's rate relative to "
-                            "its typical size (vs MCNC: the absolute rate and the held-in "
-                            "candidates against it)",
+               "beta-rate": "the MCNC adapter (unmixed, beta at 1x: the defaults before 0.3) "
+                            "at its default rate with beta's rate relative to its typical "
+                            "size (vs MCNC: the absolute rate and the held-in candidates "
+                            "against it)",
                "adapter-held-in": "the MCNC adapter's held-in candidates (vs MCNC: against "
                                   "today's default at the same budget)",
                "fair": "MCNC against Uni-LoRA and WaveFT, each at its own rank and rate, "

@@ -32,7 +32,7 @@ CASES = {
         k=4, d=60, width=8, mode="lowrank", rank=3)),
     "compress-delta": lambda: mcnc.compress(_mlp(), mcnc.MCNCConfig(
         k=4, d=100, width=8, mode="delta")),
-    "adapter-default": lambda: _adapter(),
+    "adapter-unmixed": lambda: _adapter(mixing="none"),  # the default before 0.3
     "adapter-mixed": lambda: _adapter(mixing="hadamard", depth=2, width=8),
 }
 

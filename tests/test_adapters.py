@@ -164,8 +164,9 @@ def test_a_config_without_mixing_reads_as_unmixed_whatever_the_default(tmp_path)
     ``"none"``, not the current default."""
     from mcnc.adapters.files import ABSENT_MCNC_KEYS
 
-    model = trained_model("mcnc")
-    assert model.adapters["default"].config.mixing == "none"
+    model = mcnc.get_adapter_model(tiny_llama(), replace(CONFIGS["mcnc"], mixing="none"))
+    train_steps(model)
+    assert mcnc.MCNCAdapterConfig().mixing == "hadamard"  # the default is not what is absent
     model.save_pretrained(tmp_path)
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     del config["mixing"]
@@ -618,6 +619,10 @@ def test_the_active_adapter_gives_beta_a_rate_of_its_own():
     lora = mcnc.get_adapter_model(tiny_llama(), CONFIGS["lora"])
     with pytest.raises(ValueError, match="the lora adapter has no such rate"):
         lora.param_groups(1e-3, beta_lr_scale=0.1)
+    # untold, beta trains at the adapter's default scale; told 1, at 1
+    default = [g["lr"] for g in model.param_groups(0.3)]
+    assert default == [0.3, 0.3 * mcnc.adapters.config.MCNC_ADAPTER_BETA_LR_SCALE * typical]
+    assert [g["lr"] for g in model.param_groups(0.3, beta_lr_scale=1.0)] == [0.3, 0.3 * typical]
 
 
 def test_layers_repeated_over_blocks_are_written_as_one_packed_block(tmp_path):

@@ -102,6 +102,12 @@ def test_beta_gets_its_own_rate_in_finetuning():
                                     beta_lr_scale=0.5, max_length=48, val_batches=1,
                                     progress=False))
     assert run["beta_lr_scale"] == 0.5
+    untold = FinetuneSettings(model="tiny-llama")  # the MCNC adapter's defaults, recorded
+    assert (untold.mixing, untold.beta_lr_scale) == ("hadamard", 0.3)
+    nola = FinetuneSettings(model="tiny-llama", method="nola")
+    assert (nola.mixing, nola.beta_lr_scale) == ("none", 1.0)
+    with pytest.raises(ValueError, match="--mixing hadamard is an MCNC option; nola"):
+        FinetuneSettings(model="tiny-llama", method="nola", mixing="hadamard")
     with pytest.raises(ValueError, match="beta_lr_scale and beta_rate are MCNC options; lora"):
         FinetuneSettings(model="tiny-llama", method="lora", beta_lr_scale=0.5)
     with pytest.raises(ValueError, match="MCNC options; lora"):
@@ -271,7 +277,9 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
     assert bench.next_runs(cell, done, 900, 2, rate=1.0) == [(1.0, 1)]
     mixed = next(c for c in bench.cells() if c.label == "mcnc-mixed @ 6,000")
     assert mixed.settings == {"method": "mcnc", "budget": 6000, "mixing": "hadamard",
-                              "beta_rate": "absolute"}  # measured before the relative rate
+                              "beta_rate": "absolute", "beta_lr_scale": 1.0}  # before 0.3
+    plain = next(c for c in bench.cells() if c.label == "mcnc @ 6,000")
+    assert plain.settings["mixing"] == "none"  # not today's default: the table stays whole
 
 
 def test_the_peer_table_counts_every_seed_recorded_at_the_best_rate():
@@ -316,7 +324,7 @@ def test_the_peer_table_names_the_model_and_its_command():
 def test_the_held_in_grid_changes_one_setting_per_candidate_from_the_default():
     bench = _load_benchmark("finetune_peers")
     held_in = {c.label: c.settings for c in bench.cells("adapter-held-in")}
-    old = {"beta_rate": "absolute"}  # the grid was measured before beta's relative rate
+    old = {"beta_rate": "absolute", "mixing": "none", "beta_lr_scale": 1.0}  # before 0.3
     assert held_in["mcnc @ 6,000"] == {"method": "mcnc", "budget": 6000, **old}
     assert held_in["mcnc r4 @ 26,880"] == {"method": "mcnc", "budget": 26880, "rank": 4, **old}
     assert held_in["mcnc gen-vision @ 6,000"]["mcnc_options"] == {

@@ -20,7 +20,7 @@ from mcnc.core.fileformat import FormatError, load, read, reconstruct, save
 from mcnc.core.generator import Generator, GeneratorSpec, fold_into_cube
 from mcnc.core.summary import Summary, summarize
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "AdapterModel",

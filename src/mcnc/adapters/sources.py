@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from mcnc.adapters.config import (
+    MCNC_ADAPTER_BETA_LR_SCALE,
     AdapterConfig,
     LoRAAdapterConfig,
     MCNCAdapterConfig,
@@ -241,8 +242,10 @@ class MCNCSource(HoldsManifold, FactorSource):
         return self._factors(self.manifold())
 
     def param_groups(self, lr: float, **rates) -> list[dict]:
-        """alpha at ``lr``, beta at a rate of its own (``rates``: ``beta_lr_scale``,
-        ``beta_rate``; :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`)."""
+        """alpha at ``lr``, beta at a rate of its own (``rates``: ``beta_lr_scale``, by default
+        :data:`~mcnc.adapters.config.MCNC_ADAPTER_BETA_LR_SCALE`, and ``beta_rate``;
+        :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`)."""
+        rates = {"beta_lr_scale": MCNC_ADAPTER_BETA_LR_SCALE} | rates
         return self.manifold_groups(lr, rates, super().param_groups)
 
     def generation_flops(self) -> int:

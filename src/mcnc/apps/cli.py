@@ -295,7 +295,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _add_finetune(sub: _Subparsers) -> None:
     """Add ``mcnc finetune`` and its options; it runs :func:`_finetune`."""
-    from mcnc.adapters.config import ADAPTER_MIXINGS
+    from mcnc.adapters.config import ADAPTER_MIXINGS, MCNC_ADAPTER_BETA_LR_SCALE
     from mcnc.apps.distributed import DEVICES
     from mcnc.apps.finetune import ADAPTER_METHODS, BASES, DTYPES, FinetuneSettings
     from mcnc.apps.rates import ADAPTER_LR
@@ -336,13 +336,14 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the run")
     p.add_argument("--base", default=run.base, choices=BASES, help="gguf-4bit: keep the GGUF "
                    "file's 4-bit weights for the linear layers (QLoRA-style)")
-    p.add_argument("--mixing", default=run.mixing, choices=ADAPTER_MIXINGS, help="MCNC: "
-                   "'hadamard' mixes the generated A and B factors with a seeded randomised "
+    p.add_argument("--mixing", choices=ADAPTER_MIXINGS, help="MCNC: 'hadamard' (the "
+                   "default) mixes the generated A and B factors with a seeded randomised "
                    "Hadamard transform, so every chunk moves entries of every layer; "
-                   "'hadamard-joint' mixes A and B together")
-    p.add_argument("--beta-lr-scale", type=float, default=run.beta_lr_scale,
+                   "'hadamard-joint' mixes A and B together; 'none' does not mix")
+    p.add_argument("--beta-lr-scale", type=float,
                    help="MCNC: beta trains at --lr times this (alpha at --lr), times its "
-                   "typical size under --beta-rate relative")
+                   "typical size under --beta-rate relative (default "
+                   f"{MCNC_ADAPTER_BETA_LR_SCALE:g})")
     _add_beta_rate(p)
     p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
                    "memory instead of regenerating them every step")

@@ -37,7 +37,7 @@ from mcnc.adapters import (
     MCNCAdapterConfig,
     NOLAAdapterConfig,
 )
-from mcnc.adapters.config import ALL_LINEAR, AdapterConfig
+from mcnc.adapters.config import ALL_LINEAR, MCNC_ADAPTER_BETA_LR_SCALE, AdapterConfig
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.targets import select_targets
 from mcnc.apps import lm_eval
@@ -97,12 +97,14 @@ class FinetuneSettings:
     base: str = "float32"
     """``float32`` or ``gguf-4bit``: the transformer's linear layers keep the GGUF file's own
     4-bit blocks and are dequantised on the fly (QLoRA-style; not with ``tiny-llama``)."""
-    mixing: str = MCNCAdapterConfig.mixing
-    """MCNC: ``"hadamard"`` mixes the generated factors (see
-    :class:`~mcnc.adapters.MCNCAdapterConfig`); other methods need ``"none"``."""
-    beta_lr_scale: float = 1.0
+    mixing: str | None = None
+    """MCNC: ``"hadamard"`` mixes the generated factors, ``"hadamard-joint"`` mixes them
+    together, ``"none"`` does not (see :class:`~mcnc.adapters.MCNCAdapterConfig`); None: the
+    adapter's default (``"hadamard"``); other methods have none."""
+    beta_lr_scale: float | None = None
     """MCNC: beta trains at ``lr`` times this (alpha at ``lr``), times its typical size under
-    ``beta_rate="relative"``."""
+    ``beta_rate="relative"``; None: the adapter's default
+    (:data:`~mcnc.adapters.config.MCNC_ADAPTER_BETA_LR_SCALE`, 0.3)."""
     beta_rate: str = "relative"
     """MCNC: ``"relative"`` or ``"absolute"`` (before version 0.3); see
     :meth:`~mcnc.core.manifold.ChunkedManifold.param_groups`."""
@@ -128,9 +130,7 @@ class FinetuneSettings:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.mixing != "none" and self.method != "mcnc":
-            raise ValueError(f"--mixing {self.mixing} is an MCNC option; {self.method} has no "
-                             "generated vector to mix (drop --mixing)")
+        self._resolve_mcnc_defaults()
         if self.dtype not in DTYPES:
             raise ValueError(f"--dtype {self.dtype}: choose one of {', '.join(DTYPES)}")
         if self.dtype != "float32" and self.base != "float32":
@@ -140,9 +140,6 @@ class FinetuneSettings:
         if self.export_lora and self.method in PEERS:
             raise ValueError(f"--export-lora writes mcnc's adapters as peft LoRA; {self.method}'s "
                              "folder is peft's own already (drop --export-lora)")
-        if manifold_rates(self.beta_lr_scale, self.beta_rate) and self.method != "mcnc":
-            raise ValueError(f"beta_lr_scale and beta_rate are MCNC options; {self.method} has "
-                             "no beta (leave them at their defaults)")
         if self.peer_rank is not None and self.method != "unilora":
             raise ValueError(f"--peer-rank sets Uni-LoRA's rank; {self.method} takes --rank "
                              "(or has no rank to set)")
@@ -153,6 +150,22 @@ class FinetuneSettings:
         if unknown := sorted(set(self.mcnc_options) - allowed):
             raise ValueError(f"mcnc_options {unknown} cannot be set here; choose among "
                              f"{sorted(allowed)}")
+
+    def _resolve_mcnc_defaults(self) -> None:
+        """Fill MCNC's ``mixing`` and ``beta_lr_scale`` left at None with the adapter's
+        defaults (so results record what ran); other methods take neither."""
+        if self.method == "mcnc":
+            self.mixing = self.mixing or MCNCAdapterConfig.mixing
+            if self.beta_lr_scale is None:
+                self.beta_lr_scale = MCNC_ADAPTER_BETA_LR_SCALE
+            return
+        if self.mixing not in (None, "none"):
+            raise ValueError(f"--mixing {self.mixing} is an MCNC option; {self.method} has no "
+                             "generated vector to mix (drop --mixing)")
+        if manifold_rates(self.beta_lr_scale or 1.0, self.beta_rate):
+            raise ValueError(f"beta_lr_scale and beta_rate are MCNC options; {self.method} has "
+                             "no beta (leave them out)")
+        self.mixing, self.beta_lr_scale = "none", 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -270,8 +283,9 @@ class FinetuneRun:
         elif ctx.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
         if isinstance(self.model, AdapterModel):
-            groups = self.model.param_groups(s.learning_rate,
-                                             **manifold_rates(s.beta_lr_scale, s.beta_rate))
+            rates = ({"beta_lr_scale": s.beta_lr_scale, "beta_rate": s.beta_rate}
+                     if s.method == "mcnc" else {})
+            groups = self.model.param_groups(s.learning_rate, **rates)
         else:
             groups = [{"params": [p for p in self.model.parameters() if p.requires_grad],
                        "lr": s.learning_rate}]
