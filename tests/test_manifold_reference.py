@@ -24,15 +24,18 @@ def test_a_few_steps_give_the_reference_alphas_and_betas(case):
     assert torch.equal(beta, reference[f"{case}.beta"])
 
 
-@pytest.mark.parametrize("version", [2, 3])
-def test_an_adapter_folder_of_an_older_format_version_reloads(version):
+@pytest.mark.parametrize(("folder", "mixing"), [("adapter_v2", "hadamard"),
+                                              ("adapter_v3", "hadamard-joint"),
+                                              ("adapter_v4_unmixed", "none")])
+def test_an_adapter_folder_written_by_older_code_reloads(folder, mixing):
     """adapter_v2: Hadamard-mixed, format version 2 (make_manifold_reference.py); adapter_v3:
-    jointly mixed, format version 3 (make_adapter_v3.py)."""
-    served = mcnc.AdapterModel.from_pretrained(_stack(), DATA / f"adapter_v{version}")
-    assert served.adapters["default"].config.mixing == ("hadamard", "hadamard-joint")[version - 2]
+    jointly mixed, format version 3; adapter_v4_unmixed: the defaults before version 0.3,
+    unmixed (make_adapter_fixture.py)."""
+    served = mcnc.AdapterModel.from_pretrained(_stack(), DATA / folder)
+    assert served.adapters["default"].config.mixing == mixing
     with torch.no_grad():
         logits = served(adapter_input())
-    expected = safetensors.torch.load_file(DATA / f"adapter_v{version}_logits.safetensors")
+    expected = safetensors.torch.load_file(DATA / f"{folder}_logits.safetensors")
     assert torch.equal(logits, expected["logits"])
 
 
