@@ -17,8 +17,9 @@ the rungs tried, so the best ends strictly inside. Then the other seeds at the b
 sweep is at the full length, so seed 0 of the main runs is the sweep's best run.
 
 ``--grid fair`` is the fair table (issue 33): MCNC (mixed factors, beta at 0.3x) against
-Uni-LoRA at ranks 1, 4 and 16 and WaveFT, MCNC also at ranks 4 and 1, run for 900 steps with an
-evaluation every 50 and every run ranked by its best evaluation, not its last.
+Uni-LoRA at ranks 1, 4 and 16, WaveFT and the other peers, MCNC also at ranks 4 and 1, run for
+900 steps with an evaluation every 50 and every run ranked by its best evaluation, not its
+last.
 
 Runs append to ``<out>/runs.jsonl`` as they finish and are never repeated, so the benchmark can
 be stopped and restarted (the sweep resumes where it was). ``--jobs 2`` runs two single-threaded
@@ -153,9 +154,10 @@ absolute rule gave it (0.3 there)."""
 
 
 def beta_rate_cells() -> list[Cell]:
-    """The MCNC adapter at its defaults (lr 0.3, beta's rate relative to its typical size) at
-    every budget, the old absolute rate where it should fail (100,000) or is unmeasured, and
-    the held-in candidates under the relative rule at the same rate."""
+    """The MCNC adapter at its defaults before 0.3 (lr 0.3, beta's rate relative to its typical
+    size, unmixed) at every budget, the old absolute rate where it should fail (100,000) or is
+    unmeasured, the held-in candidates under the relative rule at the same rate, and the one
+    adopted as the default at the other two budgets."""
     def cell(name: str, budget: int, change: dict) -> Cell:
         return Cell(f"{name} @ {budget:,}", {"method": "mcnc", "budget": budget,
                                              "beta_rate": "relative", **BEFORE_03, **change},
@@ -164,8 +166,10 @@ def beta_rate_cells() -> list[Cell]:
     out = [cell("mcnc", 100_000, {}), cell("mcnc beta absolute", 100_000, absolute),
            cell("mcnc", 1_500, {}), cell("mcnc", 26_880, {}), cell("mcnc", 6_000, {}),
            cell("mcnc beta absolute", 1_500, absolute)]
-    return out + [cell(name, b, change) for b in (6_000, 26_880)
-                  for name, change in RELATIVE_CANDIDATES.items()]
+    out += [cell(name, b, change) for b in (6_000, 26_880)
+            for name, change in RELATIVE_CANDIDATES.items()]
+    adopted = "mcnc-mixed beta x0.3"  # the defaults since 0.3: does it train at every budget?
+    return out + [cell(adopted, b, RELATIVE_CANDIDATES[adopted]) for b in (1_500, 100_000)]
 
 
 FAIR_MCNC = {"method": "mcnc", "mixing": "hadamard", "beta_rate": "relative",
@@ -178,19 +182,23 @@ UNILORA_START = {6_000: 0.1, 26_880: 0.03}
 
 
 def fair_cells() -> list[Cell]:
-    """MCNC against Uni-LoRA at ranks 1, 4 and 16, MCNC at ranks 4 and 1, and WaveFT, at each
-    budget; meant for ``--steps 900 --eval-every 50``, scored by the best evaluation."""
+    """At each budget: MCNC, Uni-LoRA at ranks 4, 1 and 16, MCNC at ranks 4 and 1, WaveFT and
+    the other matched peers; then VeRA and RandLoRA at their defaults and LoRA rank 1. Meant
+    for ``--steps 900 --eval-every 50``, scored by the best evaluation; each sweep starts at
+    the method's best rate at 300 steps where one was measured."""
     out = []
     for b in BUDGETS:
         unilora = UNILORA_START.get(b, 0.03)
-        out += [Cell(f"mcnc @ {b:,}", {**FAIR_MCNC, "budget": b}),
-                Cell(f"unilora r4 @ {b:,}", {"method": "unilora", "budget": b, "peer_rank": 4},
-                     first_rate=unilora)]
+        out.append(Cell(f"mcnc @ {b:,}", {**FAIR_MCNC, "budget": b}))
         out += [Cell(f"unilora r{r} @ {b:,}", {"method": "unilora", "budget": b, "peer_rank": r},
-                     first_rate=unilora) for r in (1, 16)]
+                     first_rate=unilora) for r in (4, 1, 16)]
         out += [Cell(f"mcnc r{r} @ {b:,}", {**FAIR_MCNC, "budget": b, "rank": r})
                 for r in (4, 1)]
-        out.append(Cell(f"waveft @ {b:,}", {"method": "waveft", "budget": b}))
+        out += [Cell(f"{m} @ {b:,}", {"method": m, "budget": b}, first_rate=ADAPTER_LR.get(m))
+                for m in ("waveft", "nola", "fourierft", "tinylora", "vblora")]
+    out += [Cell(f"{m} default", {"method": m, "budget": 0}, first_rate=ADAPTER_LR[m])
+            for m in ("vera", "randlora")]
+    out.append(Cell("lora r1", {"method": "lora", "rank": 1}, first_rate=ADAPTER_LR["lora"]))
     return out
 
 
@@ -208,8 +216,8 @@ GRID_TITLES = {"peers": "MCNC beside peft's small adapters",
                             "against it)",
                "adapter-held-in": "the MCNC adapter's held-in candidates (vs MCNC: against "
                                   "today's default at the same budget)",
-               "fair": "MCNC against Uni-LoRA and WaveFT, each at its own rank and rate, "
-                       "scored by the best evaluation"}
+               "fair": "MCNC against peft's adapters, each at its own rank and rate, scored "
+                       "by the best evaluation"}
 """``--grid``: the side-by-side table, or the held-in programme of the MCNC adapter."""
 
 
@@ -583,7 +591,7 @@ def main() -> None:
     parser.add_argument("--grid", default="peers", choices=sorted(GRIDS),
                         help="peers: MCNC beside peft's adapters; adapter-held-in and "
                         "beta-rate: the MCNC adapter's candidate settings; fair: MCNC against "
-                        "Uni-LoRA and WaveFT at their own ranks, for long runs")
+                        "the peers at their own ranks and rates, for long runs")
     parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
     parser.add_argument("--score", choices=SCORES,
                         help="rank runs by the final validation loss or by the best evaluation "
