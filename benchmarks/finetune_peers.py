@@ -153,11 +153,25 @@ so the joint candidates need a much smaller scale to keep beta's steps near the 
 absolute rule gave it (0.3 there)."""
 
 
+ADOPTED = RELATIVE_CANDIDATES["mcnc-mixed beta x0.3"]
+SECOND_ROUND = {
+    "mcnc-mixed beta x0.3 alpha-centre": {**ADOPTED, "mcnc_options": {"alpha_init_scale": 0.1}},
+    "mcnc-mixed beta x0.3 gen-vision": {**ADOPTED, "mcnc_options": VISION_GENERATOR},
+    "mcnc-mixed beta x0.3 r4": {**ADOPTED, "rank": 4},
+    "mcnc-mixed beta x0.3 k3": {**ADOPTED, "mcnc_options": {"k": 3}},
+    "mcnc-mixed beta x0.3 k8": {**ADOPTED, "mcnc_options": {"k": 8}},
+    "mcnc-mixed beta x0.3 m2": {**ADOPTED, "mcnc_options": {"m": 2}},
+}
+"""The second round of held-in candidates, each one change from the adopted default (the
+defaults since 0.3): alphas near the cube's centre, the image side's generator, rank 4, k and
+m (at a fixed budget, k and m change the chunk size d). A one-seed screen at 6,000 first."""
+
+
 def beta_rate_cells() -> list[Cell]:
     """The MCNC adapter at its defaults before 0.3 (lr 0.3, beta's rate relative to its typical
     size, unmixed) at every budget, the old absolute rate where it should fail (100,000) or is
-    unmeasured, the held-in candidates under the relative rule at the same rate, and the one
-    adopted as the default at the other two budgets."""
+    unmeasured, the held-in candidates under the relative rule at the same rate, the one
+    adopted as the default at the other two budgets, and the second round of candidates."""
     def cell(name: str, budget: int, change: dict) -> Cell:
         return Cell(f"{name} @ {budget:,}", {"method": "mcnc", "budget": budget,
                                              "beta_rate": "relative", **BEFORE_03, **change},
@@ -168,8 +182,9 @@ def beta_rate_cells() -> list[Cell]:
            cell("mcnc beta absolute", 1_500, absolute)]
     out += [cell(name, b, change) for b in (6_000, 26_880)
             for name, change in RELATIVE_CANDIDATES.items()]
-    adopted = "mcnc-mixed beta x0.3"  # the defaults since 0.3: does it train at every budget?
-    return out + [cell(adopted, b, RELATIVE_CANDIDATES[adopted]) for b in (1_500, 100_000)]
+    # the defaults since 0.3: do they train at every budget? Then the second round's screen.
+    out += [cell("mcnc-mixed beta x0.3", b, ADOPTED) for b in (1_500, 100_000)]
+    return out + [cell(name, 6_000, change) for name, change in SECOND_ROUND.items()]
 
 
 FAIR_MCNC = {"method": "mcnc", "mixing": "hadamard", "beta_rate": "relative",
