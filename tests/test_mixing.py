@@ -107,6 +107,25 @@ def test_mixed_mcnc_starts_at_each_layers_default_spread_and_trains():
     assert wrapped.alpha.grad.abs().sum(dim=(1, 2)).gt(0).all()
 
 
+def test_a_mixing_keeps_five_bytes_per_entry_shared_by_equal_seeds():
+    from mcnc.core import mixing
+
+    first = SeededMixing(3000, 3000, seed=11)
+    kept = sum(b.numel() * b.element_size() for b in first.buffers())
+    assert kept == 4096 * 1 + 3000 * 4  # int8 signs, int32 order
+    second = SeededMixing(3000, 3000, seed=11)  # e.g. a second adapter of the same seed
+    assert second.signs.data_ptr() == first.signs.data_ptr()
+    assert second.order.data_ptr() == first.order.data_ptr()
+    other = SeededMixing(3000, 3000, seed=12)
+    assert other.signs.data_ptr() != first.signs.data_ptr()
+    x = torch.randn(3000)
+    y = first(x)
+    del first, second
+    assert (11, (rng.MIXING_SIGN_STREAM, rng.MIXING_PERMUTATION_STREAM), 4096, 3000) \
+        not in mixing._DRAWN  # freed with the last module that held it
+    assert torch.equal(SeededMixing(3000, 3000, seed=11)(x), y)  # drawn again: the same
+
+
 def test_mixing_is_checked():
     with pytest.raises(ValueError, match="mixing must be one of"):
         mcnc.MCNCConfig(mixing="fourier")

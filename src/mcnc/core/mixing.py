@@ -21,6 +21,8 @@ far below PRANC's O(D N).
 from __future__ import annotations
 
 import math
+import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -112,7 +114,12 @@ class _Permute(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (order,) = ctx.saved_tensors
-        return grad.new_zeros(ctx.length).index_copy_(0, order, grad), None
+        return grad.new_zeros(ctx.length).index_copy_(0, order.long(), grad), None
+
+
+def index_dtype(length: int) -> torch.dtype:
+    """The narrowest integer type that indexes ``length`` entries (int32 below 2**31)."""
+    return torch.int32 if length < 2**31 else torch.int64
 
 
 def seeded_order(seed: int, stream: int, length: int) -> torch.Tensor:
@@ -162,29 +169,56 @@ def _divisor(length: int) -> np.float32:
     return np.float32(math.sqrt(length))
 
 
+@dataclass(eq=False, slots=True, weakref_slot=True)
+class _DrawnMixing:
+    """The frozen random parts of a mixing: ``signs`` ``(D,)`` int8 (+-1) and ``order``
+    ``(keep,)`` int32 (int64 from 2**31 entries), 1 + 4 keep / D bytes per padded entry."""
+
+    signs: torch.Tensor
+    order: torch.Tensor
+
+
+_DRAWN: weakref.WeakValueDictionary[tuple, _DrawnMixing] = weakref.WeakValueDictionary()
+"""Drawn mixings by ``(seed, streams, length, keep)`` while a module holds them: adapters with
+the same seed and sizes (every adapter of ``mcnc finetune --seed 0``) share one copy."""
+
+
+def drawn_mixing(seed: int, streams: tuple[int, int], length: int, keep: int) -> _DrawnMixing:
+    """The signs and order of :class:`SeededMixing`, drawn from the seed, or the copy a live
+    module already holds."""
+    key = (seed, streams, length, keep)
+    drawn = _DRAWN.get(key)
+    if drawn is None:
+        unit = rng.uniform(seed, streams[0], (length,), 1.0)
+        order = seeded_order(seed, streams[1], length)[:keep].to(index_dtype(length))
+        drawn = _DRAWN[key] = _DrawnMixing(torch.where(unit < 0, -1, 1).to(torch.int8), order)
+    return drawn
+
+
 class SeededMixing(nn.Module):
     """``y = P H S x / sqrt(D)`` for x of length ``numbers`` (zero-padded to D), keeping the
     first ``keep`` entries of y; S and P from the random streams ``streams`` (signs,
-    permutation keys) of ``seed``."""
+    permutation keys) of ``seed``. Its buffers (int8 signs, int32 order: about 5 bytes per
+    padded entry) are shared with every live module of the same seed, streams and sizes."""
 
     def __init__(self, numbers: int, keep: int, seed: int,
                  streams: tuple[int, int] = (rng.MIXING_SIGN_STREAM,
                                              rng.MIXING_PERMUTATION_STREAM)):
         super().__init__()
         self.length, self.keep = padded_length(numbers), keep
-        unit = rng.uniform(seed, streams[0], (self.length,), 1.0)
-        self.register_buffer("signs", torch.where(unit < 0, -1.0, 1.0), persistent=False)
-        self.register_buffer("order", seeded_order(seed, streams[1], self.length)[:keep],
-                             persistent=False)
+        self._drawn = drawn_mixing(seed, tuple(streams), self.length, keep)
+        self.register_buffer("signs", self._drawn.signs, persistent=False)
+        self.register_buffer("order", self._drawn.order, persistent=False)
         self._inverse_order: torch.Tensor | None = None
 
     def inverse(self) -> torch.Tensor:
         """``(D,)`` ``inverse[order[j]] = j``, -1 at the dropped entries: the compiled
         backward gathers through it (built on first use; int32, D * 4 bytes, while it fits)."""
         if self._inverse_order is None or self._inverse_order.device != self.order.device:
-            dtype = torch.int32 if self.length < 2**31 else torch.int64
+            dtype = index_dtype(self.length)
             inverse = torch.full((self.length,), -1, dtype=dtype, device=self.order.device)
-            inverse[self.order] = torch.arange(self.keep, dtype=dtype, device=self.order.device)
+            inverse[self.order.long()] = torch.arange(self.keep, dtype=dtype,
+                                                      device=self.order.device)
             self._inverse_order = inverse
         return self._inverse_order
 
