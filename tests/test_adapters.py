@@ -359,6 +359,18 @@ def test_mcnc_adapters_are_generated_in_one_call(monkeypatch):
     for name, source in sources.items():
         for got, alone in zip(together[name], source.factors(), strict=True):
             torch.testing.assert_close(got, alone, atol=1e-6, rtol=1e-6)
+    # mixed chunks are copied by the mixing: batches of at most MIXED_BATCH_BYTES of them
+    assert all(s.manifold.mixings is not None for s in sources.values())
+    one_adapter = 4 * sources["mcnc"].generated_size
+    with monkeypatch.context() as patch:
+        patch.setattr(Generator, "combine", counted)
+        patch.setattr(mcnc.adapters.sources, "MIXED_BATCH_BYTES", one_adapter)
+        calls.clear()
+        apart = generate_all(sources)
+    assert len(calls) == 2
+    for name in sources:
+        for got, batched in zip(apart[name], together[name], strict=True):
+            torch.testing.assert_close(got, batched, atol=1e-6, rtol=1e-6)
 
 
 MIXED = mcnc.MCNCAdapterConfig(rank=4, d=400, seed=1, mixing="hadamard")

@@ -266,11 +266,34 @@ def build_source(config: AdapterConfig, layout: FactorLayout, **options) -> Fact
     raise TypeError(f"unknown adapter config {type(config).__name__}")
 
 
+MIXED_BATCH_BYTES = 1 << 28
+"""Mixed MCNC adapters are generated together in batches of at most this many bytes of chunks
+(or one adapter): their chunks are mixed into new tensors, so the chunks of a whole group at
+once would double the memory of serving hundreds of adapters; unmixed chunks are the factors
+themselves."""
+
+
+def _generation_batches(members: list[MCNCSource]) -> list[list[int]]:
+    """Indices of ``members`` generated together: all at once when none is mixed, else
+    consecutive runs of at most ``MIXED_BATCH_BYTES`` of chunks."""
+    if all(s.manifold.mixings is None for s in members):
+        return [list(range(len(members)))]
+    batches, size = [[]], 0
+    for i, s in enumerate(members):
+        nbytes = 4 * s.generated_size
+        if batches[-1] and size + nbytes > MIXED_BATCH_BYTES:
+            batches.append([])
+            size = 0
+        batches[-1].append(i)
+        size += nbytes
+    return batches
+
+
 def generate_all(sources: dict[str, FactorSource]
                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """``(a, b)`` of every source. MCNC sources with the same generator are generated in one
-    batched call (their alphas and betas stacked), so serving many MCNC adapters costs one
-    generator pass."""
+    batched call (their alphas and betas stacked; mixed ones in batches of
+    ``MIXED_BATCH_BYTES``), so serving many MCNC adapters costs few generator passes."""
     out, groups = {}, {}
     for name, source in sources.items():
         if isinstance(source, MCNCSource) and not source.generator.fitted:
@@ -283,12 +306,13 @@ def generate_all(sources: dict[str, FactorSource]
             out[names[0]] = sources[names[0]].factors()
             continue
         members = [sources[n] for n in names]
-        alpha = torch.cat([s.alpha for s in members])
-        beta = torch.cat([s.beta for s in members])
-        flat = members[0].generator.chunks(alpha, beta).reshape(-1)
-        parts = torch.split(flat, [s.generated_size for s in members])
-        for name, s, part in zip(names, members, parts, strict=True):
-            out[name] = s.split(part)
+        for batch in _generation_batches(members):
+            alpha = torch.cat([members[i].alpha for i in batch])
+            beta = torch.cat([members[i].beta for i in batch])
+            flat = members[0].generator.chunks(alpha, beta).reshape(-1)
+            parts = torch.split(flat, [members[i].generated_size for i in batch])
+            for i, part in zip(batch, parts, strict=True):
+                out[names[i]] = members[i].split(part)
     return out
 
 
