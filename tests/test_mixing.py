@@ -126,6 +126,20 @@ def test_a_mixing_keeps_five_bytes_per_entry_shared_by_equal_seeds():
     assert torch.equal(SeededMixing(3000, 3000, seed=11)(x), y)  # drawn again: the same
 
 
+def test_adapters_of_one_layout_share_their_frozen_tensors():
+    """Serving hundreds of mixed adapters: their signs, order and entry scales exist once."""
+    base = nn.Sequential(nn.Linear(24, 40), nn.Tanh(), nn.Linear(40, 24))
+    model = mcnc.AdapterModel(base)
+    sources = [model.add_adapter(f"a{i}", mcnc.MCNCAdapterConfig(
+        target_modules=("0", "2"), rank=4, d=90, k=3)) for i in range(3)]
+    frozen = [{n: t for n, t in s.manifold.named_buffers() if not n.startswith("generator")}
+              for s in sources]
+    assert sorted(frozen[0]) == ["entry_scale_0", "mixings.0.order", "mixings.0.signs",
+                                 "mixings.1.order", "mixings.1.signs"]
+    for name, tensor in frozen[0].items():
+        assert all(f[name].data_ptr() == tensor.data_ptr() for f in frozen[1:]), name
+
+
 def test_mixing_is_checked():
     with pytest.raises(ValueError, match="mixing must be one of"):
         mcnc.MCNCConfig(mixing="fourier")

@@ -30,6 +30,7 @@ the cube after every optimiser step (:meth:`ChunkedManifold.after_step`).
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 
@@ -87,6 +88,19 @@ class Region:
         return torch.cat([torch.full((n,), s / rms) for n, s in self.spreads])
 
 
+_SCALES: weakref.WeakValueDictionary[tuple, torch.Tensor] = weakref.WeakValueDictionary()
+"""Entry scales by the region's spreads while a manifold holds them: adapters of one model
+layout (hundreds, when serving) share one ``(N_r,)`` tensor."""
+
+
+def entry_scale(region: Region) -> torch.Tensor:
+    """``region.relative_spread()``, or the equal tensor a live manifold already holds."""
+    scale = _SCALES.get(region.spreads)
+    if scale is None:
+        scale = _SCALES[region.spreads] = region.relative_spread()
+    return scale
+
+
 def chunk_count(regions: list[Region], d: int) -> int:
     """Chunks of ``d`` numbers that cover every region (each padded on its own)."""
     return sum(r.chunks(d) for r in regions)
@@ -114,7 +128,7 @@ class ChunkedManifold(nn.Module):
             self.mixings = nn.ModuleList([SeededMixing(n * d, r.numbers, seed, r.mixing_streams)
                                           for r, n in zip(self.regions, self.counts, strict=True)])
             for i, r in enumerate(self.regions):
-                scale = r.relative_spread() if r.spreads else None
+                scale = entry_scale(r) if r.spreads else None
                 self.register_buffer(f"entry_scale_{i}", scale, persistent=False)
         self.alpha = nn.Parameter(initial_alpha(generator.spec, sum(self.counts), m,
                                                 alpha_init_scale))
