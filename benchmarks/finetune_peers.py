@@ -265,14 +265,16 @@ def sweep_of(cell: Cell, done: dict[str, dict], steps: int) -> dict[float, dict]
 
 def next_runs(cell: Cell, done: dict[str, dict], steps: int, seeds: int,
               rate: float | None = None, score: str = "final") -> list[tuple[float, int]]:
-    """The (lr, seed) runs the cell needs next: the three start rungs, then one more rung
+    """The (lr, seed) runs the cell needs next: the three start rungs (the start first, the
+    likeliest best, so that a partial sweep already compares methods), then one more rung
     while the best is at an end of those tried, then the other seeds at the best rate; with
     a fixed ``rate`` (chosen elsewhere), no sweep: every seed at that rate."""
     if rate is not None:
         return [(rate, s) for s in range(seeds) if run_key(cell, rate, s, steps) not in done]
     sweep = sweep_of(cell, done, steps)
     i = LADDER.index(cell.start)
-    missing = [lr for lr in LADDER[max(0, i - 1):i + 2] if lr not in sweep]
+    missing = [lr for lr in (LADDER[i], *LADDER[max(0, i - 1):i], *LADDER[i + 1:i + 2])
+               if lr not in sweep]
     if missing:
         return [(lr, 0) for lr in missing]
     best = min(sweep, key=lambda lr: _loss(sweep[lr], score))

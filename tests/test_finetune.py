@@ -261,7 +261,7 @@ def test_the_peer_benchmark_sweeps_until_the_best_rate_is_inside():
         for lr, seed in runs:
             done[bench.run_key(cell, lr, seed, 300)] = {"val_loss": losses[lr] + seed / 100}
 
-    assert bench.next_runs(cell, done, 300, 2) == [(0.1, 0), (0.3, 0), (1.0, 0)]
+    assert bench.next_runs(cell, done, 300, 2) == [(0.3, 0), (0.1, 0), (1.0, 0)]  # start first
     finish([(0.1, 0), (0.3, 0), (1.0, 0)])
     assert bench.next_runs(cell, done, 300, 2) == [(3.0, 0)]  # 1.0 was the top rung tried
     finish([(3.0, 0)])
@@ -301,11 +301,11 @@ def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last()
     args = argparse.Namespace(steps=300, seeds=2, rates_from=None, rates={}, model="tiny-llama",
                               eval_every=60, score="final")
     keys = [key for key, _ in bench.pending(chosen, {}, args)]
-    assert keys == [bench.run_key(chosen[0], lr, 0, 300) for lr in (0.03, 0.1, 0.3)] + [
-        bench.run_key(chosen[1], lr, 0, 300) for lr in (0.1, 0.3, 1.0)] + [
+    assert keys == [bench.run_key(chosen[0], lr, 0, 300) for lr in (0.1, 0.03, 0.3)] + [
+        bench.run_key(chosen[1], lr, 0, 300) for lr in (0.3, 0.1, 1.0)] + [
         bench.run_key(bench.BASE, bench.LADDER[0], 0, 0)]
     settings = dict(bench.pending(chosen, {}, args))[keys[0]]
-    assert settings == {"method": "nola", "budget": 6000, "model": "tiny-llama", "lr": 0.03,
+    assert settings == {"method": "nola", "budget": 6000, "model": "tiny-llama", "lr": 0.1,
                         "seed": 0, "steps": 300, "eval_every": 60}
 
 
