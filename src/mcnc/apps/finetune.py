@@ -162,7 +162,8 @@ class FinetuneSettings:
         if self.mixing not in (None, "none"):
             raise ValueError(f"--mixing {self.mixing} is an MCNC option; {self.method} has no "
                              "generated vector to mix (drop --mixing)")
-        if manifold_rates(self.beta_lr_scale or 1.0, self.beta_rate):
+        given = 1.0 if self.beta_lr_scale is None else self.beta_lr_scale
+        if manifold_rates(given, self.beta_rate):
             raise ValueError(f"beta_lr_scale and beta_rate are MCNC options; {self.method} has "
                              "no beta (leave them out)")
         self.mixing, self.beta_lr_scale = "none", 1.0
