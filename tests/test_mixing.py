@@ -2,13 +2,14 @@
 
 import contextlib
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import mcnc
 from mcnc.core import rng
-from mcnc.core.mixing import SeededMixing, hadamard, padded_length, seeded_order
+from mcnc.core.mixing import SeededMixing, hadamard, padded_length, seeded_order, seeded_signs
 
 
 @contextlib.contextmanager
@@ -81,7 +82,29 @@ def test_the_compiled_butterflies_give_the_bits_of_the_passes(levels):
 def test_the_integer_sort_is_the_stable_sort_of_the_float_keys(seed, stream, length):
     keys = rng.uniform(seed, stream, (length,), 1.0)
     assert len(keys.unique()) < length or length < 5000  # a million keys hold ties: kept in order
-    assert torch.equal(seeded_order(seed, stream, length), torch.argsort(keys, stable=True))
+    assert torch.equal(seeded_order(seed, stream, length).long(), torch.argsort(keys, stable=True))
+    assert torch.equal(seeded_order(seed, stream, length, keep=length // 3).long(),
+                       torch.argsort(keys, stable=True)[:length // 3])
+    signs = torch.where(keys < 0, -1, 1).to(torch.int8)
+    assert torch.equal(seeded_signs(seed, stream, length), signs)
+
+
+@pytest.mark.parametrize("key_range", [5, 4096, 1 << 24])
+def test_the_compiled_counting_sort_is_pytorchs_stable_sort(key_range, monkeypatch):
+    """Ties (few distinct keys), one digit only, and both digits; with and without numba."""
+    from mcnc.core import mixing_kernels
+
+    keys = torch.randint(0, key_range, (70_001,), generator=torch.Generator().manual_seed(1),
+                         dtype=torch.int32)
+    expected = torch.argsort(keys, stable=True)
+    if mixing_kernels.available():
+        for keep, dtype in ((70_001, np.int32), (999, np.int64)):
+            order = mixing_kernels.sorted_order(keys.numpy(), keep, dtype)
+            assert order.dtype == dtype and np.array_equal(order, expected[:keep].numpy())
+    monkeypatch.setitem(mixing_kernels._compiled, "loops", None)
+    assert mixing_kernels.sorted_order(keys.numpy(), 10, np.int32) is None
+    assert torch.equal(seeded_order(0, 3, 5000).long(),
+                       torch.argsort(rng.uniform(0, 3, (5000,), 1.0), stable=True))
 
 
 def test_mixing_is_a_seeded_isometry():
