@@ -141,9 +141,13 @@ def test_a_mixing_keeps_five_bytes_per_entry_shared_by_equal_seeds():
     assert second.order.data_ptr() == first.order.data_ptr()
     other = SeededMixing(3000, 3000, seed=12)
     assert other.signs.data_ptr() != first.signs.data_ptr()
+    mixing.forget_drawn()  # as in a fresh process: drawn again, equal, not shared
+    fresh = SeededMixing(3000, 3000, seed=11)
+    assert fresh.order.data_ptr() != first.order.data_ptr()
+    assert torch.equal(fresh.order, first.order) and torch.equal(fresh.signs, first.signs)
     x = torch.randn(3000)
     y = first(x)
-    del first, second
+    del first, second, fresh
     assert (11, (rng.MIXING_SIGN_STREAM, rng.MIXING_PERMUTATION_STREAM), 4096, 3000) \
         not in mixing._DRAWN  # freed with the last module that held it
     assert torch.equal(SeededMixing(3000, 3000, seed=11)(x), y)  # drawn again: the same

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from mcnc.core.generator import Generator, initial_alpha
-from mcnc.core.mixing import SeededMixing
+from mcnc.core.mixing import SeededMixing, forget_drawn
 
 MIXINGS = ("none", "hadamard")
 BETA_RATES = ("relative", "absolute")
@@ -99,6 +99,13 @@ def entry_scale(region: Region) -> torch.Tensor:
     if scale is None:
         scale = _SCALES[region.spreads] = region.relative_spread()
     return scale
+
+
+def forget_shared_state() -> None:
+    """Forget the frozen state manifolds share (drawn mixings, entry scales), so that the
+    next one computes its own, as in a fresh process: what timing a cold load needs."""
+    forget_drawn()
+    _SCALES.clear()
 
 
 def chunk_count(regions: list[Region], d: int) -> int:

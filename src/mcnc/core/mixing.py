@@ -210,6 +210,12 @@ def drawn_mixing(seed: int, streams: tuple[int, int], length: int, keep: int) ->
     return drawn
 
 
+def forget_drawn() -> None:
+    """Forget the shared drawn mixings: the next module draws its own from the seed, as in a
+    fresh process (modules alive keep theirs). For timing a cold load."""
+    _DRAWN.clear()
+
+
 class SeededMixing(nn.Module):
     """``y = P H S x / sqrt(D)`` for x of length ``numbers`` (zero-padded to D), keeping the
     first ``keep`` entries of y; S and P from the random streams ``streams`` (signs,

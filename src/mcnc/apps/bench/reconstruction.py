@@ -36,6 +36,7 @@ from mcnc.apps.methods import build_method
 from mcnc.baselines.basis import RandomBasis
 from mcnc.core import rng
 from mcnc.core.initialisation import UNIT_BOUND
+from mcnc.core.manifold import forget_shared_state
 from mcnc.core.reparam import Reparameterized
 
 PRANC_SLICE_COEFFICIENTS = 256
@@ -63,7 +64,12 @@ def _rebuild(model: Reparameterized) -> Callable[[], object]:
 
 
 def _from_file(path: Path) -> Callable[[], object]:
-    return lambda: mcnc.reconstruct(path)
+    """``mcnc.reconstruct(path)`` with nothing shared from a live model (its drawn mixing and
+    entry scales are forgotten first), as a process that only loads the file pays it."""
+    def load():
+        forget_shared_state()
+        return mcnc.reconstruct(path)
+    return load
 
 
 def _trained(model: Reparameterized) -> int:
