@@ -161,10 +161,14 @@ SECOND_ROUND = {
     "mcnc-mixed beta x0.3 k3": {**ADOPTED, "mcnc_options": {"k": 3}},
     "mcnc-mixed beta x0.3 k8": {**ADOPTED, "mcnc_options": {"k": 8}},
     "mcnc-mixed beta x0.3 m2": {**ADOPTED, "mcnc_options": {"m": 2}},
+    "mcnc-mixed beta x0.3 a-half": {**ADOPTED, "mcnc_options": {"a_start": 0.5}},
+    "mcnc-mixed beta x0.3 b-start": {**ADOPTED, "mcnc_options": {"b_start": 0.02}},
 }
 """The second round of held-in candidates, each one change from the adopted default (the
 defaults since 0.3): alphas near the cube's centre, the image side's generator, rank 4, k and
-m (at a fixed budget, k and m change the chunk size d). A one-seed screen at 6,000 first."""
+m (at a fixed budget, k and m change the chunk size d), A starting at half LoRA's spread, and
+B starting small but not at zero (as the joint candidates' 0.02). A one-seed screen at 6,000
+first."""
 
 
 def beta_rate_cells() -> list[Cell]:

@@ -618,6 +618,37 @@ def test_adapter_alphas_can_start_near_the_centre_of_the_cube():
     assert 1.5 < source.alpha.abs().max() <= 2.0  # 0.1 * L=20
 
 
+@pytest.mark.parametrize("mixing", ["hadamard", "none"])
+def test_a_and_b_apart_can_start_smaller_or_nonzero_without_moving_betas_rate(mixing, tmp_path):
+    """a_start scales A's start, b_start gives B entries the spread b_start / sqrt(3 r); the
+    typical beta (beta's rate) is that of the default start, and the folder reloads."""
+    base = mcnc.MCNCAdapterConfig(rank=4, d=300, k=3, mixing=mixing)
+    config = replace(base, a_start=0.5, b_start=0.2)
+    default = mcnc.get_adapter_model(tiny_llama(), base).adapters["default"]
+    model = mcnc.get_adapter_model(tiny_llama(), config)
+    source = model.adapters["default"]
+    with torch.no_grad():
+        (a0, _), (a, b) = default.factors(), source.factors()
+    assert a.pow(2).mean().sqrt() / a0.pow(2).mean().sqrt() == pytest.approx(0.5, rel=0.1)
+    assert b.pow(2).mean().sqrt() == pytest.approx(0.2 / math.sqrt(12), rel=0.1)
+    assert source.manifold.typical_beta == default.manifold.typical_beta
+    ids = tokens()
+    assert not torch.equal(logits(model, ids), logits(tiny_llama(), ids))
+    model.save_pretrained(tmp_path)
+    served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(logits(served, ids), logits(model, ids))
+    assert served.adapters["default"].config.b_start == 0.2
+
+
+def test_a_and_b_starts_are_checked():
+    with pytest.raises(ValueError, match="b_start must be in"):
+        mcnc.MCNCAdapterConfig(b_start=-0.1)
+    with pytest.raises(ValueError, match="a_start must be in"):
+        mcnc.MCNCAdapterConfig(a_start=0)
+    with pytest.raises(ValueError, match="joint_start sets both"):
+        mcnc.MCNCAdapterConfig(mixing="hadamard-joint", b_start=0.1)
+
+
 def test_the_active_adapter_gives_beta_a_rate_of_its_own():
     model = mcnc.get_adapter_model(tiny_llama(), CONFIGS["mcnc"])
     groups = model.param_groups(0.3, beta_lr_scale=0.1)

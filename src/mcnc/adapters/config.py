@@ -150,6 +150,14 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     """With ``mixing="hadamard-joint"``: the initial spread of the entries relative to LoRA's
     initial A (for A) and to ``1/sqrt(3 r)`` (for B), so the adapter starts near the base
     model (its delta is a product of two small factors)."""
+    a_start: float = 1.0
+    """``A`` and ``B`` apart (``mixing`` ``"hadamard"`` or ``"none"``): ``A``'s entries start
+    at this fraction of the spread of LoRA's initial ``A`` (an initialisation only: beta's
+    rate and the mixing's entry scales do not change)."""
+    b_start: float = 0.0
+    """``A`` and ``B`` apart: ``B``'s entries start with the spread ``b_start / sqrt(3 r)``
+    (LoRA's initial ``A`` spread for ``in_features = r``; an initialisation only); 0, the
+    default, starts ``B`` at zero, so that the adapted model starts as the base model."""
 
     def __post_init__(self) -> None:
         AdapterConfig.__post_init__(self)
@@ -159,9 +167,14 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
             raise ValueError(f"mixing must be one of {ADAPTER_MIXINGS}, got {self.mixing!r}")
         if self.budget is not None:
             check_positive_ints(budget=self.budget)
-        for name in ("alpha_init_scale", "joint_start"):
+        for name in ("alpha_init_scale", "joint_start", "a_start"):
             if not is_number(getattr(self, name), 0, 1 + 1e-12):
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
+        if not (is_number(self.b_start) and 0 <= self.b_start <= 1):
+            raise ValueError(f"b_start must be in [0, 1], got {self.b_start!r}")
+        if self.mixing == "hadamard-joint" and (self.a_start != 1 or self.b_start != 0):
+            raise ValueError("a_start and b_start set where A and B start when they are apart; "
+                             "with mixing='hadamard-joint', joint_start sets both")
         if self.activation == "linear":
             raise ValueError("activation='linear' is a control for compression experiments "
                              "(mcnc.compress); adapters use 'sine' or 'relu'")

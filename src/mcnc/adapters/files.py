@@ -191,7 +191,8 @@ def _targets(data: object, version: int) -> tuple[AdaptedLayer, ...]:
 
 
 _INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "format_version"}
-_NUMBERS = {"scaling", "dropout", "L", "hidden_gain", "alpha_init_scale", "joint_start"}
+_NUMBERS = {"scaling", "dropout", "L", "hidden_gain", "alpha_init_scale", "joint_start",
+            "a_start", "b_start"}
 _STRINGS = {"method", "format", "activation", "mixing", "payload_sha256", "adapter_sha256"}
 
 

@@ -180,10 +180,11 @@ class NOLASource(FactorSource):
 def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Region]:
     """The MCNC adapter's regions of the chunked manifold (mixing streams
     ``ADAPTER_MIXING_STREAM + 2r``, ``+ 2r + 1`` for region r). Two: every ``A`` factor end to
-    end, starting with LoRA's spread (mixed: scaled to it per layer), then every ``B`` factor,
-    starting at zero. With ``mixing="hadamard-joint"`` one (r = 2): ``A`` then ``B``, mixed
-    together, every entry starting at ``joint_start`` times its spread (LoRA's for ``A``,
-    ``1/sqrt(3 r)`` for ``B``)."""
+    end, starting with LoRA's spread (mixed: scaled to it per layer) times ``a_start``, then
+    every ``B`` factor, starting at zero (:class:`MCNCSource` moves it to ``b_start``). With
+    ``mixing="hadamard-joint"`` one (r = 2): ``A`` then ``B``, mixed together, every entry
+    starting at ``joint_start`` times its spread (LoRA's for ``A``, ``1/sqrt(3 r)`` for
+    ``B``)."""
     a_spreads = tuple((layout.a_size(t), layout.a_spread(t)) for t in layout.targets)
     stream = rng.ADAPTER_MIXING_STREAM
     if config.mixing == "hadamard-joint":
@@ -191,7 +192,7 @@ def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Regi
         return [Region(layout.total_a + layout.total_b, spreads=spreads,
                        mixing_streams=(stream + 4, stream + 5), start_scale=config.joint_start)]
     return [Region(layout.total_a, spreads=a_spreads, start_mean_squares=layout.a_std().pow(2),
-                   mixing_streams=(stream, stream + 1)),
+                   mixing_streams=(stream, stream + 1), start_scale=config.a_start),
             Region(layout.total_b, mixing_streams=(stream + 2, stream + 3), starts_at_zero=True)]
 
 
@@ -206,8 +207,8 @@ class MCNCSource(HoldsManifold, FactorSource):
     """``a`` and ``b`` are the two regions of a :class:`~mcnc.core.manifold.ChunkedManifold`
     (:func:`factor_regions`): each cut into chunks of ``d`` (the last one zero-padded), chunk j
     ``sum_i beta[j, i] * phi(alpha[j, i])``, each region optionally mixed on its own
-    (``mixing="hadamard"``). ``a`` starts with the spread of LoRA's initial ``A``, ``b`` at
-    zero."""
+    (``mixing="hadamard"``). ``a`` starts with ``a_start`` times the spread of LoRA's initial
+    ``A``, ``b`` at zero or, with ``b_start``, with the spread ``b_start / sqrt(3 r)``."""
 
     method = "mcnc"
 
@@ -219,6 +220,10 @@ class MCNCSource(HoldsManifold, FactorSource):
         self.manifold = ChunkedManifold(generator, factor_regions(layout, config), config.m,
                                         "hadamard" if self.joint else config.mixing,
                                         config.seed, config.alpha_init_scale)
+        if config.b_start:
+            b_spread = config.b_start / math.sqrt(3 * layout.rank)
+            with torch.no_grad():
+                self.beta[self.manifold.counts[0]:] = self.manifold.spread_amplitudes(1, b_spread)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         return {"mcnc.alpha": self.alpha, "mcnc.beta": self.beta}

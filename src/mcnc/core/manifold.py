@@ -157,20 +157,35 @@ class ChunkedManifold(nn.Module):
     def _amplitudes(self, i: int, start_scale: float) -> torch.Tensor | None:
         """(chunks, m) the betas that give region i's entries ``start_scale`` times their
         spreads (module docstring), or None when the region knows no spread."""
-        region, chunks = self.regions[i], self.counts[i]
-        d, m = self.generator.spec.d, self.m
+        region = self.regions[i]
         if self.mixings is not None:
             if not region.spreads:
                 return None
-            padded = self.mixings[i].length
-            return torch.full((chunks, m), region.root_mean_square() * start_scale
-                              * math.sqrt(padded / (chunks * m)))
-        squares = region.start_mean_squares
-        if squares is None:
+            return self.spread_amplitudes(i, region.root_mean_square() * start_scale)
+        if region.start_mean_squares is None:
             return None
+        return self._chunk_amplitudes(i, region.start_mean_squares, start_scale**2)
+
+    def spread_amplitudes(self, i: int, spread: float) -> torch.Tensor:
+        """(chunks, m) betas that give region i's entries the root mean square ``spread``
+        (mixed: over the region, ``spread * sqrt(D / (chunks m))`` since the mixing keeps the
+        norm; unmixed: in every chunk). What a region's own spreads and mean squares are not
+        changed: its entry scale and the typical beta stay as they were."""
+        if self.mixings is not None:
+            chunks = self.counts[i]
+            return torch.full((chunks, self.m),
+                              spread * math.sqrt(self.mixings[i].length / (chunks * self.m)))
+        return self._chunk_amplitudes(i, torch.full((self.regions[i].numbers,), spread**2))
+
+    def _chunk_amplitudes(self, i: int, squares: torch.Tensor, factor: float = 1.0
+                          ) -> torch.Tensor:
+        """(chunks, m) unmixed betas for entries starting with mean squares ``factor *
+        squares`` (``squares``: ``(N_r,)``): each chunk's sum of squares shared equally by its
+        ``m`` outputs."""
+        chunks, d = self.counts[i], self.generator.spec.d
         squares = torch.cat([squares, squares.new_zeros(chunks * d - squares.numel())])
-        per_chunk = squares.view(chunks, d).sum(dim=1) * start_scale**2
-        return (per_chunk / m).sqrt().unsqueeze(1).expand(chunks, m).clone()
+        per_chunk = squares.view(chunks, d).sum(dim=1) * factor
+        return (per_chunk / self.m).sqrt().unsqueeze(1).expand(chunks, self.m).clone()
 
     @property
     def typical_beta(self) -> float:
