@@ -1,9 +1,14 @@
-"""Cold loads of ResNet-56 MCNC files: ``mcnc.reconstruct`` of files of different seeds in one
-process, so that no load finds a drawn mixing to share (each draws its signs and order from
-its seed, as a process that loads one file does). Prints the first load (numba's compiled
-loops read from their disk cache on first use) and the median of the others.
+"""Cold loads beside rebuilding in memory, where nothing is shared between loads (every load
+draws its mixing's signs and order from its seed, as a process that loads one file does):
 
-    python benchmarks/cold_loads.py --files 6   # ~20 s
+* ResNet-56 ``.mcnc`` files of different seeds, ``mcnc.reconstruct`` of each in one process:
+  the first load (numba's compiled loops read from their disk cache on first use) and the
+  median of the others;
+* a rank-16 MCNC adapter folder with 6,000 trained numbers on SmolLM2-135M's layer shapes
+  (shapes only, no model): read, checked and its factors generated, against generating the
+  factors of the adapter in memory.
+
+    python benchmarks/cold_loads.py --files 6   # ~30 s
 """
 
 from __future__ import annotations
@@ -12,32 +17,71 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import mcnc
 from mcnc import models
+from mcnc.adapters.files import read_adapter, write_adapter
+from mcnc.adapters.sources import build_source
+from mcnc.apps.bench.peers_rebuild import mcnc_source
+from mcnc.apps.bench.reconstruction import llama7b_targets
 from mcnc.apps.machine import machine_line
 from mcnc.core.manifold import forget_shared_state
+
+SMOLLM2_SHAPES = {"blocks": 30, "hidden": 576, "intermediate": 1536}
+"""SmolLM2-135M's block count and widths (its k and v projections are narrower: here they
+are as wide as q, which makes the adapter a little larger)."""
+
+
+def milliseconds(call: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    call()
+    return 1e3 * (time.perf_counter() - start)
+
+
+def resnet_loads(files: int, scratch: Path) -> list[float]:
+    """Milliseconds of ``mcnc.reconstruct`` of ResNet-56 files of ``files`` seeds, in order."""
+    torch.manual_seed(0)
+    paths = [mcnc.save(mcnc.compress(models.resnet56(), mcnc.MCNCConfig(seed=seed)),
+                       scratch / f"resnet56-{seed}.mcnc") for seed in range(files)]
+    forget_shared_state()
+    return [milliseconds(lambda p=p: mcnc.reconstruct(p)) for p in paths]
+
+
+def adapter_loads(repeats: int, scratch: Path) -> tuple[float, float]:
+    """Median milliseconds of the adapter's factors from its folder (cold) and in memory."""
+    source = mcnc_source(llama7b_targets(**SMOLLM2_SHAPES), 6_000)
+    write_adapter(scratch / "adapter", source, None, None)
+
+    @torch.no_grad()
+    def from_folder():
+        forget_shared_state()
+        config, layout, tensors, _ = read_adapter(scratch / "adapter")
+        loaded = build_source(config, layout)
+        for name, p in loaded.stored_tensors().items():
+            p.copy_(tensors[name])
+        return loaded.factors()
+
+    in_memory = torch.no_grad()(source.factors)
+    from_folder(), in_memory()  # compiled loops loaded
+    cold = statistics.median(milliseconds(from_folder) for _ in range(repeats))
+    return cold, statistics.median(milliseconds(in_memory) for _ in range(repeats))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6)
     args = parser.parse_args()
-    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as scratch:
-        paths = [mcnc.save(mcnc.compress(models.resnet56(), mcnc.MCNCConfig(seed=seed)),
-                           Path(scratch) / f"resnet56-{seed}.mcnc") for seed in range(args.files)]
-        forget_shared_state()
-        times = []
-        for path in paths:
-            start = time.perf_counter()
-            mcnc.reconstruct(path)
-            times.append(1e3 * (time.perf_counter() - start))
-    print(f"{machine_line()}\nfirst load {times[0]:.1f} ms, the {len(times) - 1} others: "
-          f"median {statistics.median(times[1:]):.1f} ms")
+        loads = resnet_loads(args.files, Path(scratch))
+        cold, warm = adapter_loads(args.files, Path(scratch))
+    print(f"{machine_line()}\nResNet-56 file: first load {loads[0]:.1f} ms, the "
+          f"{len(loads) - 1} others: median {statistics.median(loads[1:]):.1f} ms\n"
+          f"SmolLM2-shaped adapter, 6,000 numbers: from its folder {cold:.0f} ms, in memory "
+          f"{warm:.0f} ms ({cold / warm:.1f}x)")
 
 
 if __name__ == "__main__":
