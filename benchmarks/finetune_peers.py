@@ -22,7 +22,9 @@ Uni-LoRA at ranks 1, 4 and 16, WaveFT and the other peers, MCNC also at ranks 4 
 last.
 
 Runs append to ``<out>/runs.jsonl`` as they finish and are never repeated, so the benchmark can
-be stopped and restarted (the sweep resumes where it was). ``--jobs 2`` runs two single-threaded
+be stopped and restarted (the sweep resumes where it was); a run in progress keeps its state in
+``<out>/checkpoints`` every 50 steps and continues from it, with the bits of a run never
+stopped (the folder is empty when nothing is in progress). ``--jobs 2`` runs two single-threaded
 runs at once (each in a fresh process, so its peak memory is its own); when one ends, the next
 pending run of the earliest cell that has one starts at once.
 
@@ -318,18 +320,35 @@ def _read_runs(path: Path) -> dict[str, dict]:
     return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
 
 
-def _run_in_worker(settings: dict, threads: int) -> dict:
-    """One fine-tuning run in this (fresh) process; the adapter goes to a scratch folder."""
+CHECKPOINT_EVERY = 50
+"""Steps between the checkpoints of a run (``out/checkpoints``): a stopped benchmark's runs
+continue from their last one, losing at most this many steps each."""
+
+
+def checkpoint_path(out: Path, key: str) -> Path:
+    """Where the run ``key`` keeps its checkpoint while it trains."""
+    return out / "checkpoints" / (re.sub(r"[^A-Za-z0-9.=-]+", "_", key) + ".safetensors")
+
+
+def _run_in_worker(settings: dict, threads: int, checkpoint: Path | None = None) -> dict:
+    """One fine-tuning run in this (fresh) process; the adapter goes to a scratch folder, the
+    run's state to ``checkpoint`` every ``CHECKPOINT_EVERY`` steps (resumed if it is there)."""
     import torch
 
     from mcnc.apps.finetune import FinetuneSettings, finetune
     from mcnc.core.errors import DivergedError
 
     torch.set_num_threads(threads)
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            return finetune(FinetuneSettings(**settings, out=scratch, progress=False))
+            return finetune(FinetuneSettings(
+                **settings, out=scratch, progress=False, checkpoint_every=CHECKPOINT_EVERY,
+                checkpoint=None if checkpoint is None else str(checkpoint)))
         except DivergedError as error:
+            if checkpoint is not None:
+                checkpoint.unlink(missing_ok=True)
             return {**settings, "diverged": True, "error": str(error), "machine": machine_line()}
 
 
@@ -367,7 +386,8 @@ def run_all(chosen: list[Cell], args: argparse.Namespace, log: Path,
                 if len(running) == args.jobs:
                     break
                 if key not in running.values():
-                    running[pool.submit(_run_in_worker, settings, threads)] = key
+                    running[pool.submit(_run_in_worker, settings, threads,
+                                        checkpoint_path(log.parent, key))] = key
             if not running:
                 return
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

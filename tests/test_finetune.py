@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ import mcnc
 from mcnc.adapters import MCNCAdapterConfig
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, d_for_budget
 from mcnc.apps.finetune import FinetuneSettings, finetune
+from mcnc.core.errors import FormatError
 from mcnc.llm.models import build_language_model
 
 ARGS = ["--model", "tiny-llama", "--steps", "4", "--batch-size", "4", "--max-length", "48",
@@ -121,6 +123,61 @@ def test_the_validation_curve_starts_before_training_and_ends_with_the_result():
     assert [p["step"] for p in result["curve"]] == [0, 2, 4]
     assert result["curve"][-1]["val_loss"] == result["val_loss"]
     assert result["curve"][0]["val_loss"] != result["val_loss"]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["mcnc", "unilora"])
+def test_a_stopped_run_resumes_from_its_checkpoint_with_the_same_bits(method, tmp_path,
+                                                                      monkeypatch):
+    """Stopped during step 4 of 6 (the checkpoint after step 2 is the last one written),
+    started again: the losses, curve, trained tensors and final loss are those of a run never
+    stopped, a run with other settings is refused, and the checkpoint is gone at the end."""
+    from mcnc.apps import finetune as module
+
+    settings = {"model": "tiny-llama", "method": method, "steps": 6, "rank": 4, "budget": 120,
+                "max_length": 48, "val_batches": 1, "eval_every": 2, "progress": False,
+                "lr": 0.05}
+    whole = finetune(FinetuneSettings(**settings, out=str(tmp_path / "whole")))
+    checkpoint = tmp_path / "state.safetensors"
+    resumed_settings = FinetuneSettings(**settings, out=str(tmp_path / "resumed"),
+                                        checkpoint=str(checkpoint), checkpoint_every=2)
+    original, calls = module.FinetuneRun._accumulate, []
+
+    def stop_in_step_four(run, batch):
+        calls.append(1)
+        if calls == [1] * 4:
+            raise _Stop
+        return original(run, batch)
+
+    monkeypatch.setattr(module.FinetuneRun, "_accumulate", stop_in_step_four)
+    with pytest.raises(_Stop):
+        finetune(resumed_settings)
+    assert checkpoint.exists()
+    with pytest.raises(ValueError, match=r"other settings \(they differ in \['lr'\]\)"):
+        finetune(replace(resumed_settings, lr=0.1))
+    calls.clear()
+    calls.append("not stopping again")
+    resumed = finetune(resumed_settings)
+    assert len(calls) == 1 + 4  # steps 3 to 6 only
+    assert resumed["losses"] == whole["losses"] and resumed["curve"] == whole["curve"]
+    assert resumed["val_loss"] == whole["val_loss"]
+    for name in ("adapter_model.safetensors",):
+        assert (tmp_path / "resumed/adapter" / name).read_bytes() == \
+            (tmp_path / "whole/adapter" / name).read_bytes()
+    assert not checkpoint.exists()
+
+
+def test_a_damaged_checkpoint_is_refused_and_kept(tmp_path):
+    checkpoint = tmp_path / "state.safetensors"
+    checkpoint.write_bytes(b"not a checkpoint")
+    with pytest.raises(FormatError, match="not a readable mcnc checkpoint"):
+        finetune(FinetuneSettings(model="tiny-llama", steps=2, rank=4, budget=120,
+                                  max_length=48, val_batches=1, progress=False,
+                                  checkpoint=str(checkpoint)))
+    assert checkpoint.read_bytes() == b"not a checkpoint"
 
 
 def test_budget_picks_the_smallest_chunk_size_that_fits():
@@ -539,3 +596,13 @@ def test_a_finetuned_folder_says_what_it_is_generates_and_exports_to_peft(tmp_pa
     assert peft_config["peft_type"] == "LORA" and peft_config["r"] == 4
     with pytest.raises(ValueError, match="drop --export-lora"):
         FinetuneSettings(method="unilora", export_lora=str(tmp_path / "x"))
+
+
+def test_peer_benchmark_runs_keep_a_checkpoint_while_they_train(tmp_path):
+    bench = _load_benchmark("finetune_peers")
+    path = bench.checkpoint_path(tmp_path, "mcnc @ 6,000|lr=0.1|seed=0|steps=900")
+    assert path == tmp_path / "checkpoints" / "mcnc_6_000_lr=0.1_seed=0_steps=900.safetensors"
+    settings = {"model": "tiny-llama", "steps": 2, "rank": 4, "budget": 120, "max_length": 48,
+                "val_batches": 1}
+    record = bench._run_in_worker(settings, 1, path)
+    assert record["val_loss"] > 0 and not path.exists() and path.parent.is_dir()

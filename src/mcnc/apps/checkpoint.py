@@ -21,18 +21,28 @@ CHECKPOINT_FORMAT = "mcnc-checkpoint"
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler, info: dict) -> Path:
-    """Write the model's ``state_dict()``, the optimiser state and ``info`` (JSON-able)."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+                    optimizer: torch.optim.Optimizer, scheduler, info: dict,
+                    trainable_only: bool = False) -> Path:
+    """Write the model's ``state_dict()`` (``trainable_only``: only the parameters that train,
+    e.g. an adapter's, without its frozen base model), the optimiser state and ``info``
+    (JSON-able)."""
+    state = trainable(model) if trainable_only else model.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.items()}
     opt = optimizer.state_dict()
     for index, state in opt["state"].items():
         for key, value in state.items():
             tensors[f"optim.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
     tensors |= _rng_states()
     meta = {"format": CHECKPOINT_FORMAT, "info": info, "param_groups": opt["param_groups"],
-            "scheduler": scheduler.state_dict() if scheduler is not None else None}
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "model_tensors": "trainable" if trainable_only else "state_dict"}
     data = safetensors.torch.save(tensors, metadata={"mcnc": json.dumps(meta)})
     return atomic_write(path, data)
+
+
+def trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train, by name."""
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _rng_states() -> dict[str, torch.Tensor]:
@@ -61,8 +71,14 @@ def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module
             optimizer: torch.optim.Optimizer, scheduler) -> None:
     """Load a checkpoint read by :func:`read_checkpoint` into live objects, and give torch's
     global random number generators the states they had when it was saved."""
-    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items()
-                           if k.startswith("model.")})
+    saved = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+    if meta.get("model_tensors") == "trainable":
+        _check_trainable(saved, model)
+        with torch.no_grad():
+            for name, p in trainable(model).items():
+                p.copy_(saved[name])
+    else:
+        model.load_state_dict(saved)
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -75,3 +91,13 @@ def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module
         torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def _check_trainable(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
+    """The saved parameters are the model's trainable ones, shape for shape."""
+    ours = {k: tuple(v.shape) for k, v in trainable(model).items()}
+    theirs = {k: tuple(v.shape) for k, v in saved.items()}
+    if ours != theirs:
+        differ = sorted(set(ours.items()) ^ set(theirs.items()))[:3]
+        raise FormatError(f"the checkpoint's parameters do not fit this model ({differ}); "
+                          "delete it to start over")

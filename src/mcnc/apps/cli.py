@@ -355,6 +355,11 @@ def _add_finetune(sub: _Subparsers) -> None:
                    "blocks over the processes (FSDP2); the adapters stay whole")
     p.add_argument("--export-lora", help="also write the adapter as a peft LoRA folder here "
                    "(for LoRA serving stacks)")
+    p.add_argument("--checkpoint", help="a file for the run's state, written every "
+                   "--checkpoint-every steps; a run started again with the same settings "
+                   "continues from it (removed when the run ends)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints "
+                   "(default 50)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_finetune)
 
@@ -369,8 +374,8 @@ def _finetune(args: argparse.Namespace) -> None:
         max_length=args.max_length, grad_accumulation=args.grad_accumulation,
         device=args.device, dtype=args.dtype, lr=args.lr, seed=args.seed, base=args.base,
         mixing=args.mixing, beta_lr_scale=args.beta_lr_scale, beta_rate=args.beta_rate,
-        export_lora=args.export_lora,
-        fsdp=args.fsdp,
+        export_lora=args.export_lora, checkpoint=args.checkpoint,
+        checkpoint_every=args.checkpoint_every, fsdp=args.fsdp,
         nola_on_the_fly=not args.nola_in_memory,
         val_batches=args.val_batches,
         eval_every=args.eval_every, out=args.out,

@@ -41,6 +41,7 @@ from mcnc.adapters.config import ALL_LINEAR, MCNC_ADAPTER_BETA_LR_SCALE, Adapter
 from mcnc.adapters.files import CONFIG_NAME, WEIGHTS_NAME
 from mcnc.adapters.targets import select_targets
 from mcnc.apps import lm_eval
+from mcnc.apps.checkpoint import read_checkpoint, restore, save_checkpoint
 from mcnc.apps.distributed import Context, init_distributed, sum_over_processes
 from mcnc.apps.machine import machine_line, peak_memory, reset_peak_memory
 from mcnc.apps.peers import PEERS, peer_config
@@ -54,6 +55,8 @@ ADAPTER_METHODS = OWN_METHODS + PEERS
 """mcnc's own adapters, then peft's, run through peft itself (:mod:`mcnc.apps.peers`)."""
 BASES = ("float32", "gguf-4bit")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+RUN_IRRELEVANT = ("out", "progress", "checkpoint", "checkpoint_every")
+"""FinetuneSettings fields that do not change a run's results."""
 _SET_BY_FINETUNE = {"target_modules", "rank", "seed", "mixing", "d", "budget"}
 """MCNCAdapterConfig fields that FinetuneSettings sets itself (not through mcnc_options)."""
 
@@ -127,6 +130,13 @@ class FinetuneSettings:
     generator stay whole on every process and their gradients are averaged."""
     export_lora: str | None = None
     """Also write mcnc's adapter as a peft LoRA folder here, for LoRA serving stacks."""
+    checkpoint: str | None = None
+    """A file for the run's state (trainable parameters, optimiser, schedule, losses and
+    validation points so far, random state), written every ``checkpoint_every`` steps. If it
+    exists when the run starts, the run continues from it (it must have been written with the
+    same settings) and ends with the bits of a run never stopped; it is removed once the run
+    has finished. Single process only."""
+    checkpoint_every: int = 50
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -136,7 +146,8 @@ class FinetuneSettings:
         if self.dtype != "float32" and self.base != "float32":
             raise ValueError(f"--dtype {self.dtype} needs --base float32 (the 4-bit base "
                              "computes in float32)")
-        check_positive_ints(grad_accumulation=self.grad_accumulation)
+        check_positive_ints(grad_accumulation=self.grad_accumulation,
+                            checkpoint_every=self.checkpoint_every)
         if self.export_lora and self.method in PEERS:
             raise ValueError(f"--export-lora writes mcnc's adapters as peft LoRA; {self.method}'s "
                              "folder is peft's own already (drop --export-lora)")
@@ -170,6 +181,10 @@ class FinetuneSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def run_settings(self) -> dict:
+        """What the run's results depend on (not where it writes or how it reports)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RUN_IRRELEVANT}
 
     @property
     def learning_rate(self) -> float:
@@ -354,10 +369,14 @@ class FinetuneRun:
         from mcnc.llm.data import count_tokens
 
         self.model.train()
-        losses, tokens, seconds = [], 0, 0.0
-        bar = tqdm(range(self.s.steps), desc=f"finetune {self.s.method}",
+        done, progress = self._resume()
+        losses, tokens, seconds = progress["losses"], progress["tokens"], progress["seconds"]
+        bar = tqdm(range(done, self.s.steps), desc=f"finetune {self.s.method}",
+                   initial=done, total=self.s.steps,
                    disable=not (self.s.progress and self.ctx.main))
         data = self._batches()
+        for _ in range(done):  # the batches the checkpoint's steps have seen
+            next(data)
         every = self.s.eval_every
         for step in bar:
             if every and step % every == 0:
@@ -381,8 +400,32 @@ class FinetuneRun:
                     "--batch-size or another --seed.")
             losses.append(global_loss)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if self.s.checkpoint and (step + 1) % self.s.checkpoint_every == 0 \
+                    and step + 1 < self.s.steps:
+                save_checkpoint(self.s.checkpoint, self.model, self.optimizer, self.scheduler,
+                                {"settings": self.s.run_settings(), "steps": step + 1,
+                                 "losses": losses, "curve": self.curve, "seconds": seconds,
+                                 "tokens": tokens}, trainable_only=True)
         seconds, tokens = sum_over_processes([seconds, tokens], self.ctx)
         return losses, seconds / self.ctx.world, int(tokens)
+
+    def _resume(self) -> tuple[int, dict]:
+        """(steps done, progress so far) from ``checkpoint`` when it exists, else a start."""
+        start = {"losses": [], "tokens": 0, "seconds": 0.0}
+        path = self.s.checkpoint
+        if not path or not Path(path).exists():
+            return 0, start
+        tensors, meta = read_checkpoint(path)
+        info = meta["info"]
+        if info.get("settings") != self.s.run_settings():
+            theirs, ours = info.get("settings") or {}, self.s.run_settings()
+            changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+            raise ValueError(f"{path} holds the state of a run with other settings (they differ "
+                             f"in {changed}); give this run another checkpoint file, or delete "
+                             "that one to start over")
+        restore(tensors, meta, self.model, self.optimizer, self.scheduler)
+        self.curve = info["curve"]
+        return info["steps"], {k: info[k] for k in start}
 
     def save(self, folder: Path) -> dict[str, int | None]:
         """Write the adapter folder; its size in bytes, and for a peft method that can leave
@@ -417,7 +460,7 @@ class FinetuneRun:
             export_peft_lora(self.model, self.s.export_lora)
         tail = losses[-max(1, len(losses) // 10):] or [math.nan]
         return {
-            **{k: v for k, v in self.s.to_dict().items() if k not in ("out", "progress")},
+            **self.s.run_settings(),
             "lr": self.s.learning_rate,
             "adapter": _config_dict(self.config),
             "trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
@@ -514,6 +557,9 @@ def _folder_bytes(folder: Path) -> int:
 def finetune(settings: FinetuneSettings) -> dict:
     """Run one fine-tuning job; returns (and, with ``out``, writes) its results."""
     ctx = init_distributed(settings.device)
+    if settings.checkpoint and ctx.world > 1:
+        raise ValueError("checkpoints are written by single-process runs only; run without "
+                         "torchrun or without a checkpoint file")
     torch.manual_seed(settings.seed)
     result = FinetuneRun(settings, ctx).run()
     if settings.out and ctx.main:
@@ -521,4 +567,6 @@ def finetune(settings: FinetuneSettings) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "results.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")
+    if settings.checkpoint:
+        Path(settings.checkpoint).unlink(missing_ok=True)
     return result
