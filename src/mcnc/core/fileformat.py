@@ -453,5 +453,5 @@ def reconstruct(path: str | os.PathLike, base_state_dict: dict[str, torch.Tensor
                               "the delta was trained on")
     skeleton = _built(path, lambda: _skeleton(layout, tensors, meta, base_state_dict))
     compressed = _load_checked(path, tensors, meta, skeleton, verify_base=True, ordered=False)
-    state = _built(path, compressed.dense_state_dict)
+    state = _built(path, lambda: compressed.dense_state_dict(copies=False))
     return state if device is None else {k: v.to(device) for k, v in state.items()}

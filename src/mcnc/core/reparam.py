@@ -216,13 +216,16 @@ class Reparameterized(nn.Module):
 
     # -- views of the result ------------------------------------------------------------------
     @torch.no_grad()
-    def dense_state_dict(self) -> dict[str, torch.Tensor]:
-        """The state dict of the original, uncompressed architecture (copies, on CPU)."""
+    def dense_state_dict(self, copies: bool = True) -> dict[str, torch.Tensor]:
+        """The state dict of the original, uncompressed architecture, on CPU: copies, or
+        (``copies=False``, for a model about to be dropped) the model's own tensors, the
+        generated weights as views of one generated vector."""
         weights = self.generated_weights()
         by_name = {n: weights[t.name] for t in self.layout.targets for n in t.names}
         leftovers = self.base.state_dict()
-        return {key: (by_name[key] if key in by_name else leftovers[key]).detach().cpu().clone()
-                for key in self.layout.state_keys}
+        state = {key: (by_name[key] if key in by_name else leftovers[key]).detach().cpu()
+                 for key in self.layout.state_keys}
+        return {key: value.clone() for key, value in state.items()} if copies else state
 
     def dense_leftovers(self) -> dict[str, torch.Tensor]:
         """State entries stored as they are: buffers, and parameters that are not frozen."""
