@@ -1,6 +1,7 @@
 """The seeded Hadamard mixing of MCNC's generated vector."""
 
 import contextlib
+import itertools
 
 import numpy as np
 import pytest
@@ -91,15 +92,18 @@ def test_the_integer_sort_is_the_stable_sort_of_the_float_keys(seed, stream, len
 
 @pytest.mark.parametrize("key_range", [5, 4096, 1 << 24])
 def test_the_compiled_counting_sort_is_pytorchs_stable_sort(key_range, monkeypatch):
-    """Ties (few distinct keys), one digit only, and both digits; with and without numba."""
+    """Ties (few distinct keys), one digit only, and both digits; serial, on two threads and
+    without numba."""
     from mcnc.core import mixing_kernels
 
     keys = torch.randint(0, key_range, (70_001,), generator=torch.Generator().manual_seed(1),
                          dtype=torch.int32)
     expected = torch.argsort(keys, stable=True)
-    if mixing_kernels.available():
-        for keep, dtype in ((70_001, np.int32), (999, np.int64)):
-            order = mixing_kernels.sorted_order(keys.numpy(), keep, dtype)
+    if mixing_kernels.available():  # one part and one per thread (70,001 keys: two)
+        for threads, (keep, dtype) in itertools.product((1, 2), ((70_001, np.int32),
+                                                               (999, np.int64))):
+            with torch_threads(threads):
+                order = mixing_kernels.sorted_order(keys.numpy(), keep, dtype)
             assert order.dtype == dtype and np.array_equal(order, expected[:keep].numpy())
     monkeypatch.setitem(mixing_kernels._compiled, "loops", None)
     assert mixing_kernels.sorted_order(keys.numpy(), 10, np.int32) is None

@@ -195,38 +195,59 @@ DIGIT_BITS = 12
 """A key of the seeded order (24 bits) is sorted as two digits of this many bits."""
 
 
-def _radix_order(keys: np.ndarray, scratch: np.ndarray, highs: np.ndarray, out: np.ndarray
-                 ) -> None:
+def _digit_offsets(counts: np.ndarray) -> None:
+    """``counts[part, digit]`` -> where part ``part`` writes its first entry of ``digit``:
+    all smaller digits first, then the same digit of the parts before (a stable order)."""
+    position = 0
+    for digit in range(counts.shape[1]):
+        for part in range(counts.shape[0]):
+            count = counts[part, digit]
+            counts[part, digit] = position
+            position += count
+
+
+def _radix_order(keys: np.ndarray, scratch: np.ndarray, highs: np.ndarray, out: np.ndarray,
+                 parts: int) -> None:
     """``out <- argsort(keys, stable=True)[:out.size]`` for integer keys below
     ``2 ** (2 DIGIT_BITS)``: a counting sort by the low digit into ``scratch`` (indices, of
     ``out``'s type) and ``highs`` (uint16: their high digits, so that the second pass reads
-    in order), then a stable counting sort of that by the high digit. Each pass is stable, so
-    equal keys keep their index order, as in PyTorch's sort."""
-    digits, mask = 1 << DIGIT_BITS, (1 << DIGIT_BITS) - 1
-    low, high = np.zeros(digits + 1, np.int64), np.zeros(digits + 1, np.int64)
-    for i in range(keys.size):
-        low[(keys[i] & mask) + 1] += 1
-        high[(keys[i] >> DIGIT_BITS) + 1] += 1
-    for b in range(digits):  # counts -> first position of each digit
-        low[b + 1] += low[b]
-        high[b + 1] += high[b]
-    for i in range(keys.size):
-        key = keys[i]
-        position = low[key & mask]
-        low[key & mask] = position + 1
-        scratch[position] = i
-        highs[position] = key >> DIGIT_BITS
-    for j in range(keys.size):
-        position = high[highs[j]]
-        high[highs[j]] = position + 1
-        if position < out.size:
-            out[position] = scratch[j]
+    in order), then a counting sort of that by the high digit. Each of ``parts`` parts of the
+    input counts and writes its own share, in part order, so each pass is stable and equal
+    keys keep their index order, as in PyTorch's sort, whatever the number of parts."""
+    digits, mask, n = 1 << DIGIT_BITS, (1 << DIGIT_BITS) - 1, keys.size
+    low = np.zeros((parts, digits), np.int64)
+    for part in _prange(parts):
+        lo, hi = _span(n, part, parts)
+        for i in range(lo, hi):
+            low[part, keys[i] & mask] += 1
+    _digit_offsets(low)
+    for part in _prange(parts):
+        lo, hi = _span(n, part, parts)
+        for i in range(lo, hi):
+            key = keys[i]
+            position = low[part, key & mask]
+            low[part, key & mask] = position + 1
+            scratch[position] = i
+            highs[position] = key >> DIGIT_BITS
+    high = np.zeros((parts, digits), np.int64)
+    for part in _prange(parts):
+        lo, hi = _span(n, part, parts)
+        for j in range(lo, hi):
+            high[part, highs[j]] += 1
+    _digit_offsets(high)
+    for part in _prange(parts):
+        lo, hi = _span(n, part, parts)
+        for j in range(lo, hi):
+            position = high[part, highs[j]]
+            high[part, highs[j]] = position + 1
+            if position < out.size:
+                out[position] = scratch[j]
 
 
-_HELPERS = ("_octet", "_radix8_range", "_radix2_range", "_blocks", "_plan", "_span")
-_LOOPS = ("_transform", "_signed_into", "_gathered", "_gathered_or_zero", "_signed_from")
-_SERIAL_LOOPS = ("_radix_order",)
-"""Loops without ``parts``, compiled once (serial)."""
+_HELPERS = ("_octet", "_radix8_range", "_radix2_range", "_blocks", "_plan", "_span",
+            "_digit_offsets")
+_LOOPS = ("_transform", "_signed_into", "_gathered", "_gathered_or_zero", "_signed_from",
+          "_radix_order")
 _compiled: dict = {}
 
 
@@ -252,7 +273,7 @@ def kernel(name: str, parallel: bool = False) -> Callable | None:
             for helper in _HELPERS:
                 inline = {"inline": "always"} if helper == "_octet" else {}
                 names[helper] = numba.njit(**options, **inline)(names[helper])
-            loops = {(loop, False): numba.njit(**options)(names[loop]) for loop in _SERIAL_LOOPS}
+            loops = {}
             for loop in _LOOPS:
                 loops[loop, False] = numba.njit(**options)(names[loop])
                 loops[loop, True] = numba.njit(parallel=True, **options)(
@@ -282,12 +303,12 @@ def run(name: str, length: int, *args) -> None:
 
 def sorted_order(keys: np.ndarray, keep: int, dtype: np.dtype) -> np.ndarray | None:
     """``argsort(keys, stable=True)[:keep]`` as ``dtype`` (keys: int32 below
-    ``2 ** (2 DIGIT_BITS)``, :func:`_radix_order`), or None without the compiled loops."""
-    loop = kernel("_radix_order")
-    if loop is None:
+    ``2 ** (2 DIGIT_BITS)``, :func:`_radix_order`, on PyTorch's threads), or None without
+    the compiled loops."""
+    if not available():
         return None
     out, scratch = np.empty(keep, dtype), np.empty(keys.size, dtype)
-    loop(keys, scratch, np.empty(keys.size, np.uint16), out)
+    run("_radix_order", keys.size, keys, scratch, np.empty(keys.size, np.uint16), out)
     return out
 
 
