@@ -37,6 +37,7 @@ pending run of the earliest cell that has one starts at once.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -46,7 +47,7 @@ import time
 import warnings
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
@@ -326,8 +327,10 @@ continue from their last one, losing at most this many steps each."""
 
 
 def checkpoint_path(out: Path, key: str) -> Path:
-    """Where the run ``key`` keeps its checkpoint while it trains."""
-    return out / "checkpoints" / (re.sub(r"[^A-Za-z0-9.=-]+", "_", key) + ".safetensors")
+    """Where the run ``key`` keeps its checkpoint while it trains: the key made safe for a
+    file name, and 8 hex digits of its hash (two keys that read alike stay apart)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    return out / "checkpoints" / f"{re.sub(r'[^A-Za-z0-9.=-]+', '_', key)}-{digest}.safetensors"
 
 
 def _run_in_worker(settings: dict, threads: int, checkpoint: Path | None = None) -> dict:
@@ -335,20 +338,20 @@ def _run_in_worker(settings: dict, threads: int, checkpoint: Path | None = None)
     run's state to ``checkpoint`` every ``CHECKPOINT_EVERY`` steps (resumed if it is there)."""
     import torch
 
-    from mcnc.apps.finetune import FinetuneSettings, finetune
+    from mcnc.apps.finetune import CheckpointMismatch, FinetuneSettings, finetune
     from mcnc.core.errors import DivergedError
 
     torch.set_num_threads(threads)
-    if checkpoint is not None:
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    run = FinetuneSettings(**settings, progress=False, checkpoint_every=CHECKPOINT_EVERY,
+                           checkpoint=None if checkpoint is None else str(checkpoint))
     with tempfile.TemporaryDirectory() as scratch:
         try:
-            return finetune(FinetuneSettings(
-                **settings, out=scratch, progress=False, checkpoint_every=CHECKPOINT_EVERY,
-                checkpoint=None if checkpoint is None else str(checkpoint)))
+            try:
+                return finetune(replace(run, out=scratch))
+            except CheckpointMismatch:  # left by an older version of the cell: start over
+                checkpoint.unlink()
+                return finetune(replace(run, out=scratch))
         except DivergedError as error:
-            if checkpoint is not None:
-                checkpoint.unlink(missing_ok=True)
             return {**settings, "diverged": True, "error": str(error), "machine": machine_line()}
 
 

@@ -5,8 +5,9 @@ the per-round ratios):
 
 * the transform ``H x`` by the compiled loops (``hadamard``) and by PyTorch's one pass per
   level (``butterfly_passes``, the path without numba), which give the same bits;
-* the mixing's permutation from the seed, random words included: the integer sort
-  (``seeded_order``) against the stable float sort it replaced (same order);
+* the mixing's permutation from the seed, random words included: ``seeded_order`` (the
+  integer keys sorted by the compiled counting sort, or by PyTorch without numba) against the
+  stable float sort it replaced (same order);
 * one forward and backward of a whole ``SeededMixing`` by the compiled loops and by PyTorch's
   separate steps, and by the compiled loops on two threads against one.
 
@@ -114,14 +115,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     table = "\n".join([
-        "# The mixing's speed: compiled loops and the integer sort against what they "
+        "# The mixing's speed: compiled loops and the integer keys' sort against what they "
         "replaced",
         "",
         f"Command: `python benchmarks/mixing_speed.py`. Machine: {machine_line()}, one torch "
         "thread (except the rows on 2 threads). Medians of 7 rounds of 5 calls, the two "
         "variants taking turns; *ratio*: median of the per-round ratios (old / new). *old*: "
         "PyTorch's passes and separate steps (the path without numba), the stable float sort; "
-        "*new*: the compiled loops (mcnc.core.mixing_kernels), the integer sort. Both variants "
+        "*new*: the compiled loops (mcnc.core.mixing_kernels), the integer keys' counting sort. "
+        "Both variants "
         "of each row give the same bits (tests/test_mixing.py).",
         "",
         "| what | new | old | old / new |",

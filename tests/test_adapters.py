@@ -638,6 +638,8 @@ def test_a_and_b_apart_can_start_smaller_or_nonzero_without_moving_betas_rate(mi
     served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
     assert torch.equal(logits(served, ids), logits(model, ids))
     assert served.adapters["default"].config.b_start == 0.2
+    assert {"a_start", "b_start"} <= set(json.loads((tmp_path / CONFIG_NAME).read_text()))
+    assert not {"a_start", "b_start"} & set(base.to_dict())  # as 0.3.0 wrote and reads
 
 
 def test_a_and_b_starts_are_checked():

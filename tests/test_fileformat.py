@@ -94,6 +94,19 @@ def test_metadata_describes_the_model(tmp_path):
                                                               "mix.bias"]
 
 
+def test_a_reconstructed_tied_model_can_be_saved_as_safetensors(tmp_path):
+    """reconstruct hands back the model's own tensors, but tied names get tensors of their
+    own: safetensors refuses tensors that share memory (what `mcnc reconstruct -o` writes)."""
+    import safetensors.torch
+
+    path = mcnc.save(_trained("tied", CASES["tied"][1]), tmp_path / "m.mcnc")
+    state = mcnc.reconstruct(path)
+    safetensors.torch.save_file(state, tmp_path / "dense.safetensors")
+    tied = Tied()
+    tied.load_state_dict(state)
+    assert torch.equal(tied.emb.weight, tied.out.weight)
+
+
 # -- bad files ------------------------------------------------------------------------------
 @pytest.fixture
 def good(tmp_path):

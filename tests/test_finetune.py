@@ -156,7 +156,7 @@ def test_a_stopped_run_resumes_from_its_checkpoint_with_the_same_bits(method, tm
     with pytest.raises(_Stop):
         finetune(resumed_settings)
     assert checkpoint.exists()
-    with pytest.raises(ValueError, match=r"other settings \(they differ in \['lr'\]\)"):
+    with pytest.raises(ValueError, match=r"another run \(it differs in \['lr'\]\)"):
         finetune(replace(resumed_settings, lr=0.1))
     calls.clear()
     calls.append("not stopping again")
@@ -598,11 +598,56 @@ def test_a_finetuned_folder_says_what_it_is_generates_and_exports_to_peft(tmp_pa
         FinetuneSettings(method="unilora", export_lora=str(tmp_path / "x"))
 
 
-def test_peer_benchmark_runs_keep_a_checkpoint_while_they_train(tmp_path):
+def _stopped_after_a_checkpoint(settings: FinetuneSettings, monkeypatch) -> None:
+    """Run ``settings`` until it has written its first checkpoint, then stop it."""
+    from mcnc.apps import finetune as module
+
+    original = module.FinetuneRun._accumulate
+
+    def stop_in_the_second_step(run, batch):
+        if Path(settings.checkpoint).exists():
+            raise _Stop
+        return original(run, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(module.FinetuneRun, "_accumulate", stop_in_the_second_step)
+        with pytest.raises(_Stop):
+            finetune(settings)
+
+
+def test_peer_benchmark_runs_keep_a_checkpoint_while_they_train(tmp_path, monkeypatch):
     bench = _load_benchmark("finetune_peers")
     path = bench.checkpoint_path(tmp_path, "mcnc @ 6,000|lr=0.1|seed=0|steps=900")
-    assert path == tmp_path / "checkpoints" / "mcnc_6_000_lr=0.1_seed=0_steps=900.safetensors"
+    assert path.parent == tmp_path / "checkpoints"
+    assert path.name.startswith("mcnc_6_000_lr=0.1_seed=0_steps=900-")
+    assert bench.checkpoint_path(tmp_path, "a b") != bench.checkpoint_path(tmp_path, "a,b")
     settings = {"model": "tiny-llama", "steps": 2, "rank": 4, "budget": 120, "max_length": 48,
                 "val_batches": 1}
+    stale = FinetuneSettings(**settings, lr=0.5, checkpoint=str(path), checkpoint_every=1,
+                             progress=False)
+    _stopped_after_a_checkpoint(stale, monkeypatch)
+    assert path.exists()  # a checkpoint of another version of the cell: started over
     record = bench._run_in_worker(settings, 1, path)
-    assert record["val_loss"] > 0 and not path.exists() and path.parent.is_dir()
+    assert record["val_loss"] > 0 and record["lr"] != 0.5
+    assert not path.exists() and path.parent.is_dir()
+
+
+def test_a_diverged_run_removes_its_checkpoint(tmp_path, monkeypatch):
+    """Resuming would only diverge again; the checkpoint's folder is made when the run
+    starts, not when the first checkpoint is due."""
+    from mcnc.apps import finetune as module
+    from mcnc.core.errors import DivergedError
+
+    path = tmp_path / "new folder" / "state.safetensors"
+    original = module.FinetuneRun._accumulate
+
+    def nan_after_a_checkpoint(run, batch):
+        loss = original(run, batch)
+        return math.nan if path.exists() else loss
+
+    monkeypatch.setattr(module.FinetuneRun, "_accumulate", nan_after_a_checkpoint)
+    with pytest.raises(DivergedError):
+        finetune(FinetuneSettings(model="tiny-llama", steps=4, rank=4, budget=120, max_length=48,
+                                  val_batches=1, progress=False, checkpoint=str(path),
+                                  checkpoint_every=1))
+    assert not path.exists() and path.parent.is_dir()

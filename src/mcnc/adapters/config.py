@@ -182,6 +182,20 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(**{f.name: getattr(self, f.name) for f in fields(GeneratorSpec)})
 
+    def to_dict(self) -> dict:
+        """As :meth:`AdapterConfig.to_dict`, without ``a_start`` and ``b_start`` at their
+        defaults: a folder that does not use them is the one earlier versions wrote and read
+        (they refuse fields they do not know)."""
+        data = super().to_dict()
+        for name in UNWRITTEN_AT_DEFAULT:
+            if data[name] == getattr(MCNCAdapterConfig, name):
+                del data[name]
+        return data
+
+
+UNWRITTEN_AT_DEFAULT = ("a_start", "b_start")
+"""MCNC adapter fields written to a folder only when they differ from their defaults."""
+
 
 ADAPTER_CONFIGS: dict[str, type[AdapterConfig]] = {
     c.method: c for c in (MCNCAdapterConfig, NOLAAdapterConfig, LoRAAdapterConfig)}

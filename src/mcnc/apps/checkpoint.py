@@ -70,15 +70,13 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
 def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module,
             optimizer: torch.optim.Optimizer, scheduler) -> None:
     """Load a checkpoint read by :func:`read_checkpoint` into live objects, and give torch's
-    global random number generators the states they had when it was saved."""
+    global random number generators the states they had when it was saved. Trainable tensors
+    are checked against the model, and the optimiser's state loaded (which checks its
+    groups), before any of the model's values change."""
     saved = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    if meta.get("model_tensors") == "trainable":
-        _check_trainable(saved, model)
-        with torch.no_grad():
-            for name, p in trainable(model).items():
-                p.copy_(saved[name])
-    else:
-        model.load_state_dict(saved)
+    only_trainable = meta.get("model_tensors") == "trainable"
+    if only_trainable:  # a whole state dict is checked by load_state_dict (which knows the
+        _check_shapes(saved, trainable(model))  # names of older versions)
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):
@@ -87,17 +85,23 @@ def restore(tensors: dict[str, torch.Tensor], meta: dict, model: torch.nn.Module
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     if scheduler is not None and meta["scheduler"] is not None:
         scheduler.load_state_dict(meta["scheduler"])
+    if only_trainable:
+        with torch.no_grad():
+            for name, p in trainable(model).items():
+                p.copy_(saved[name])
+    else:
+        model.load_state_dict(saved)
     if "rng.cpu" in tensors:  # absent in checkpoints written before it was stored
         torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
 
 
-def _check_trainable(saved: dict[str, torch.Tensor], model: torch.nn.Module) -> None:
-    """The saved parameters are the model's trainable ones, shape for shape."""
-    ours = {k: tuple(v.shape) for k, v in trainable(model).items()}
+def _check_shapes(saved: dict[str, torch.Tensor], ours: dict[str, torch.Tensor]) -> None:
+    """The saved model tensors are ``ours`` by name, shape for shape."""
+    ours_shapes = {k: tuple(v.shape) for k, v in ours.items()}
     theirs = {k: tuple(v.shape) for k, v in saved.items()}
-    if ours != theirs:
-        differ = sorted(set(ours.items()) ^ set(theirs.items()))[:3]
-        raise FormatError(f"the checkpoint's parameters do not fit this model ({differ}); "
+    if ours_shapes != theirs:
+        differ = sorted(set(ours_shapes.items()) ^ set(theirs.items()))[:3]
+        raise FormatError(f"the checkpoint's model tensors do not fit this model ({differ}); "
                           "delete it to start over")

@@ -318,7 +318,9 @@ class FinetuneRun:
         progress = (step - warm) / max(1, self.s.steps - warm)
         return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
 
-    def _batches(self):
+    def _batches(self, skip: int = 0):
+        """The training batches, epoch after epoch, after the first ``skip`` (those a
+        checkpoint's steps have seen: drawn, not collated)."""
         from mcnc.llm.data import batches, collate
 
         local = self.s.batch_size // self.ctx.world
@@ -326,6 +328,9 @@ class FinetuneRun:
         while True:
             for chunk in batches(self.train_set, local, seed=self.s.seed, epoch=epoch,
                                  rank=self.ctx.rank, world_size=self.ctx.world):
+                if skip:
+                    skip -= 1
+                    continue
                 yield lm_eval.to_device(collate(chunk, self.pad_id), self.ctx.device)
             epoch += 1
 
@@ -374,9 +379,7 @@ class FinetuneRun:
         bar = tqdm(range(done, self.s.steps), desc=f"finetune {self.s.method}",
                    initial=done, total=self.s.steps,
                    disable=not (self.s.progress and self.ctx.main))
-        data = self._batches()
-        for _ in range(done):  # the batches the checkpoint's steps have seen
-            next(data)
+        data = self._batches(skip=done)
         every = self.s.eval_every
         for step in bar:
             if every and step % every == 0:
@@ -403,26 +406,40 @@ class FinetuneRun:
             if self.s.checkpoint and (step + 1) % self.s.checkpoint_every == 0 \
                     and step + 1 < self.s.steps:
                 save_checkpoint(self.s.checkpoint, self.model, self.optimizer, self.scheduler,
-                                {"settings": self.s.run_settings(), "steps": step + 1,
-                                 "losses": losses, "curve": self.curve, "seconds": seconds,
-                                 "tokens": tokens}, trainable_only=True)
+                                {**self._run_identity(), "steps": step + 1, "losses": losses,
+                                 "curve": self.curve, "seconds": seconds, "tokens": tokens},
+                                trainable_only=True)
         seconds, tokens = sum_over_processes([seconds, tokens], self.ctx)
         return losses, seconds / self.ctx.world, int(tokens)
 
+    def _run_identity(self) -> dict:
+        """What a checkpoint must share with the run that continues it: the settings that
+        change results, the device the run trains on and mcnc's version."""
+        from mcnc import __version__
+
+        settings = {k: v for k, v in self.s.run_settings().items() if k != "export_lora"}
+        return {"settings": settings, "device": str(self.ctx.device), "mcnc": __version__}
+
     def _resume(self) -> tuple[int, dict]:
-        """(steps done, progress so far) from ``checkpoint`` when it exists, else a start."""
+        """(steps done, progress so far) from ``checkpoint`` when it exists, else a start.
+
+        Raises:
+            CheckpointMismatch: the checkpoint was written by another run.
+        """
         start = {"losses": [], "tokens": 0, "seconds": 0.0}
         path = self.s.checkpoint
         if not path or not Path(path).exists():
             return 0, start
         tensors, meta = read_checkpoint(path)
-        info = meta["info"]
-        if info.get("settings") != self.s.run_settings():
-            theirs, ours = info.get("settings") or {}, self.s.run_settings()
-            changed = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise ValueError(f"{path} holds the state of a run with other settings (they differ "
-                             f"in {changed}); give this run another checkpoint file, or delete "
-                             "that one to start over")
+        info, ours = meta["info"], self._run_identity()
+        theirs = {key: info.get(key) for key in ours}
+        if theirs != ours:
+            flat = {**ours.pop("settings"), **ours}
+            other = {**(theirs.pop("settings") or {}), **theirs}
+            changed = sorted(k for k in set(flat) | set(other) if flat.get(k) != other.get(k))
+            raise CheckpointMismatch(
+                f"{path} holds the state of another run (it differs in {changed}); give this "
+                "run another checkpoint file, or delete that one to start over")
         restore(tensors, meta, self.model, self.optimizer, self.scheduler)
         self.curve = info["curve"]
         return info["steps"], {k: info[k] for k in start}
@@ -554,14 +571,27 @@ def _folder_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in (folder / WEIGHTS_NAME, folder / CONFIG_NAME))
 
 
+class CheckpointMismatch(ValueError):
+    """A run's checkpoint file holds the state of another run."""
+
+
 def finetune(settings: FinetuneSettings) -> dict:
-    """Run one fine-tuning job; returns (and, with ``out``, writes) its results."""
+    """Run one fine-tuning job; returns (and, with ``out``, writes) its results. With
+    ``checkpoint``, the run continues from the file when it exists and removes it when the
+    run ends, trained or diverged (a run stopped any other way keeps it)."""
     ctx = init_distributed(settings.device)
     if settings.checkpoint and ctx.world > 1:
         raise ValueError("checkpoints are written by single-process runs only; run without "
                          "torchrun or without a checkpoint file")
+    if settings.checkpoint:
+        Path(settings.checkpoint).parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    result = FinetuneRun(settings, ctx).run()
+    try:
+        result = FinetuneRun(settings, ctx).run()
+    except DivergedError:
+        if settings.checkpoint:  # resuming would diverge again
+            Path(settings.checkpoint).unlink(missing_ok=True)
+        raise
     if settings.out and ctx.main:
         out = Path(settings.out)
         out.mkdir(parents=True, exist_ok=True)

@@ -305,6 +305,8 @@ def sorted_order(keys: np.ndarray, keep: int, dtype: np.dtype) -> np.ndarray | N
     """``argsort(keys, stable=True)[:keep]`` as ``dtype`` (keys: int32 below
     ``2 ** (2 DIGIT_BITS)``, :func:`_radix_order`, on PyTorch's threads), or None without
     the compiled loops."""
+    if not 0 <= keep <= keys.size:
+        raise ValueError(f"keep must be in [0, {keys.size}], got {keep}")
     if not available():
         return None
     out, scratch = np.empty(keep, dtype), np.empty(keys.size, dtype)

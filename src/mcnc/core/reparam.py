@@ -219,13 +219,18 @@ class Reparameterized(nn.Module):
     def dense_state_dict(self, copies: bool = True) -> dict[str, torch.Tensor]:
         """The state dict of the original, uncompressed architecture, on CPU: copies, or
         (``copies=False``, for a model about to be dropped) the model's own tensors, the
-        generated weights as views of one generated vector."""
+        generated weights as views of one generated vector (the names of tied weights still
+        get tensors of their own, as ``safetensors`` needs)."""
         weights = self.generated_weights()
         by_name = {n: weights[t.name] for t in self.layout.targets for n in t.names}
         leftovers = self.base.state_dict()
-        state = {key: (by_name[key] if key in by_name else leftovers[key]).detach().cpu()
-                 for key in self.layout.state_keys}
-        return {key: value.clone() for key, value in state.items()} if copies else state
+        state, seen = {}, set()
+        for key in self.layout.state_keys:
+            value = (by_name[key] if key in by_name else leftovers[key]).detach().cpu()
+            shared = (value.data_ptr(), value.shape) in seen
+            seen.add((value.data_ptr(), value.shape))
+            state[key] = value.clone() if copies or shared else value
+        return state
 
     def dense_leftovers(self) -> dict[str, torch.Tensor]:
         """State entries stored as they are: buffers, and parameters that are not frozen."""
