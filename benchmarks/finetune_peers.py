@@ -171,14 +171,15 @@ SECOND_ROUND = {
 defaults since 0.3): alphas near the cube's centre, the image side's generator, rank 4, k and
 m (at a fixed budget, k and m change the chunk size d), A starting at half LoRA's spread, and
 B starting small but not at zero (as the joint candidates' 0.02). A one-seed screen at 6,000
-first."""
+first, then at 26,880, where MCNC trails Uni-LoRA most."""
 
 
 def beta_rate_cells() -> list[Cell]:
     """The MCNC adapter at its defaults before 0.3 (lr 0.3, beta's rate relative to its typical
     size, unmixed) at every budget, the old absolute rate where it should fail (100,000) or is
     unmeasured, the held-in candidates under the relative rule at the same rate, the one
-    adopted as the default at the other two budgets, and the second round of candidates."""
+    adopted as the default at the other two budgets, and the second round of candidates at
+    6,000 and 26,880."""
     def cell(name: str, budget: int, change: dict) -> Cell:
         return Cell(f"{name} @ {budget:,}", {"method": "mcnc", "budget": budget,
                                              "beta_rate": "relative", **BEFORE_03, **change},
@@ -191,7 +192,8 @@ def beta_rate_cells() -> list[Cell]:
             for name, change in RELATIVE_CANDIDATES.items()]
     # the defaults since 0.3: do they train at every budget? Then the second round's screen.
     out += [cell("mcnc-mixed beta x0.3", b, ADOPTED) for b in (1_500, 100_000)]
-    return out + [cell(name, 6_000, change) for name, change in SECOND_ROUND.items()]
+    return out + [cell(name, b, change) for b in (6_000, 26_880)
+                  for name, change in SECOND_ROUND.items()]
 
 
 FAIR_MCNC = {"method": "mcnc", "mixing": "hadamard", "beta_rate": "relative",
