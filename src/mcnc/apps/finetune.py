@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -442,6 +443,9 @@ class FinetuneRun:
                 "run another checkpoint file, or delete that one to start over")
         restore(tensors, meta, self.model, self.optimizer, self.scheduler)
         self.curve = info["curve"]
+        if self.s.progress:
+            print(f"resuming from {path} after step {info['steps']}/{self.s.steps}",
+                  file=sys.stderr)
         return info["steps"], {k: info[k] for k in start}
 
     def save(self, folder: Path) -> dict[str, int | None]:
