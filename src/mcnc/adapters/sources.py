@@ -181,10 +181,10 @@ def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Regi
     """The MCNC adapter's regions of the chunked manifold (mixing streams
     ``ADAPTER_MIXING_STREAM + 2r``, ``+ 2r + 1`` for region r). Two: every ``A`` factor end to
     end, starting with LoRA's spread (mixed: scaled to it per layer) times ``a_start``, then
-    every ``B`` factor, starting at zero (:class:`MCNCSource` moves it to ``b_start``). With
-    ``mixing="hadamard-joint"`` one (r = 2): ``A`` then ``B``, mixed together, every entry
-    starting at ``joint_start`` times its spread (LoRA's for ``A``, ``1/sqrt(3 r)`` for
-    ``B``)."""
+    every ``B`` factor, starting at zero (or with ``b_start``, at the spread
+    ``b_start / sqrt(3 r)``). With ``mixing="hadamard-joint"`` one (r = 2): ``A`` then ``B``,
+    mixed together, every entry starting at ``joint_start`` times its spread (LoRA's for
+    ``A``, ``1/sqrt(3 r)`` for ``B``)."""
     a_spreads = tuple((layout.a_size(t), layout.a_spread(t)) for t in layout.targets)
     stream = rng.ADAPTER_MIXING_STREAM
     if config.mixing == "hadamard-joint":
@@ -193,7 +193,9 @@ def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Regi
                        mixing_streams=(stream + 4, stream + 5), start_scale=config.joint_start)]
     return [Region(layout.total_a, spreads=a_spreads, start_mean_squares=layout.a_std().pow(2),
                    mixing_streams=(stream, stream + 1), start_scale=config.a_start),
-            Region(layout.total_b, mixing_streams=(stream + 2, stream + 3), starts_at_zero=True)]
+            Region(layout.total_b, mixing_streams=(stream + 2, stream + 3),
+                   starts_at_zero=not config.b_start,
+                   start_spread=config.b_start / math.sqrt(3 * layout.rank) or None)]
 
 
 def region_sizes(layout: FactorLayout, config: MCNCAdapterConfig) -> list[int]:
@@ -220,10 +222,6 @@ class MCNCSource(HoldsManifold, FactorSource):
         self.manifold = ChunkedManifold(generator, factor_regions(layout, config), config.m,
                                         "hadamard" if self.joint else config.mixing,
                                         config.seed, config.alpha_init_scale)
-        if config.b_start:
-            b_spread = config.b_start / math.sqrt(3 * layout.rank)
-            with torch.no_grad():
-                self.beta[self.manifold.counts[0]:] = self.manifold.spread_amplitudes(1, b_spread)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         return {"mcnc.alpha": self.alpha, "mcnc.beta": self.beta}

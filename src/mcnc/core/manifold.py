@@ -72,6 +72,10 @@ class Region:
     """The entries start at this fraction of their spreads."""
     starts_at_zero: bool = False
     """The region starts at zero (``beta = 0``): a fine-tuning delta, an adapter's ``B``."""
+    start_spread: float | None = None
+    """A region without spreads of its own that starts with entries of this root mean square
+    instead of at zero (an adapter's ``B`` with ``b_start``): its entries are not scaled and
+    it adds nothing to the typical beta, as a region starting at zero."""
 
     def chunks(self, d: int) -> int:
         return -(-self.numbers // d)
@@ -148,6 +152,8 @@ class ChunkedManifold(nn.Module):
         region = self.regions[i]
         if region.starts_at_zero:
             return torch.zeros(self.counts[i], self.m)
+        if region.start_spread is not None:
+            return self.spread_amplitudes(i, region.start_spread)
         amplitudes = self._amplitudes(i, region.start_scale)
         if amplitudes is None:
             raise ValueError("a region that does not start at zero needs the spreads (mixed) or "
