@@ -6,7 +6,9 @@ draws its mixing's signs and order from its seed, as a process that loads one fi
   median of the others;
 * a rank-16 MCNC adapter folder with 6,000 trained numbers on SmolLM2-135M's layer shapes
   (shapes only, no model): read, checked and its factors generated, against generating the
-  factors of the adapter in memory.
+  factors of the adapter in memory;
+* the seeded order alone (``mcnc.core.mixing.seeded_order``, random words included) for
+  2^20 and 2^22 keys on one thread and on two.
 
     python benchmarks/cold_loads.py --files 6   # ~30 s
 """
@@ -14,6 +16,7 @@ draws its mixing's signs and order from its seed, as a process that loads one fi
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import tempfile
 import time
@@ -30,6 +33,7 @@ from mcnc.apps.bench.peers_rebuild import mcnc_source
 from mcnc.apps.bench.reconstruction import llama7b_targets
 from mcnc.apps.machine import machine_line
 from mcnc.core.manifold import forget_shared_state
+from mcnc.core.mixing import seeded_order
 
 SMOLLM2_SHAPES = {"blocks": 30, "hidden": 576, "intermediate": 1536}
 """SmolLM2-135M's block count and widths (its k and v projections are narrower: here they
@@ -71,6 +75,20 @@ def adapter_loads(repeats: int, scratch: Path) -> tuple[float, float]:
     return cold, statistics.median(milliseconds(in_memory) for _ in range(repeats))
 
 
+def order_times(repeats: int) -> dict[tuple[int, int], float]:
+    """Median milliseconds of the seeded order by (keys, threads)."""
+    times, before = {}, torch.get_num_threads()
+    try:
+        for keys, threads in itertools.product((1 << 20, 1 << 22), (1, 2)):
+            torch.set_num_threads(threads)
+            seeded_order(0, 1, keys)  # compiled loops loaded
+            times[keys, threads] = statistics.median(
+                milliseconds(lambda n=keys: seeded_order(0, 1, n)) for _ in range(repeats))
+    finally:
+        torch.set_num_threads(before)
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=6)
@@ -78,10 +96,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         loads = resnet_loads(args.files, Path(scratch))
         cold, warm = adapter_loads(args.files, Path(scratch))
+    orders = order_times(args.files)
     print(f"{machine_line()}\nResNet-56 file: first load {loads[0]:.1f} ms, the "
           f"{len(loads) - 1} others: median {statistics.median(loads[1:]):.1f} ms\n"
           f"SmolLM2-shaped adapter, 6,000 numbers: from its folder {cold:.0f} ms, in memory "
           f"{warm:.0f} ms ({cold / warm:.1f}x)")
+    for (keys, threads), ms in orders.items():
+        print(f"seeded order of {keys:,} keys on {threads} thread(s): {ms:.1f} ms")
 
 
 if __name__ == "__main__":

@@ -132,10 +132,11 @@ def seeded_order(seed: int, stream: int, length: int, keep: int | None = None
     / 2**24``, i.e. ``(2 (w >> 8) + 1 - 2**24) / 2**24``, an odd multiple of ``2**-24`` in
     (-1, 1) that float32 holds exactly, so keys are equal or ordered exactly as the top 24 bits
     of their words are. The compiled loops sort these 24-bit integers in two counting passes
-    on PyTorch's threads (:func:`mcnc.core.mixing_kernels.sorted_order`: a million keys in
-    11 ms on one thread and 5 ms on two here, against about 21 ms for PyTorch's integer sort,
-    itself ten times faster than its float sort); without them PyTorch sorts. The order was
-    most of the time of loading a mixed file."""
+    on PyTorch's threads (:func:`mcnc.core.mixing_kernels.sorted_order`; with the random
+    words, a million keys in 9-10 ms on one thread and 5.5 ms on two here,
+    ``benchmarks/cold_loads.py``; PyTorch's integer sort took about 21 ms, itself ten times
+    faster than its float sort); without them PyTorch sorts. The order was most of the time
+    of loading a mixed file."""
     keep = length if keep is None else keep
     dtype = index_dtype(length)
     top = (rng.random_words(seed, stream, 0, length) >> 8).astype(np.int32)
