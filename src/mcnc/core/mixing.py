@@ -134,9 +134,9 @@ def seeded_order(seed: int, stream: int, length: int, keep: int | None = None
     of their words are. The compiled loops sort these 24-bit integers in two counting passes
     on PyTorch's threads (:func:`mcnc.core.mixing_kernels.sorted_order`; with the random
     words, a million keys in 9-10 ms on one thread and 5.5 ms on two here,
-    ``benchmarks/cold_loads.py``; PyTorch's integer sort took about 21 ms, itself ten times
-    faster than its float sort); without them PyTorch sorts. The order was most of the time
-    of loading a mixed file."""
+    ``benchmarks/cold_loads.py``; with PyTorch's integer sort 27.9 ms on one thread,
+    results/mixing-speed.md, and 107 ms with its float sort); without them PyTorch sorts.
+    The order was most of the time of loading a mixed file."""
     keep = length if keep is None else keep
     dtype = index_dtype(length)
     top = (rng.random_words(seed, stream, 0, length) >> 8).astype(np.int32)
