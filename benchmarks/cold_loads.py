@@ -19,16 +19,14 @@ import argparse
 import itertools
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 import mcnc
 from mcnc import models
-from mcnc.adapters.files import read_adapter, write_adapter
-from mcnc.adapters.sources import build_source
+from mcnc.adapters.files import read_adapter, source_from_tensors, write_adapter
+from mcnc.apps.bench.measure import time_calls
 from mcnc.apps.bench.peers_rebuild import mcnc_source
 from mcnc.apps.bench.reconstruction import llama7b_targets
 from mcnc.apps.machine import machine_line
@@ -40,23 +38,19 @@ SMOLLM2_SHAPES = {"blocks": 30, "hidden": 576, "intermediate": 1536}
 are as wide as q, which makes the adapter a little larger)."""
 
 
-def milliseconds(call: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    call()
-    return 1e3 * (time.perf_counter() - start)
-
-
 def resnet_loads(files: int, scratch: Path) -> list[float]:
     """Milliseconds of ``mcnc.reconstruct`` of ResNet-56 files of ``files`` seeds, in order."""
     torch.manual_seed(0)
     paths = [mcnc.save(mcnc.compress(models.resnet56(), mcnc.MCNCConfig(seed=seed)),
                        scratch / f"resnet56-{seed}.mcnc") for seed in range(files)]
     forget_shared_state()
-    return [milliseconds(lambda p=p: mcnc.reconstruct(p)) for p in paths]
+    return [1e3 * time_calls(lambda p=p: mcnc.reconstruct(p), repeats=1, warmup=0).median
+            for p in paths]
 
 
 def adapter_loads(repeats: int, scratch: Path) -> tuple[float, float]:
-    """Median milliseconds of the adapter's factors from its folder (cold) and in memory."""
+    """Median milliseconds of the adapter's factors from its folder (cold: read, checked and
+    built as ``AdapterModel.load_adapter`` builds it) and in memory."""
     source = mcnc_source(llama7b_targets(**SMOLLM2_SHAPES), 6_000)
     write_adapter(scratch / "adapter", source, None, None)
 
@@ -64,15 +58,11 @@ def adapter_loads(repeats: int, scratch: Path) -> tuple[float, float]:
     def from_folder():
         forget_shared_state()
         config, layout, tensors, _ = read_adapter(scratch / "adapter")
-        loaded = build_source(config, layout)
-        for name, p in loaded.stored_tensors().items():
-            p.copy_(tensors[name])
-        return loaded.factors()
+        return source_from_tensors(config, layout, tensors).factors()
 
     in_memory = torch.no_grad()(source.factors)
-    from_folder(), in_memory()  # compiled loops loaded
-    cold = statistics.median(milliseconds(from_folder) for _ in range(repeats))
-    return cold, statistics.median(milliseconds(in_memory) for _ in range(repeats))
+    return (1e3 * time_calls(from_folder, repeats).median,
+            1e3 * time_calls(in_memory, repeats).median)
 
 
 def order_times(repeats: int) -> dict[tuple[int, int], float]:
@@ -81,9 +71,8 @@ def order_times(repeats: int) -> dict[tuple[int, int], float]:
     try:
         for keys, threads in itertools.product((1 << 20, 1 << 22), (1, 2)):
             torch.set_num_threads(threads)
-            seeded_order(0, 1, keys)  # compiled loops loaded
-            times[keys, threads] = statistics.median(
-                milliseconds(lambda n=keys: seeded_order(0, 1, n)) for _ in range(repeats))
+            times[keys, threads] = 1e3 * time_calls(lambda n=keys: seeded_order(0, 1, n),
+                                                    repeats).median
     finally:
         torch.set_num_threads(before)
     return times

@@ -36,7 +36,13 @@ from mcnc.adapters.config import (
     NOLAAdapterConfig,
     config_from_dict,
 )
-from mcnc.adapters.sources import AdaptedLayer, FactorLayout, FactorSource, region_sizes
+from mcnc.adapters.sources import (
+    AdaptedLayer,
+    FactorLayout,
+    FactorSource,
+    build_source,
+    region_sizes,
+)
 from mcnc.baselines.subspace import split_coefficients
 from mcnc.core.errors import FormatError
 from mcnc.core.fileformat import atomic_write, metadata_digest, tensor_digest
@@ -380,3 +386,16 @@ def check_tensors(source: FactorSource, tensors: dict[str, torch.Tensor]) -> Non
     if expected != found:
         raise FormatError(f"the adapter file holds tensors {found}, its config implies "
                           f"{expected}")
+
+
+@torch.no_grad()
+def source_from_tensors(config: AdapterConfig, layout: FactorLayout,
+                        tensors: dict[str, torch.Tensor], **options) -> FactorSource:
+    """The adapter a folder describes (``config``, ``layout`` and ``tensors`` as
+    :func:`read_adapter` returns them), its trained tensors checked and filled in; options as
+    :func:`~mcnc.adapters.sources.build_source`'s."""
+    source = build_source(config, layout, **options)
+    check_tensors(source, tensors)
+    for name, p in source.stored_tensors().items():
+        p.copy_(tensors[name])
+    return source

@@ -33,6 +33,7 @@ from mcnc.adapters.files import (
     config_bytes,
     read_adapter,
     read_trainer_checkpoint,
+    source_from_tensors,
     write_adapter,
 )
 from mcnc.adapters.layer import BASE, AdapterLinear, AdapterState, Slot
@@ -380,11 +381,7 @@ class AdapterModel(nn.Module):
         else:
             config, layout, tensors, _ = read_adapter(path)
         check_layers_fit(self.base_model, layout.targets)
-        source = build_source(config, layout, **options)
-        check_tensors(source, tensors)
-        with torch.no_grad():
-            for name, p in source.stored_tensors().items():
-                p.copy_(tensors[name])
+        source = source_from_tensors(config, layout, tensors, **options)
         self._install(adapter_name, source)
         if not is_trainable:
             source.requires_grad_(False)

@@ -140,7 +140,7 @@ def seeded_order(seed: int, stream: int, length: int, keep: int | None = None
     keep = length if keep is None else keep
     dtype = index_dtype(length)
     top = (rng.random_words(seed, stream, 0, length) >> 8).astype(np.int32)
-    order = kernels.sorted_order(top, keep, torch.empty(0, dtype=dtype).numpy().dtype)
+    order = kernels.sorted_order(top, keep, np.int32 if dtype == torch.int32 else np.int64)
     if order is not None:
         return torch.from_numpy(order)
     return torch.argsort(torch.from_numpy(top), stable=True)[:keep].to(dtype)
