@@ -133,7 +133,7 @@ def seeded_order(seed: int, stream: int, length: int, keep: int | None = None
     (-1, 1) that float32 holds exactly, so keys are equal or ordered exactly as the top 24 bits
     of their words are. The compiled loops sort these 24-bit integers in two counting passes
     on PyTorch's threads (:func:`mcnc.core.mixing_kernels.sorted_order`; with the random
-    words, a million keys in 9-10 ms on one thread and 5.5 ms on two here,
+    words, a million keys in about 10 ms on one thread and 6 ms on two here,
     ``benchmarks/cold_loads.py``; with PyTorch's integer sort 27.9 ms on one thread,
     results/mixing-speed.md, and 107 ms with its float sort); without them PyTorch sorts.
     The order was most of the time of loading a mixed file."""
