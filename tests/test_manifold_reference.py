@@ -1,6 +1,11 @@
-"""Both MCNC paths (``mcnc.compress`` and the MCNC adapter) train to the same bits as the code
-that wrote tests/data/manifold_reference.safetensors (tests/data/make_manifold_reference.py,
-commit ef03cb3), and the files that code wrote reload to the same values."""
+"""Both MCNC paths (``mcnc.compress`` and the MCNC adapter) train to the values the code that
+wrote tests/data/manifold_reference.safetensors (tests/data/make_manifold_reference.py, commit
+ef03cb3) trained to, and the files that code wrote reload to the same values.
+
+Equal up to the rounding of matrix products, not bit for bit: the generator's products (and the
+model's) are summed in an order the CPU's kernels choose, which differs between machines (the
+references were written on an Intel Xeon; an AMD EPYC trains to values a few ulps away). The
+seeded tensors themselves are pinned bit for bit in test_rng_golden.py and test_bit_exact.py."""
 
 from pathlib import Path
 
@@ -14,14 +19,21 @@ import mcnc
 DATA = Path(__file__).parent / "data"
 
 
+def assert_same_up_to_products(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """Equal up to a few ulps of float32 relative to the tensor's largest entry: what another
+    summation order of the products can change (a changed rule moves values by far more)."""
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(actual, expected, rtol=0, atol=64 * 2**-23 * scale, msg=what)
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_few_steps_give_the_reference_alphas_and_betas(case):
     reference = safetensors.torch.load_file(DATA / "manifold_reference.safetensors")
     model = CASES[case]()
     train_a_few_steps(model)
     alpha, beta = alpha_beta(model)
-    assert torch.equal(alpha, reference[f"{case}.alpha"])
-    assert torch.equal(beta, reference[f"{case}.beta"])
+    assert_same_up_to_products(alpha, reference[f"{case}.alpha"], "alpha")
+    assert_same_up_to_products(beta, reference[f"{case}.beta"], "beta")
 
 
 @pytest.mark.parametrize(("folder", "mixing"), [("adapter_v2", "hadamard"),
@@ -36,7 +48,7 @@ def test_an_adapter_folder_written_by_older_code_reloads(folder, mixing):
     with torch.no_grad():
         logits = served(adapter_input())
     expected = safetensors.torch.load_file(DATA / f"{folder}_logits.safetensors")
-    assert torch.equal(logits, expected["logits"])
+    assert_same_up_to_products(logits, expected["logits"], "logits")
 
 
 def test_a_mixed_file_written_before_the_shared_module_reconstructs():
@@ -44,4 +56,4 @@ def test_a_mixed_file_written_before_the_shared_module_reconstructs():
     state = mcnc.reconstruct(DATA / "mixed_v2.mcnc")
     assert sorted(state) == sorted(expected)
     for name, tensor in expected.items():
-        assert torch.equal(state[name], tensor), name
+        assert_same_up_to_products(state[name], tensor, name)
