@@ -647,8 +647,46 @@ def test_a_and_b_starts_are_checked():
         mcnc.MCNCAdapterConfig(b_start=-0.1)
     with pytest.raises(ValueError, match="a_start must be in"):
         mcnc.MCNCAdapterConfig(a_start=0)
-    with pytest.raises(ValueError, match="joint_start sets both"):
+    with pytest.raises(ValueError, match="joint_start sets where both start"):
         mcnc.MCNCAdapterConfig(mixing="hadamard-joint", b_start=0.1)
+    with pytest.raises(ValueError, match="are for A and B apart"):
+        mcnc.MCNCAdapterConfig(mixing="hadamard-joint", freeze_a=True)
+    with pytest.raises(ValueError, match="freeze_a must be true or false"):
+        mcnc.MCNCAdapterConfig(freeze_a=1)
+
+
+@pytest.mark.parametrize("mixing", ["hadamard", "none"])
+def test_a_frozen_adapter_spends_its_budget_on_b(mixing, tmp_path):
+    """With freeze_a, A is LoRA's seeded start (times a_start) and never trains, every chunk is
+    B's (about twice as many at one budget), B's betas step as with A generated, and the
+    folder (no A inside) reloads to the same model."""
+    base = mcnc.MCNCAdapterConfig(rank=4, k=3, mixing=mixing, budget=400)
+    config = replace(base, freeze_a=True, a_start=0.5)
+    both = mcnc.get_adapter_model(tiny_llama(), base).adapters["default"]
+    model = mcnc.get_adapter_model(tiny_llama(), config)
+    source = model.adapters["default"]
+    layout = source.layout
+    lora = mcnc.get_adapter_model(tiny_llama(), mcnc.LoRAAdapterConfig(rank=4))
+    a0 = lora.adapters["default"].A.detach()
+    assert torch.equal(source.factors()[0], a0 * 0.5)
+    assert source.alpha.shape[0] == -(-layout.total_b // source.config.d)
+    assert source.alpha.shape[0] > 1.5 * both.manifold.counts[1]  # B's chunks, A frozen
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) <= 400
+    per_entry = source.manifold.typical_beta / math.sqrt(source.config.d)
+    assert per_entry == pytest.approx(both.manifold.typical_beta / math.sqrt(both.config.d),
+                                      rel=0.25)
+    ids = tokens()
+    assert torch.equal(logits(model, ids), logits(tiny_llama(), ids))  # B starts at zero
+    train_steps(model)
+    assert torch.equal(source.factors()[0], a0 * 0.5)
+    assert not torch.equal(logits(model, ids), logits(tiny_llama(), ids))
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert saved["freeze_a"] is True and "freeze_a" not in base.to_dict()
+    assert set(safetensors.torch.load_file(tmp_path / WEIGHTS_NAME)) == {"mcnc.alpha",
+                                                                         "mcnc.beta"}
+    served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(logits(served, ids), logits(model, ids))
 
 
 def test_the_active_adapter_gives_beta_a_rate_of_its_own():

@@ -158,6 +158,12 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
     """``A`` and ``B`` apart: ``B``'s entries start with the spread ``b_start / sqrt(3 r)``
     (LoRA's initial ``A`` spread for ``in_features = r``; an initialisation only); 0, the
     default, starts ``B`` at zero, so that the adapted model starts as the base model."""
+    freeze_a: bool = False
+    """``A`` and ``B`` apart: ``A`` is not generated but stays at a seeded draw of LoRA's
+    initial ``A`` (times ``a_start``; regenerated from the seed, not stored), and every trained
+    number goes to ``B``'s chunks (LoRA-FA's split; about twice as many chunks for ``B`` at
+    the same budget). Beta's rate is relative to ``A``'s spread, as when ``A`` is generated,
+    so ``B``'s entries move by as much per step."""
 
     def __post_init__(self) -> None:
         AdapterConfig.__post_init__(self)
@@ -172,9 +178,13 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
                 raise ValueError(f"{name} must be in (0, 1], got {getattr(self, name)!r}")
         if not (is_number(self.b_start) and 0 <= self.b_start <= 1):
             raise ValueError(f"b_start must be in [0, 1], got {self.b_start!r}")
-        if self.mixing == "hadamard-joint" and (self.a_start != 1 or self.b_start != 0):
-            raise ValueError("a_start and b_start set where A and B start when they are apart; "
-                             "with mixing='hadamard-joint', joint_start sets both")
+        if not isinstance(self.freeze_a, bool):
+            raise ValueError(f"freeze_a must be true or false, got {self.freeze_a!r}")
+        if self.mixing == "hadamard-joint" and (self.a_start != 1 or self.b_start != 0
+                                                or self.freeze_a):
+            raise ValueError("a_start, b_start and freeze_a are for A and B apart; with "
+                             "mixing='hadamard-joint' A and B are one region and joint_start "
+                             "sets where both start")
         if self.activation == "linear":
             raise ValueError("activation='linear' is a control for compression experiments "
                              "(mcnc.compress); adapters use 'sine' or 'relu'")
@@ -183,9 +193,9 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
         return GeneratorSpec(**{f.name: getattr(self, f.name) for f in fields(GeneratorSpec)})
 
     def to_dict(self) -> dict:
-        """As :meth:`AdapterConfig.to_dict`, without ``a_start`` and ``b_start`` at their
-        defaults: a folder that does not use them is the one earlier versions wrote and read
-        (they refuse fields they do not know)."""
+        """As :meth:`AdapterConfig.to_dict`, without ``a_start``, ``b_start`` and
+        ``freeze_a`` at their defaults: a folder that does not use them is the one earlier
+        versions wrote and read (they refuse fields they do not know)."""
         data = super().to_dict()
         for name in UNWRITTEN_AT_DEFAULT:
             if data[name] == getattr(MCNCAdapterConfig, name):
@@ -193,7 +203,7 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
         return data
 
 
-UNWRITTEN_AT_DEFAULT = ("a_start", "b_start")
+UNWRITTEN_AT_DEFAULT = ("a_start", "b_start", "freeze_a")
 """MCNC adapter fields written to a folder only when they differ from their defaults."""
 
 

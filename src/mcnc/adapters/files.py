@@ -200,11 +200,12 @@ _INTEGERS = {"rank", "seed", "coefficients", "k", "d", "width", "depth", "m", "f
 _NUMBERS = {"scaling", "dropout", "L", "hidden_gain", "alpha_init_scale", "joint_start",
             "a_start", "b_start"}
 _STRINGS = {"method", "format", "activation", "mixing", "payload_sha256", "adapter_sha256"}
+_BOOLEANS = {"freeze_a"}
 
 
 def _check_types(meta: dict) -> None:
     """JSON types of the config's values (ranges are the config classes' business): integers
-    are not booleans, numbers are finite, strings are strings."""
+    are not booleans, numbers are finite, strings are strings, booleans are booleans."""
     for key, value in meta.items():
         if key in _INTEGERS:
             ok = is_int(value, -(1 << 64), 1 << 64)
@@ -212,6 +213,8 @@ def _check_types(meta: dict) -> None:
             ok = is_number(value)
         elif key in _STRINGS:
             ok = isinstance(value, str)
+        elif key in _BOOLEANS:
+            ok = isinstance(value, bool)
         elif key == "target_modules":
             ok = isinstance(value, str) or (isinstance(value, list)
                                             and all(isinstance(v, str) for v in value))

@@ -86,6 +86,17 @@ class FactorLayout:
         """(total_a,) :meth:`a_spread` of every A entry."""
         return torch.cat([torch.full((self.a_size(t),), self.a_spread(t)) for t in self.targets])
 
+    def a_rms(self) -> float:
+        """Root mean square of :meth:`a_spread` over every A entry (summed exactly)."""
+        return math.sqrt(math.fsum(self.a_size(t) * self.a_spread(t) ** 2
+                                   for t in self.targets) / self.total_a)
+
+    def initial_a(self, seed: int) -> torch.Tensor:
+        """(total_a,) LoRA's initial ``A`` factors: uniform draws of unit variance (stream
+        ``ADAPTER_A_INIT_STREAM``) times :meth:`a_std`."""
+        unit = rng.uniform(seed, rng.ADAPTER_A_INIT_STREAM, (self.total_a,), UNIT_BOUND)
+        return unit * self.a_std()
+
     def b_std(self) -> torch.Tensor:
         """(total_b,) the spread an ``nn.Linear(rank, out)`` would have: the scale of the
         random directions B moves along (B itself starts at zero)."""
@@ -134,8 +145,7 @@ class LoRASource(FactorSource):
 
     def __init__(self, config: LoRAAdapterConfig, layout: FactorLayout):
         super().__init__(config, layout)
-        unit = rng.uniform(config.seed, rng.ADAPTER_A_INIT_STREAM, (layout.total_a,), UNIT_BOUND)
-        self.A = nn.Parameter(unit * layout.a_std())
+        self.A = nn.Parameter(layout.initial_a(config.seed))
         self.B = nn.Parameter(torch.zeros(layout.total_b))
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,27 +192,32 @@ def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Regi
     ``ADAPTER_MIXING_STREAM + 2r``, ``+ 2r + 1`` for region r). Two: every ``A`` factor end to
     end, starting with LoRA's spread (mixed: scaled to it per layer) times ``a_start``, then
     every ``B`` factor, starting at zero (or with ``b_start``, at the spread
-    ``b_start / sqrt(3 r)``). With ``mixing="hadamard-joint"`` one (r = 2): ``A`` then ``B``,
-    mixed together, every entry starting at ``joint_start`` times its spread (LoRA's for
-    ``A``, ``1/sqrt(3 r)`` for ``B``)."""
+    ``b_start / sqrt(3 r)``); with ``freeze_a``, only the ``B`` region, its betas' rate
+    relative to ``A``'s root-mean-square spread as with both. With
+    ``mixing="hadamard-joint"`` one (r = 2): ``A`` then ``B``, mixed together, every entry
+    starting at ``joint_start`` times its spread (LoRA's for ``A``, ``1/sqrt(3 r)`` for
+    ``B``)."""
     a_spreads = tuple((layout.a_size(t), layout.a_spread(t)) for t in layout.targets)
     stream = rng.ADAPTER_MIXING_STREAM
     if config.mixing == "hadamard-joint":
         spreads = (*a_spreads, (layout.total_b, 1 / math.sqrt(3 * layout.rank)))
         return [Region(layout.total_a + layout.total_b, spreads=spreads,
                        mixing_streams=(stream + 4, stream + 5), start_scale=config.joint_start)]
+    b = Region(layout.total_b, mixing_streams=(stream + 2, stream + 3),
+               starts_at_zero=not config.b_start,
+               start_spread=config.b_start / math.sqrt(3 * layout.rank) or None,
+               rate_spread=layout.a_rms() if config.freeze_a else None)
+    if config.freeze_a:
+        return [b]
     return [Region(layout.total_a, spreads=a_spreads, start_mean_squares=layout.a_std().pow(2),
-                   mixing_streams=(stream, stream + 1), start_scale=config.a_start),
-            Region(layout.total_b, mixing_streams=(stream + 2, stream + 3),
-                   starts_at_zero=not config.b_start,
-                   start_spread=config.b_start / math.sqrt(3 * layout.rank) or None)]
+                   mixing_streams=(stream, stream + 1), start_scale=config.a_start), b]
 
 
 def region_sizes(layout: FactorLayout, config: MCNCAdapterConfig) -> list[int]:
     """The numbers of each region of :func:`factor_regions`, without building them."""
     if config.mixing == "hadamard-joint":
         return [layout.total_a + layout.total_b]
-    return [layout.total_a, layout.total_b]
+    return [layout.total_b] if config.freeze_a else [layout.total_a, layout.total_b]
 
 
 class MCNCSource(HoldsManifold, FactorSource):
@@ -210,7 +225,9 @@ class MCNCSource(HoldsManifold, FactorSource):
     (:func:`factor_regions`): each cut into chunks of ``d`` (the last one zero-padded), chunk j
     ``sum_i beta[j, i] * phi(alpha[j, i])``, each region optionally mixed on its own
     (``mixing="hadamard"``). ``a`` starts with ``a_start`` times the spread of LoRA's initial
-    ``A``, ``b`` at zero or, with ``b_start``, with the spread ``b_start / sqrt(3 r)``."""
+    ``A``, ``b`` at zero or, with ``b_start``, with the spread ``b_start / sqrt(3 r)``. With
+    ``freeze_a``, ``a`` is ``a_start`` times LoRA's seeded initial ``A`` (a buffer, not
+    trained) and the manifold has ``b``'s region only."""
 
     method = "mcnc"
 
@@ -222,6 +239,8 @@ class MCNCSource(HoldsManifold, FactorSource):
         self.manifold = ChunkedManifold(generator, factor_regions(layout, config), config.m,
                                         "hadamard" if self.joint else config.mixing,
                                         config.seed, config.alpha_init_scale)
+        frozen = layout.initial_a(config.seed) * config.a_start if config.freeze_a else None
+        self.register_buffer("frozen_a", frozen, persistent=False)
 
     def stored_tensors(self) -> dict[str, torch.Tensor]:
         return {"mcnc.alpha": self.alpha, "mcnc.beta": self.beta}
@@ -234,6 +253,8 @@ class MCNCSource(HoldsManifold, FactorSource):
     def _factors(self, regions: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         if self.joint:
             return torch.split(regions[0], [self.layout.total_a, self.layout.total_b])
+        if self.frozen_a is not None:
+            return self.frozen_a, regions[0]
         a, b = regions
         return a, b
 

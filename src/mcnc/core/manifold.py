@@ -76,6 +76,11 @@ class Region:
     """A region without spreads of its own that starts with entries of this root mean square
     instead of at zero (an adapter's ``B`` with ``b_start``): its entries are not scaled and
     it adds nothing to the typical beta, as a region starting at zero."""
+    rate_spread: float | None = None
+    """A region without spreads of its own whose betas' rate is nevertheless relative to a
+    spread (an adapter's ``B`` when its ``A`` is frozen, so that no region knows one): the
+    entry spread :attr:`ChunkedManifold.typical_beta` takes for it. Not a scale of its
+    entries, nor of its start."""
 
     def chunks(self, d: int) -> int:
         return -(-self.numbers // d)
@@ -196,16 +201,22 @@ class ChunkedManifold(nn.Module):
     @property
     def typical_beta(self) -> float:
         """The size betas have when the entries have their spreads (:meth:`param_groups`):
-        the root mean square of the betas that give every entry its spread, over the regions
-        that know one (1 when none does), summed exactly in double; computed on first use (a
-        model loaded to serve never needs it)."""
+        the root mean square of the betas that give every entry its spread (or the region's
+        ``rate_spread``), over the regions that know one (1 when none does), summed exactly
+        in double; computed on first use (a model loaded to serve never needs it)."""
         if self._typical is None:
             found = [a for i in range(len(self.regions))
-                     if (a := self._amplitudes(i, 1.0)) is not None]
+                     if (a := self._rate_amplitudes(i)) is not None]
             squares = (torch.cat([a.flatten() for a in found]).double().pow(2).tolist()
                        if found else [1.0])
             self._typical = math.sqrt(math.fsum(squares) / len(squares))
         return self._typical
+
+    def _rate_amplitudes(self, i: int) -> torch.Tensor | None:
+        """(chunks, m) the betas region i's rate is relative to: those that give its entries
+        their spreads, or its ``rate_spread``; None when it has neither."""
+        spread = self.regions[i].rate_spread
+        return self._amplitudes(i, 1.0) if spread is None else self.spread_amplitudes(i, spread)
 
     @property
     def generated_size(self) -> int:

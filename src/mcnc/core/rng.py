@@ -93,7 +93,7 @@ STREAMS = {
     "NOLA basis of piece p (+ p)": NOLA_BASIS_STREAM,
     "NOLA initial coefficients (init)": COEFFICIENT_INIT_STREAM,
     "LoRA initial factors (init)": LORA_FACTOR_INIT_STREAM,
-    "adapter initial A factors and NOLA coefficients (init)": ADAPTER_A_INIT_STREAM,
+    "adapter A factors (init; MCNC's frozen A) and NOLA coefficients (init)": ADAPTER_A_INIT_STREAM,
     "NOLA adapter basis of factor p (+ p)": NOLA_ADAPTER_STREAM,
     "MCNC seeded offset theta0 (experimental: not in files yet)": MCNC_OFFSET_STREAM,
     "MCNC mixing signs (version 2)": MIXING_SIGN_STREAM,
