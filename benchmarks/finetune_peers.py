@@ -160,21 +160,21 @@ ADOPTED = RELATIVE_CANDIDATES["mcnc-mixed beta x0.3"]
 SECOND_ROUND = {
     "mcnc-mixed beta x0.3 alpha-centre": {**ADOPTED, "mcnc_options": {"alpha_init_scale": 0.1}},
     "mcnc-mixed beta x0.3 frozen-a": {**ADOPTED, "mcnc_options": {"freeze_a": True}},
+    "mcnc-mixed beta x0.3 b-start": {**ADOPTED, "mcnc_options": {"b_start": 0.02}},
     "mcnc-mixed beta x0.3 gen-vision": {**ADOPTED, "mcnc_options": VISION_GENERATOR},
     "mcnc-mixed beta x0.3 r4": {**ADOPTED, "rank": 4},
     "mcnc-mixed beta x0.3 k3": {**ADOPTED, "mcnc_options": {"k": 3}},
     "mcnc-mixed beta x0.3 k8": {**ADOPTED, "mcnc_options": {"k": 8}},
     "mcnc-mixed beta x0.3 m2": {**ADOPTED, "mcnc_options": {"m": 2}},
     "mcnc-mixed beta x0.3 a-half": {**ADOPTED, "mcnc_options": {"a_start": 0.5}},
-    "mcnc-mixed beta x0.3 b-start": {**ADOPTED, "mcnc_options": {"b_start": 0.02}},
 }
 """The second round of held-in candidates, each one change from the adopted default (the
 defaults since 0.3): alphas near the cube's centre, the image side's generator, rank 4, k and
 m (at a fixed budget, k and m change the chunk size d), A starting at half LoRA's spread,
 B starting small but not at zero (as the joint candidates' 0.02), and A frozen at LoRA's start
-with every trained number spent on B (``freeze_a``, added later; listed second so that it
-runs next). A one-seed screen at 6,000
-first, then at 26,880, where MCNC trails Uni-LoRA most."""
+with every trained number spent on B (``freeze_a``, added later). The order is only the
+schedule: the two that change where the factors start were moved up to run before the rest.
+A one-seed screen at 6,000 first, then at 26,880, where MCNC trails Uni-LoRA most."""
 
 
 def beta_rate_cells() -> list[Cell]:
