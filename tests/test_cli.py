@@ -225,3 +225,17 @@ def test_errors_name_the_flag_the_user_typed(tmp_path, capsys):
     assert main(["train", "--dataset", "cifar10", "--epochs", "1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "--data-root" in err and "root=" not in err
+
+
+def test_finetune_takes_any_mcnc_option_and_names_the_flag_in_errors(capsys):
+    args = build_parser().parse_args(["finetune", "--mcnc-option", "k=8", "--mcnc-option",
+                                      "freeze_a=true", "--mcnc-option", "activation=relu"])
+    assert args.mcnc_option == [("k", 8), ("freeze_a", True), ("activation", "relu")]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["finetune", "--mcnc-option", "k"])
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+    for option, message in (("k=0", "k must be"), ("freeze_a=1", "freeze_a must be true"),
+                            ("d=10", "cannot be set here")):
+        assert main(["finetune", "--model", "tiny-llama", "--mcnc-option", option]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "--mcnc-option" in err and "mcnc_options" not in err

@@ -345,6 +345,11 @@ def _add_finetune(sub: _Subparsers) -> None:
                    "typical size under --beta-rate relative (default "
                    f"{MCNC_ADAPTER_BETA_LR_SCALE:g})")
     _add_beta_rate(p)
+    p.add_argument("--mcnc-option", action="append", type=_key_value, default=[],
+                   metavar="KEY=VALUE", help="MCNC: any other MCNCAdapterConfig field, e.g. "
+                   "k=8, m=2, depth=2, hidden_gain=8, alpha_init_scale=0.1, a_start=0.5, "
+                   "b_start=0.02, freeze_a=true (VALUE read as JSON, else as a string; "
+                   "repeat the flag for several; docs/adapters.md lists them)")
     p.add_argument("--nola-in-memory", action="store_true", help="keep NOLA's random bases in "
                    "memory instead of regenerating them every step")
     p.add_argument("--val-batches", type=int, help="evaluate on N validation batches only")
@@ -364,6 +369,17 @@ def _add_finetune(sub: _Subparsers) -> None:
     p.set_defaults(func=_finetune)
 
 
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, the JSON value, or the text itself when it is not JSON)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (like k=8), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def _finetune(args: argparse.Namespace) -> None:
     from mcnc.apps.finetune import FinetuneSettings, finetune
 
@@ -374,8 +390,8 @@ def _finetune(args: argparse.Namespace) -> None:
         max_length=args.max_length, grad_accumulation=args.grad_accumulation,
         device=args.device, dtype=args.dtype, lr=args.lr, seed=args.seed, base=args.base,
         mixing=args.mixing, beta_lr_scale=args.beta_lr_scale, beta_rate=args.beta_rate,
-        export_lora=args.export_lora, checkpoint=args.checkpoint,
-        checkpoint_every=args.checkpoint_every, fsdp=args.fsdp,
+        mcnc_options=dict(args.mcnc_option), export_lora=args.export_lora,
+        checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every, fsdp=args.fsdp,
         nola_on_the_fly=not args.nola_in_memory,
         val_batches=args.val_batches,
         eval_every=args.eval_every, out=args.out,
@@ -530,6 +546,7 @@ FLAG_NAMES = {
     "train": (("root=", "--data-root "),),
     "compare": (("root=", "--data-root "),),
     "reconstruct": (("base_state_dict", "--base"),),
+    "finetune": (("mcnc_options", "--mcnc-option"),),
 }
 """Per command: how the library's messages name an argument -> the flag the user typed."""
 

@@ -162,6 +162,10 @@ class FinetuneSettings:
         if unknown := sorted(set(self.mcnc_options) - allowed):
             raise ValueError(f"mcnc_options {unknown} cannot be set here; choose among "
                              f"{sorted(allowed)}")
+        try:  # the values, before any model loads
+            MCNCAdapterConfig(**self.mcnc_options)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"mcnc_options {self.mcnc_options}: {e}") from None
 
     def _resolve_mcnc_defaults(self) -> None:
         """Fill MCNC's ``mixing`` and ``beta_lr_scale`` left at None with the adapter's
