@@ -567,13 +567,19 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
 
 
 def sweep_table(done: dict[str, dict], args: argparse.Namespace) -> str:
+    """Every rung of every cell's sweep: the final validation loss and the best evaluation
+    (the rate is chosen by the one ``args.score`` names)."""
+    ranked = "the best evaluation" if args.score == "best-eval" else "the final validation loss"
     lines = ["# Learning-rate sweep (seed 0, full length)", "",
-             "| adapter | lr | val loss | token acc. % |", "|---|---|---|---|"]
+             f"Each cell's rate is the rung with the lowest {ranked.removeprefix('the ')}.", "",
+             "| adapter | lr | final val loss | best eval (step) | token acc. % |",
+             "|---|---|---|---|---|"]
     for row in cell_rows(done, args):
         for lr in row["tried"]:
             r = done[run_key(row["cell"], lr, 0, args.steps)]
-            result = ("diverged | " if r.get("diverged")
-                      else f"{r['val_loss']:.4f} | {100 * r['token_accuracy']:.2f}")
+            result = ("diverged | - | -" if r.get("diverged")
+                      else f"{r['val_loss']:.4f} | {_best_eval([r])} | "
+                           f"{100 * r['token_accuracy']:.2f}")
             lines.append(f"| {row['cell'].label} | {lr:g} | {result} |")
     return "\n".join(lines) + "\n"
 

@@ -427,6 +427,9 @@ def test_the_fair_grid_ranks_runs_by_their_best_evaluation():
     text = bench.table(done, args)
     assert "by the lowest validation loss of its evaluations" in text
     assert "--grid fair" in text and "--score" not in text  # best-eval is the grid's own
+    sweep = bench.sweep_table(done, args)
+    assert "rung with the lowest best evaluation" in sweep
+    assert "| unilora r4 @ 6,000 | 0.1 | 2.4000 | 2.1000 (step 100) | 50.00 |" in sweep
 
 
 def test_the_peer_benchmark_refuses_fewer_than_one_thread(tmp_path):
