@@ -86,11 +86,6 @@ class FactorLayout:
         """(total_a,) :meth:`a_spread` of every A entry."""
         return torch.cat([torch.full((self.a_size(t),), self.a_spread(t)) for t in self.targets])
 
-    def a_rms(self) -> float:
-        """Root mean square of :meth:`a_spread` over every A entry (summed exactly)."""
-        return math.sqrt(math.fsum(self.a_size(t) * self.a_spread(t) ** 2
-                                   for t in self.targets) / self.total_a)
-
     def initial_a(self, seed: int) -> torch.Tensor:
         """(total_a,) LoRA's initial ``A`` factors: uniform draws of unit variance (stream
         ``ADAPTER_A_INIT_STREAM``) times :meth:`a_std`."""
@@ -206,7 +201,8 @@ def factor_regions(layout: FactorLayout, config: MCNCAdapterConfig) -> list[Regi
     b = Region(layout.total_b, mixing_streams=(stream + 2, stream + 3),
                starts_at_zero=not config.b_start,
                start_spread=config.b_start / math.sqrt(3 * layout.rank) or None,
-               rate_spread=layout.a_rms() if config.freeze_a else None)
+               rate_spread=(Region(layout.total_a, spreads=a_spreads).root_mean_square()
+                            if config.freeze_a else None))
     if config.freeze_a:
         return [b]
     return [Region(layout.total_a, spreads=a_spreads, start_mean_squares=layout.a_std().pow(2),
