@@ -88,6 +88,8 @@ class Cell:
     """A fixed learning rate (no sweep), e.g. the default being checked."""
     first_rate: float | None = None
     """Where the sweep starts, if not at the method's START (e.g. its best at 300 steps)."""
+    versus: str = "mcnc"
+    """The label (less its budget) of the row this one is compared with in *vs MCNC*."""
 
     @property
     def start(self) -> float:
@@ -167,14 +169,18 @@ SECOND_ROUND = {
     "mcnc-mixed beta x0.3 k8": {**ADOPTED, "mcnc_options": {"k": 8}},
     "mcnc-mixed beta x0.3 m2": {**ADOPTED, "mcnc_options": {"m": 2}},
     "mcnc-mixed beta x0.3 a-half": {**ADOPTED, "mcnc_options": {"a_start": 0.5}},
+    "mcnc-mixed beta x0.3 b-start alpha-centre": {
+        **ADOPTED, "mcnc_options": {"b_start": 0.02, "alpha_init_scale": 0.1}},
 }
 """The second round of held-in candidates, each one change from the adopted default (the
 defaults since 0.3): alphas near the cube's centre, the image side's generator, rank 4, k and
 m (at a fixed budget, k and m change the chunk size d), A starting at half LoRA's spread,
 B starting small but not at zero (as the joint candidates' 0.02), and A frozen at LoRA's start
-with every trained number spent on B (``freeze_a``, added later). The order is only the
-schedule: the two that change where the factors start were moved up to run before the rest.
-A one-seed screen at 6,000 first, then at 26,880, where MCNC trails Uni-LoRA most."""
+with every trained number spent on B (``freeze_a``, added later), and (added after the
+26,880 screen's first seeds put them ahead) B's small start and the central alphas together.
+The order is only the schedule: the two that change where the factors start were moved up to
+run before the rest. A one-seed screen at 6,000 first, then at 26,880, where MCNC trails
+Uni-LoRA most."""
 
 
 def beta_rate_cells() -> list[Cell]:
@@ -183,10 +189,10 @@ def beta_rate_cells() -> list[Cell]:
     unmeasured, the held-in candidates under the relative rule at the same rate, the one
     adopted as the default at the other two budgets, and the second round of candidates at
     6,000 and 26,880."""
-    def cell(name: str, budget: int, change: dict) -> Cell:
+    def cell(name: str, budget: int, change: dict, versus: str = "mcnc") -> Cell:
         return Cell(f"{name} @ {budget:,}", {"method": "mcnc", "budget": budget,
                                              "beta_rate": "relative", **BEFORE_03, **change},
-                    rate=ADAPTER_LR["mcnc"])
+                    rate=ADAPTER_LR["mcnc"], versus=versus)
     absolute = {"beta_rate": "absolute"}
     out = [cell("mcnc", 100_000, {}), cell("mcnc beta absolute", 100_000, absolute),
            cell("mcnc", 1_500, {}), cell("mcnc", 26_880, {}), cell("mcnc", 6_000, {}),
@@ -195,8 +201,13 @@ def beta_rate_cells() -> list[Cell]:
             for name, change in RELATIVE_CANDIDATES.items()]
     # the defaults since 0.3: do they train at every budget? Then the second round's screen.
     out += [cell("mcnc-mixed beta x0.3", b, ADOPTED) for b in (1_500, 100_000)]
-    return out + [cell(name, b, change) for b in (6_000, 26_880)
-                  for name, change in SECOND_ROUND.items()]
+    adopted = "mcnc-mixed beta x0.3"
+    out += [cell(name, b, change, versus=adopted) for b in (6_000, 26_880)
+            for name, change in SECOND_ROUND.items()]
+    # the image side's generator changes the scale of a step: its rate one rung lower too
+    vision = cell(f"{adopted} gen-vision lr 0.1", 6_000, SECOND_ROUND[f"{adopted} gen-vision"],
+                  versus=adopted)
+    return [*out, replace(vision, rate=0.1)]
 
 
 FAIR_MCNC = {"method": "mcnc", "mixing": "hadamard", "beta_rate": "relative",
@@ -239,8 +250,9 @@ enough to pass their best; every method alike)."""
 GRID_TITLES = {"peers": "MCNC beside peft's small adapters",
                "beta-rate": "the MCNC adapter (unmixed, beta at 1x: the defaults before 0.3) "
                             "at its default rate with beta's rate relative to its typical "
-                            "size (vs MCNC: the absolute rate and the held-in candidates "
-                            "against it)",
+                            "size (vs MCNC: the absolute rate and the first held-in candidates "
+                            "against it; the second round against the defaults since 0.3, "
+                            "mcnc-mixed beta x0.3)",
                "adapter-held-in": "the MCNC adapter's held-in candidates (vs MCNC: against "
                                   "today's default at the same budget)",
                "fair": "MCNC against peft's adapters, each at its own rank and rate, scored "
@@ -466,11 +478,11 @@ beta-rate grids that row is today's default and the other rows are candidates)."
 
 
 def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers", score: str = "final") -> str:
-    """The score (validation loss) against MCNC's at the same budget (negative: lower than
-    MCNC's)."""
+    """The score (validation loss) against that of the row the cell names (``Cell.versus``:
+    MCNC's) at the same budget (negative: lower than that row's)."""
     budget = row["cell"].settings.get("budget")
-    mcnc = next((r for r in rows if r["cell"].label == f"mcnc @ {budget:,}"), None) if budget \
-        else None
+    label = f"{row['cell'].versus} @ {budget:,}"
+    mcnc = next((r for r in rows if r["cell"].label == label), None) if budget else None
     if mcnc is None or mcnc is row or any(r.get("diverged") for r in row["records"]):
         return ""
     stats = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))

@@ -392,6 +392,22 @@ def test_the_held_in_grid_changes_one_setting_per_candidate_from_the_default():
     assert "--grid adapter-held-in" in bench.table({}, args)
 
 
+def test_second_round_candidates_are_compared_with_the_adopted_default():
+    bench = _load_benchmark("finetune_peers")
+    grid = {c.label: c for c in bench.cells("beta-rate")}
+    old, adopted = grid["mcnc @ 26,880"], grid["mcnc-mixed beta x0.3 @ 26,880"]
+    candidate = grid["mcnc-mixed beta x0.3 b-start @ 26,880"]
+    assert candidate.versus == "mcnc-mixed beta x0.3" and adopted.versus == "mcnc"
+    losses = {old: (2.40, 2.42), adopted: (2.30, 2.31), candidate: (2.20, 2.21)}
+    done = {bench.run_key(cell, 0.3, seed, 300): {"val_loss": loss, "seed": seed}
+            for cell, pair in losses.items() for seed, loss in enumerate(pair)}
+    args = argparse.Namespace(steps=300, seeds=2, rates={}, grid="beta-rate", score="final",
+                              rates_from=None)
+    rows = {r["cell"].label: r for r in bench.cell_rows(done, args)}
+    verdict = bench._versus_mcnc(rows[candidate.label], list(rows.values()), "beta-rate")
+    assert verdict.startswith("-0.1000") and "better than the default" in verdict  # not -0.205
+
+
 def test_the_fair_grid_ranks_runs_by_their_best_evaluation():
     bench = _load_benchmark("finetune_peers")
     fair = {c.label: c for c in bench.cells("fair")}
