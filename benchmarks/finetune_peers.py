@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -219,6 +220,9 @@ FAIR_MCNC = {"method": "mcnc", "mixing": "hadamard", "beta_rate": "relative",
 defaults)."""
 UNILORA_START = {6_000: 0.1, 26_880: 0.03}
 """Uni-LoRA's best rate at 300 steps (results/finetune-peers), where its fair sweep starts."""
+FAIR_MCNC_START = 0.1
+"""Where MCNC's fair sweeps start: its best rate at 900 steps and 6,000 numbers (that cell's
+sweep started at 0.3, ``START``, and ran 0.03..1)."""
 
 
 def fair_cells() -> list[Cell]:
@@ -229,11 +233,12 @@ def fair_cells() -> list[Cell]:
     out = []
     for b in BUDGETS:
         unilora = UNILORA_START.get(b, 0.03)
-        out.append(Cell(f"mcnc @ {b:,}", {**FAIR_MCNC, "budget": b}))
+        out.append(Cell(f"mcnc @ {b:,}", {**FAIR_MCNC, "budget": b},
+                        first_rate=FAIR_MCNC_START))
         out += [Cell(f"unilora r{r} @ {b:,}", {"method": "unilora", "budget": b, "peer_rank": r},
                      first_rate=unilora) for r in (4, 1, 16)]
-        out += [Cell(f"mcnc r{r} @ {b:,}", {**FAIR_MCNC, "budget": b, "rank": r})
-                for r in (4, 1)]
+        out += [Cell(f"mcnc r{r} @ {b:,}", {**FAIR_MCNC, "budget": b, "rank": r},
+                     first_rate=FAIR_MCNC_START) for r in (4, 1)]
         out += [Cell(f"{m} @ {b:,}", {"method": m, "budget": b}, first_rate=ADAPTER_LR.get(m))
                 for m in ("waveft", "nola", "fourierft", "tinylora", "vblora")]
     out += [Cell(f"{m} default", {"method": m, "budget": 0}, first_rate=ADAPTER_LR[m])
@@ -382,11 +387,17 @@ def _settings(cell: Cell, lr: float, seed: int, args: argparse.Namespace) -> dic
 def pending(chosen: list[Cell], done: dict[str, dict],
             args: argparse.Namespace) -> list[tuple[str, dict]]:
     """The runs (key, settings) the chosen cells need next given ``done``, in cell order (so
-    earlier cells come first), and the base model's evaluation while it is missing."""
-    todo = [(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
-            for c in chosen if not args.rates_from or c.label in args.rates
-            for lr, seed in next_runs(c, done, args.steps, args.seeds, fixed_rate(c, args),
-                                      args.score)]
+    earlier cells come first; with ``args.interleave``, each cell's first pending run, then
+    each one's second, and so on), and the base model's evaluation while it is missing."""
+    per_cell = [[(run_key(c, lr, seed, args.steps), _settings(c, lr, seed, args))
+                 for lr, seed in next_runs(c, done, args.steps, args.seeds,
+                                           fixed_rate(c, args), args.score)]
+                for c in chosen if not args.rates_from or c.label in args.rates]
+    if args.interleave:
+        rounds = itertools.zip_longest(*per_cell)
+        todo = [run for runs in rounds for run in runs if run is not None]
+    else:
+        todo = [run for runs in per_cell for run in runs]
     base_key = run_key(BASE, LADDER[0], 0, 0)
     if base_key not in done:
         todo.append((base_key, {**BASE.settings, "model": args.model, "lr": LADDER[0],
@@ -662,6 +673,10 @@ def main() -> None:
                         "beta-rate: the MCNC adapter's candidate settings; fair: MCNC against "
                         "the peers at their own ranks and rates, for long runs")
     parser.add_argument("--cells", default=".", help="regex: run only the cells it matches")
+    parser.add_argument("--interleave", action="store_true",
+                        help="start every chosen cell's next run before any cell's second "
+                        "(default: the earliest cell's runs first), e.g. two methods' first "
+                        "rungs side by side")
     parser.add_argument("--score", choices=SCORES,
                         help="rank runs by the final validation loss or by the best evaluation "
                         "(default: the grid's: best-eval for fair, else final)")

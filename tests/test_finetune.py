@@ -356,11 +356,16 @@ def test_the_peer_benchmark_queues_earlier_cells_first_and_the_base_model_last()
     bench = _load_benchmark("finetune_peers")
     chosen = [c for c in bench.cells() if c.label in ("nola @ 6,000", "mcnc @ 26,880")]
     args = argparse.Namespace(steps=300, seeds=2, rates_from=None, rates={}, model="tiny-llama",
-                              eval_every=60, score="final")
+                              eval_every=60, score="final", interleave=False)
     keys = [key for key, _ in bench.pending(chosen, {}, args)]
-    assert keys == [bench.run_key(chosen[0], lr, 0, 300) for lr in (0.1, 0.03, 0.3)] + [
-        bench.run_key(chosen[1], lr, 0, 300) for lr in (0.3, 0.1, 1.0)] + [
-        bench.run_key(bench.BASE, bench.LADDER[0], 0, 0)]
+    nola = [bench.run_key(chosen[0], lr, 0, 300) for lr in (0.1, 0.03, 0.3)]
+    mcnc = [bench.run_key(chosen[1], lr, 0, 300) for lr in (0.3, 0.1, 1.0)]
+    base = bench.run_key(bench.BASE, bench.LADDER[0], 0, 0)
+    assert keys == [*nola, *mcnc, base]
+    interleaved = bench.pending(chosen, {}, argparse.Namespace(**{**vars(args),
+                                                                   "interleave": True}))
+    assert [key for key, _ in interleaved] == [nola[0], mcnc[0], nola[1], mcnc[1], nola[2],
+                                               mcnc[2], base]
     settings = dict(bench.pending(chosen, {}, args))[keys[0]]
     assert settings == {"method": "nola", "budget": 6000, "model": "tiny-llama", "lr": 0.1,
                         "seed": 0, "steps": 300, "eval_every": 60}
@@ -413,7 +418,8 @@ def test_the_fair_grid_ranks_runs_by_their_best_evaluation():
     fair = {c.label: c for c in bench.cells("fair")}
     mcnc, unilora = fair["mcnc @ 6,000"], fair["unilora r4 @ 6,000"]
     assert unilora.settings == {"method": "unilora", "budget": 6000, "peer_rank": 4}
-    assert unilora.start == 0.1 and mcnc.start == 0.3  # Uni-LoRA's best at 300 steps
+    assert unilora.start == 0.1  # Uni-LoRA's best at 300 steps
+    assert mcnc.start == fair["mcnc r4 @ 26,880"].start == 0.1  # MCNC's best at 900 steps
     assert mcnc.settings["mixing"] == "hadamard" and mcnc.settings["beta_lr_scale"] == 0.3
 
     def run(final, lowest, seed=0):  # a curve whose best evaluation is not its last
