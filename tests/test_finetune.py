@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mcnc
-from mcnc.adapters import MCNCAdapterConfig
+from mcnc.adapters import AdapterModel, MCNCAdapterConfig
 from mcnc.adapters.sources import AdaptedLayer, FactorLayout, d_for_budget
 from mcnc.apps.finetune import FinetuneSettings, finetune
 from mcnc.core.errors import FormatError
@@ -411,6 +411,19 @@ def test_second_round_candidates_are_compared_with_the_adopted_default():
     rows = {r["cell"].label: r for r in bench.cell_rows(done, args)}
     verdict = bench._versus_mcnc(rows[candidate.label], list(rows.values()), "beta-rate")
     assert verdict.startswith("-0.1000") and "better than the default" in verdict  # not -0.205
+
+
+def test_alphas_near_the_cube_centre_start_the_chunks_in_nearly_one_direction():
+    bench = _load_benchmark("chunk_directions")
+    assert bench.mean_abs_cosine(torch.eye(3)) == 0.0
+    assert bench.mean_abs_cosine(torch.tensor([[1.0, 2.0], [-2.0, -4.0]])) == pytest.approx(1.0)
+    model = AdapterModel(build_language_model("tiny-llama")[0])
+    config = MCNCAdapterConfig(d=64)
+    layout = FactorLayout(model.select_targets(config), config.rank)
+    whole = bench.mean_abs_cosine(bench.initial_directions(layout, config))
+    centre = bench.mean_abs_cosine(bench.initial_directions(
+        layout, replace(config, alpha_init_scale=0.1)))
+    assert whole < 0.5 < centre
 
 
 def test_the_fair_grid_ranks_runs_by_their_best_evaluation():
