@@ -201,8 +201,8 @@ def beta_rate_cells() -> list[Cell]:
     out += [cell(name, b, change) for b in (6_000, 26_880)
             for name, change in RELATIVE_CANDIDATES.items()]
     # the defaults since 0.3: do they train at every budget? Then the second round's screen.
-    out += [cell("mcnc-mixed beta x0.3", b, ADOPTED) for b in (1_500, 100_000)]
     adopted = "mcnc-mixed beta x0.3"
+    out += [cell(adopted, b, ADOPTED) for b in (1_500, 100_000)]
     out += [cell(name, b, change, versus=adopted) for b in (6_000, 26_880)
             for name, change in SECOND_ROUND.items()]
     # one rung lower: the image side's generator changes the scale of a step, and the default's
@@ -495,11 +495,11 @@ def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers", score: str = 
     MCNC's) at the same budget (negative: lower than that row's)."""
     budget = row["cell"].settings.get("budget")
     label = f"{row['cell'].versus} @ {budget:,}"
-    mcnc = next((r for r in rows if r["cell"].label == label), None) if budget else None
-    if mcnc is None or mcnc is row or any(r.get("diverged") for r in row["records"]):
+    reference = next((r for r in rows if r["cell"].label == label), None) if budget else None
+    if reference is None or reference is row or any(r.get("diverged") for r in row["records"]):
         return ""
     stats = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-             for v in ([_loss(r, score) for r in x["records"]] for x in (row, mcnc))]
+             for v in ([_loss(r, score) for r in x["records"]] for x in (row, reference))]
     diff, se, verdict = welch(stats[0], stats[1])
     if se is None:
         return f"{diff:+.4f} (1 seed: no test)"
