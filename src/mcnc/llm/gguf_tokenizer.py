@@ -61,11 +61,16 @@ def _convert(gguf: Path) -> PreTrainedTokenizerBase:
                                          local_files_only=True)
 
 
+def _is_saved(entry: Path) -> bool:
+    """Whether ``entry`` holds a saved tokenizer (folders are renamed into place complete)."""
+    return (entry / "tokenizer_config.json").is_file()
+
+
 def _read(entry: Path) -> PreTrainedTokenizerBase | None:
     """The tokenizer saved in ``entry``, or ``None`` if there is none or it does not load."""
     from transformers import AutoTokenizer
 
-    if not (entry / "tokenizer_config.json").is_file():
+    if not _is_saved(entry):
         return None
     try:
         return AutoTokenizer.from_pretrained(str(entry), local_files_only=True)
@@ -87,7 +92,7 @@ def _write(tokenizer: PreTrainedTokenizerBase, entry: Path) -> bool:
         os.rename(staging, entry)
         return True
     except OSError:  # another process put its entry in place first, or the disk is full
-        return (entry / "tokenizer_config.json").is_file()
+        return _is_saved(entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
