@@ -490,13 +490,20 @@ VERDICTS = {"peers": _AGAINST_MCNC, "fair": _AGAINST_MCNC,
 beta-rate grids that row is today's default and the other rows are candidates)."""
 
 
+def _reference_row(row: dict, rows: list[dict]) -> dict | None:
+    """The row ``row`` is compared with (``Cell.versus``: MCNC's) at the same budget; None
+    for that row itself and for rows without a budget."""
+    budget = row["cell"].settings.get("budget")
+    label = f"{row['cell'].versus} @ {budget:,}" if budget else None
+    reference = next((r for r in rows if r["cell"].label == label), None)
+    return None if reference is row else reference
+
+
 def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers", score: str = "final") -> str:
     """The score (validation loss) against that of the row the cell names (``Cell.versus``:
     MCNC's) at the same budget (negative: lower than that row's)."""
-    budget = row["cell"].settings.get("budget")
-    label = f"{row['cell'].versus} @ {budget:,}"
-    reference = next((r for r in rows if r["cell"].label == label), None) if budget else None
-    if reference is None or reference is row or any(r.get("diverged") for r in row["records"]):
+    reference = _reference_row(row, rows)
+    if reference is None or any(r.get("diverged") for r in row["records"]):
         return ""
     stats = [(statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
              for v in ([_loss(r, score) for r in x["records"]] for x in (row, reference))]
@@ -506,6 +513,18 @@ def _versus_mcnc(row: dict, rows: list[dict], grid: str = "peers", score: str = 
     # Lower loss is better: a peer "wins" against MCNC when its loss is lower by > 2 SE.
     word = VERDICTS[grid][verdict]
     return f"{diff:+.4f} ± {se:.4f}: **{word}**"
+
+
+def _train_gap(row: dict, rows: list[dict]) -> str:
+    """Training loss (mean over the last tenth of the steps) minus that of MCNC's row at the
+    same budget, seed by seed (runs of one seed see the same batches), averaged over the seeds
+    both have."""
+    reference = _reference_row(row, rows)
+    if reference is None:
+        return ""
+    theirs = {r["seed"]: r["train_loss"] for r in reference["records"]}
+    gaps = [r["train_loss"] - theirs[r["seed"]] for r in row["records"] if r["seed"] in theirs]
+    return f"{statistics.mean(gaps):+.4f} ({len(gaps)})" if gaps else ""
 
 
 def _cpus(records: list[dict]) -> str:
@@ -547,7 +566,11 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
         f"A run is ranked (rate sweep, *vs MCNC*) by {scored}. "
         "mean ± std "
         "(seeds). *vs MCNC*: validation loss minus MCNC's at the same budget ± Welch standard "
-        "error; a verdict only beyond 2 SE. *late*: change of validation loss over the last "
+        "error; a verdict only beyond 2 SE. *train loss*: mean training loss over the last "
+        "tenth of the steps; *train loss vs MCNC*: minus MCNC's at the same budget, seed by "
+        "seed (runs of one seed see the same batches; mean over the seeds both have, their "
+        "count in brackets). *late*: change of "
+        "validation loss over the last "
         "fifth of the steps. *best eval*: the lowest validation loss of each run's curve "
         "(mean over seeds, and the mean step where it was reached). Train tokens/s: median "
         "over seeds, on the machine named (they "
@@ -565,17 +588,17 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
         lines += [f"Base model without adapter: validation loss {base['val_loss']:.4f}, token "
                   f"accuracy {100 * base['token_accuracy']:.2f}%.", ""]
     lines += [
-        "| adapter | trained numbers | lr (rungs tried) | val loss | vs MCNC | token acc. % "
-        "| late | best eval | file bytes | without projection | train tokens/s (machine) "
-        "| peak memory MiB | merge error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| adapter | trained numbers | lr (rungs tried) | val loss | vs MCNC | train loss "
+        "| train loss vs MCNC | token acc. % | late | best eval | file bytes | without projection "
+        "| train tokens/s (machine) | peak memory MiB | merge error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         rs, cell = row["records"], row["cell"]
         label = cell.label + ("" if row["finished"] else " (unfinished)")
         tried = f"{row['lr']:g} ({min(row['tried']):g}..{max(row['tried']):g})"
         if any(r.get("diverged") for r in rs):
-            lines.append(f"| {label} | | {tried} | diverged | | | | | | | | | |")
+            lines.append(f"| {label} | | {tried} | diverged | | | | | | | | | | | |")
             continue
         lean = rs[0].get("adapter_bytes_without_projection")
         memory = [r["peak_memory_bytes"] for r in rs if r.get("peak_memory_bytes")]
@@ -583,12 +606,37 @@ def table(done: dict[str, dict], args: argparse.Namespace) -> str:
             f"| {label} | {rs[0]['trainable']:,} | {tried} "
             f"| {_fmt([r['val_loss'] for r in rs])} "
             f"| {_versus_mcnc(row, rows, args.grid, args.score)} "
+            f"| {_fmt([r['train_loss'] for r in rs])} | {_train_gap(row, rows)} "
             f"| {_fmt([r['token_accuracy'] for r in rs], 100, 2)} | {_late(rs)} | {_best_eval(rs)} "
             f"| {rs[0]['adapter_bytes']:,} | {f'{lean:,}' if lean else '-'} "
             f"| {statistics.median(r['train_tokens_per_s'] for r in rs):.0f} ({_cpus(rs)}) "
             f"| {f'{max(memory) / 2**20:,.0f}' if memory else 'n/a'} "
             f"| {max(r['merge_error'] for r in rs):.1e} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + curve_table(rows)) + "\n"
+
+
+CURVE_STEPS = (100, 300, 500, 700, 900)
+"""Where :func:`curve_table` reads the validation curves."""
+
+
+def curve_table(rows: list[dict]) -> list[str]:
+    """Validation loss along training at each cell's best rate (mean over its seeds), for the
+    rows whose runs were evaluated at :data:`CURVE_STEPS`: when a gap opens, and whether it
+    closes."""
+    def at(records: list[dict], step: int) -> str:
+        values = [p["val_loss"] for r in records for p in r.get("curve") or []
+                  if p["step"] == step]
+        return f"{statistics.mean(values):.4f}" if len(values) == len(records) else "-"
+
+    values = {row["cell"].label: {s: at(row["records"], s) for s in CURVE_STEPS} for row in rows}
+    steps = [s for s in CURVE_STEPS if any(row[s] != "-" for row in values.values())]
+    if len(steps) < 2:  # no curves, or only the final evaluation: nothing to follow
+        return []
+    lines = [f"| {label} | " + " | ".join(row[s] for s in steps) + " |"
+             for label, row in values.items()]
+    header = " | ".join(f"step {s}" for s in steps)
+    return ["", "Validation loss along training (best rate, mean over seeds):", "",
+            f"| adapter | {header} |", "|---|" + "---|" * len(steps), *lines]
 
 
 def sweep_table(done: dict[str, dict], args: argparse.Namespace) -> str:

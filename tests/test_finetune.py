@@ -437,6 +437,7 @@ def test_the_fair_grid_ranks_runs_by_their_best_evaluation():
 
     def run(final, lowest, seed=0):  # a curve whose best evaluation is not its last
         return {"val_loss": final, "seed": seed, "trainable": 6000, "token_accuracy": 0.5,
+                "train_loss": final + 0.1 * seed,
                 "adapter_bytes": 25_000, "train_tokens_per_s": 100.0, "merge_error": 0.0,
                 "curve": [{"step": 50, "val_loss": lowest + 0.1},
                           {"step": 100, "val_loss": lowest}, {"step": 150, "val_loss": final}]}
@@ -461,10 +462,32 @@ def test_the_fair_grid_ranks_runs_by_their_best_evaluation():
     assert verdict.startswith("-0.1850") and "MCNC loses" in verdict  # 2.11 vs 2.295
     text = bench.table(done, args)
     assert "by the lowest validation loss of its evaluations" in text
+    # training losses seed by seed: Uni-LoRA 2.40 / 2.50 against MCNC's 2.30 / 2.40
+    assert bench._train_gap(rows["unilora r4 @ 6,000"], list(rows.values())) == "+0.1000 (2)"
+    assert "Validation loss along training" not in text  # curves of one step of the five
     assert "--grid fair" in text and "--score" not in text  # best-eval is the grid's own
     sweep = bench.sweep_table(done, args)
     assert "rung with the lowest best evaluation" in sweep
     assert "| unilora r4 @ 6,000 | 0.1 | 2.4000 | 2.1000 (step 100) | 50.00 |" in sweep
+
+
+def test_the_fair_table_follows_validation_loss_along_training():
+    bench = _load_benchmark("finetune_peers")
+    cell = next(c for c in bench.cells("fair") if c.label == "mcnc @ 6,000")
+
+    def record(shift):
+        return {"curve": [{"step": s, "val_loss": 3.0 - s / 1000 + shift}
+                          for s in range(0, 901, 50)]}
+
+    rows = [{"cell": cell, "records": [record(0.0), record(0.1)]}]
+    lines = bench.curve_table(rows)
+    assert lines[-1] == "| mcnc @ 6,000 | 2.9500 | 2.7500 | 2.5500 | 2.3500 | 2.1500 |"
+    other = next(c for c in bench.cells("fair") if c.label == "unilora r4 @ 6,000")
+    rows.append({"cell": other, "records": [record(-0.1)]})
+    rows[0]["records"][1]["curve"].pop()  # one seed lacks step 900: no mean there
+    assert bench.curve_table(rows)[-2].endswith("| 2.3500 | - |")
+    rows.pop()  # no row reaches step 900: its column goes
+    assert bench.curve_table(rows)[-1].endswith("| 2.5500 | 2.3500 |")
 
 
 def test_the_peer_benchmark_refuses_fewer_than_one_thread(tmp_path):
