@@ -172,13 +172,24 @@ SECOND_ROUND = {
     "mcnc-mixed beta x0.3 a-half": {**ADOPTED, "mcnc_options": {"a_start": 0.5}},
     "mcnc-mixed beta x0.3 b-start alpha-centre": {
         **ADOPTED, "mcnc_options": {"b_start": 0.02, "alpha_init_scale": 0.1}},
+    "mcnc-mixed beta x0.3 linear": {**ADOPTED, "mcnc_options": {"activation": "linear"}},
+    "mcnc-mixed beta x0.3 linear alpha x0.3": {
+        **ADOPTED, "mcnc_options": {"activation": "linear", "alpha_init_scale": 0.3}},
 }
 """The second round of held-in candidates, each one change from the adopted default (the
 defaults since 0.3): alphas near the cube's centre, the image side's generator, rank 4, k and
 m (at a fixed budget, k and m change the chunk size d), A starting at half LoRA's spread,
 B starting small but not at zero (as the joint candidates' 0.02), and A frozen at LoRA's start
 with every trained number spent on B (``freeze_a``, added later), and (added after the
-26,880 screen's first seeds put them ahead) B's small start and the central alphas together.
+26,880 screen's first seeds put them ahead) B's small start and the central alphas together,
+and (added 2026-12-08) the linear control: the same chunks, numbers and mixing with a linear
+generator, so each chunk is beta times a unit vector of one random k-dimensional subspace (no
+manifold). Its direction depends only on alpha's direction, so the alphas' start
+(``alpha_init_scale``, 1 or 0.3) sets how far a step turns it. A rough estimate: an Adam step
+of 0.3 on each of k = 5 alphas turns the linear generator's output by about 0.67 / 26 = 0.026
+rad from the whole cube (|alpha| ~ L sqrt(k / 3)) and 0.086 rad at 0.3, where it moves the
+sine generator's first-layer pre-activations by about 0.08 (weights U(+-1/k)): at 0.3 the two
+turn about alike, at 1 the linear one about three times slower.
 The order is only the schedule: the two that change where the factors start were moved up to
 run before the rest. A one-seed screen at 6,000 first, then at 26,880, where MCNC trails
 Uni-LoRA most."""

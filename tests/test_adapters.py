@@ -642,6 +642,25 @@ def test_a_and_b_apart_can_start_smaller_or_nonzero_without_moving_betas_rate(mi
     assert not {"a_start", "b_start"} & set(base.to_dict())  # as 0.3.0 wrote and reads
 
 
+def test_a_linear_generator_adapter_is_a_random_subspace_per_chunk_and_reloads(tmp_path):
+    """The control ``activation="linear"``: every chunk is beta times a unit vector of one
+    k-dimensional subspace (``W_out W_1``'s columns), the same for every chunk; it trains,
+    saves and reloads like the sine generator's adapter."""
+    config = mcnc.MCNCAdapterConfig(rank=4, d=300, k=3, mixing="none", activation="linear")
+    model = mcnc.get_adapter_model(tiny_llama(), config)
+    source = model.adapters["default"]
+    with torch.no_grad():
+        chunks = source.manifold.generator.chunks(source.alpha, torch.ones_like(source.beta))
+    singular = torch.linalg.svdvals(chunks.reshape(-1, config.d).double())
+    assert len(singular) > 10 and singular[3] < 1e-5 * singular[2]  # rank 3, to float32
+    train_steps(model)
+    ids = tokens()
+    model.save_pretrained(tmp_path)
+    served = mcnc.AdapterModel.from_pretrained(tiny_llama(), tmp_path)
+    assert torch.equal(logits(served, ids), logits(model, ids))
+    assert json.loads((tmp_path / CONFIG_NAME).read_text())["activation"] == "linear"
+
+
 def test_a_and_b_starts_are_checked():
     with pytest.raises(ValueError, match="b_start must be in"):
         mcnc.MCNCAdapterConfig(b_start=-0.1)

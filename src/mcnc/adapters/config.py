@@ -185,9 +185,6 @@ class MCNCAdapterConfig(AdapterConfig, GeneratorSpec):
             raise ValueError("a_start, b_start and freeze_a are for A and B apart; with "
                              "mixing='hadamard-joint' A and B are one region and joint_start "
                              "sets where both start")
-        if self.activation == "linear":
-            raise ValueError("activation='linear' is a control for compression experiments "
-                             "(mcnc.compress); adapters use 'sine' or 'relu'")
 
     def generator_spec(self) -> GeneratorSpec:
         return GeneratorSpec(**{f.name: getattr(self, f.name) for f in fields(GeneratorSpec)})
