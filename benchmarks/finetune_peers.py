@@ -175,6 +175,8 @@ SECOND_ROUND = {
     "mcnc-mixed beta x0.3 linear": {**ADOPTED, "mcnc_options": {"activation": "linear"}},
     "mcnc-mixed beta x0.3 linear alpha x0.3": {
         **ADOPTED, "mcnc_options": {"activation": "linear", "alpha_init_scale": 0.3}},
+    "mcnc-mixed beta x0.3 linear alpha x0.1": {
+        **ADOPTED, "mcnc_options": {"activation": "linear", "alpha_init_scale": 0.1}},
 }
 """The second round of held-in candidates, each one change from the adopted default (the
 defaults since 0.3): alphas near the cube's centre, the image side's generator, rank 4, k and
@@ -189,7 +191,8 @@ manifold). Its direction depends only on alpha's direction, so the alphas' start
 of 0.3 on each of k = 5 alphas turns the linear generator's output by about 0.67 / 26 = 0.026
 rad from the whole cube (|alpha| ~ L sqrt(k / 3)) and 0.086 rad at 0.3, where it moves the
 sine generator's first-layer pre-activations by about 0.08 (weights U(+-1/k)): at 0.3 the two
-turn about alike, at 1 the linear one about three times slower.
+turn about alike, at 1 the linear one about three times slower (0.1 was added when 0.3 beat
+1, to find the control's best start).
 The order is only the schedule: the two that change where the factors start were moved up to
 run before the rest. A one-seed screen at 6,000 first, then at 26,880, where MCNC trails
 Uni-LoRA most."""
@@ -220,8 +223,13 @@ def beta_rate_cells() -> list[Cell]:
     # best rate at 26,880 moved to 0.1 in the first peer table
     lower = [(f"{adopted} gen-vision", 6_000, SECOND_ROUND[f"{adopted} gen-vision"]),
              (adopted, 26_880, ADOPTED)]
-    return out + [replace(cell(f"{name} lr 0.1", b, change, versus=adopted), rate=0.1)
-                  for name, b, change in lower]
+    out += [replace(cell(f"{name} lr 0.1", b, change, versus=adopted), rate=0.1)
+            for name, b, change in lower]
+    # alpha's steps 3.3x larger, beta's about as large (1 x 0.1 against 0.3 x 0.3): the
+    # linear control turned better with larger steps (added 2026-12-08)
+    faster = {**ADOPTED, "beta_lr_scale": 0.1}
+    return [*out, replace(cell("mcnc-mixed beta x0.1 lr 1", 6_000, faster, versus=adopted),
+                          rate=1.0)]
 
 
 FAIR_MCNC = {"method": "mcnc", "mixing": "hadamard", "beta_rate": "relative",
