@@ -47,13 +47,6 @@ def test_the_linear_control_is_a_k_dimensional_subspace_in_every_direction():
     assert torch.linalg.matrix_rank(sine.raw(torch.rand(40, 3) * 40 - 20).double()) > 4
 
 
-def test_adapters_refuse_the_linear_control():
-    from mcnc import MCNCAdapterConfig
-
-    with pytest.raises(ValueError, match="control"):
-        MCNCAdapterConfig(activation="linear")
-
-
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("k", 0, "k must be"), ("d", 8, "k must be smaller than d"), ("L", -1.0, "L must be"),
     ("width", 0, "width must be"), ("depth", 0, "depth must be"),
